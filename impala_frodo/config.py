@@ -1,0 +1,295 @@
+"""Run configuration: dataclasses validated on construction.
+
+A :class:`Config` is built from defaults, a preset file (TOML or JSON) and
+command-line overrides, in that order. Every field is checked in
+``__post_init__`` with a message that names the field, the allowed values
+and what was given, so a user can fix the config without reading code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ALGOS = ("impala", "frodo", "frodo-ext", "mgrl")
+META_ALGOS = ("frodo", "frodo-ext", "mgrl")
+TASKS = ("control", "prediction")
+INNER_OPTIMIZERS = ("sgd", "rmsprop")
+BETA_MODES = ("constant", "annealed")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration value a user must fix; the message says which and how."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+        f"{name} must be an integer >= 1, got {value!r}",
+    )
+
+
+def _in_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and (low < value if low_open else low <= value) and value <= high
+    bracket = "(" if low_open else "["
+    _require(ok, f"{name} must be a number in {bracket}{low}, {high}], got {value!r}")
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclass
+class EnvConfig:
+    """Which environment, with keyword arguments for its constructor."""
+
+    id: str = "impala_frodo/Catch-v0"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.id, str) and self.id != "", f"env.id must be a non-empty string, got {self.id!r}")
+        _require(isinstance(self.kwargs, dict), f"env.kwargs must be a table/dict, got {self.kwargs!r}")
+
+
+@dataclass
+class AgentConfig:
+    """The agent network: an MLP torso (no hidden layer = linear) with policy and value heads."""
+
+    hidden_sizes: tuple[int, ...] = (64, 64)
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = tuple(self.hidden_sizes)
+        for i, h in enumerate(self.hidden_sizes):
+            _positive_int(f"agent.hidden_sizes[{i}]", h)
+
+
+@dataclass
+class LossConfig:
+    """Coefficients of the actor-critic losses and of V-trace (DESIGN sections 4 and 5)."""
+
+    gamma: float = 0.99
+    lambda_: float = 1.0
+    value_cost: float = 0.5
+    outer_value_cost: float = 0.5
+    entropy_cost: float = 0.01
+    clip_rho_threshold: float = 1.0
+    clip_c_threshold: float = 1.0
+    clip_pg_rho_threshold: float = 1.0
+
+    def __post_init__(self) -> None:
+        _in_range("loss.gamma", self.gamma, 0.0, 1.0)
+        _in_range("loss.lambda_", self.lambda_, 0.0, 1.0)
+        for name in ("value_cost", "outer_value_cost", "entropy_cost"):
+            _in_range(f"loss.{name}", getattr(self, name), 0.0, 1e6)
+        for name in ("clip_rho_threshold", "clip_c_threshold", "clip_pg_rho_threshold"):
+            _in_range(f"loss.{name}", getattr(self, name), 0.0, 1e9, low_open=True)
+
+
+@dataclass
+class OptimConfig:
+    """The agent's (inner) optimizer. It is differentiable for the meta-algorithms.
+
+    For RMSProp the running average of squared gradients is treated as a
+    constant of eta (it is built from detached gradients), see
+    :mod:`impala_frodo.metagrad`.
+    """
+
+    name: str = "rmsprop"
+    lr: float = 3e-3
+    rmsprop_alpha: float = 0.99
+    rmsprop_eps: float = 1e-5
+    max_grad_norm: float = 0.0  # 0 disables clipping
+
+    def __post_init__(self) -> None:
+        _one_of("optim.name", self.name, INNER_OPTIMIZERS)
+        _in_range("optim.lr", self.lr, 0.0, 10.0, low_open=True)
+        _in_range("optim.rmsprop_alpha", self.rmsprop_alpha, 0.0, 1.0)
+        _in_range("optim.rmsprop_eps", self.rmsprop_eps, 0.0, 1.0, low_open=True)
+        _in_range("optim.max_grad_norm", self.max_grad_norm, 0.0, 1e9)
+
+
+@dataclass
+class MetaConfig:
+    """The meta-learner: FRODO's meta-network, its optimizer, the extension and MGRL."""
+
+    num_inner_steps: int = 5  # M
+    lr: float = 1e-2  # Adam on eta
+    hidden_size: int = 32  # LSTM width
+    max_grad_norm: float = 0.0  # clip of the meta-gradient; 0 disables
+    # The report's extension (DESIGN section 5): beta * L_revise added to L_outer.
+    ext_b1: float = 0.1
+    ext_beta_mode: str = "annealed"  # "constant": beta = b1; "annealed": b1 / |sg(L_outer)|
+    ext_beta_max: float = 1.0
+    ext_eps: float = 1e-6
+    # MGRL: initial meta-parameters (gamma, lambda), learned through sigmoids.
+    mgrl_init_gamma: float = 0.99
+    mgrl_init_lambda: float = 0.95
+
+    def __post_init__(self) -> None:
+        _positive_int("meta.num_inner_steps", self.num_inner_steps)
+        _positive_int("meta.hidden_size", self.hidden_size)
+        _in_range("meta.lr", self.lr, 0.0, 10.0, low_open=True)
+        _in_range("meta.max_grad_norm", self.max_grad_norm, 0.0, 1e9)
+        _in_range("meta.ext_b1", self.ext_b1, 0.0, 1e6)
+        _one_of("meta.ext_beta_mode", self.ext_beta_mode, BETA_MODES)
+        _in_range("meta.ext_beta_max", self.ext_beta_max, 0.0, 1e9, low_open=True)
+        _in_range("meta.ext_eps", self.ext_eps, 0.0, 1.0, low_open=True)
+        # Sigmoid-parameterised: the ends 0 and 1 are not reachable.
+        _in_range("meta.mgrl_init_gamma", self.mgrl_init_gamma, 0.0, 0.9999, low_open=True)
+        _in_range("meta.mgrl_init_lambda", self.mgrl_init_lambda, 0.0, 0.9999, low_open=True)
+
+
+@dataclass
+class RunConfig:
+    """How long, where and with how many actors a run goes."""
+
+    seed: int = 0
+    total_env_steps: int = 200_000
+    unroll_length: int = 20  # T
+    num_envs: int = 32  # envs per learner batch in the synchronous trainer
+    num_actors: int = 2
+    envs_per_actor: int = 32
+    batches_per_update: int = 1  # actor batches concatenated into one learner batch
+    queue_size: int = 8  # bounded trajectory queue, in actor batches
+    broadcast_every: int = 1  # learner updates between weight publications
+    actor_num_cpus: float = 0.5
+    device: str = "auto"
+    logdir: str = "runs"
+    checkpoint_every_s: float = 60.0
+    log_every_s: float = 2.0
+    returns_window: int = 500  # episodes in the "mean return" shown and used for "solved"
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
+            f"run.seed must be an integer >= 0, got {self.seed!r}",
+        )
+        for name in (
+            "total_env_steps",
+            "unroll_length",
+            "num_envs",
+            "num_actors",
+            "envs_per_actor",
+            "batches_per_update",
+            "queue_size",
+            "broadcast_every",
+            "returns_window",
+        ):
+            _positive_int(f"run.{name}", getattr(self, name))
+        _in_range("run.actor_num_cpus", self.actor_num_cpus, 0.0, 64.0, low_open=True)
+        _one_of("run.device", self.device, DEVICES)
+        _in_range("run.checkpoint_every_s", self.checkpoint_every_s, 0.0, 1e9, low_open=True)
+        _in_range("run.log_every_s", self.log_every_s, 0.0, 1e9, low_open=True)
+
+
+_SECTIONS: dict[str, type] = {
+    "env": EnvConfig,
+    "agent": AgentConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "meta": MetaConfig,
+    "run": RunConfig,
+}
+
+
+@dataclass
+class Config:
+    """Everything a run needs. ``algo`` picks the learning rule, ``task`` the loss family.
+
+    - ``task = "control"``: actor-critic losses (policy, value, entropy).
+    - ``task = "prediction"``: value losses only; the behaviour's actions do
+      not matter (the random walk). IMPALA in prediction is the fixed n-step
+      (lambda = 1) or TD(lambda) target baseline.
+    """
+
+    algo: str = "impala"
+    task: str = "control"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _one_of("algo", self.algo, ALGOS)
+        _one_of("task", self.task, TASKS)
+        _require(
+            not (self.task == "prediction" and self.algo == "mgrl"),
+            "algo 'mgrl' is a control algorithm; use task = 'control' (prediction supports "
+            "impala, frodo, frodo-ext)",
+        )
+
+    @property
+    def is_meta(self) -> bool:
+        return self.algo in META_ALGOS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Build a config from nested mappings, rejecting unknown keys by name."""
+        return merge(cls(), data)
+
+
+def merge(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """Return ``config`` with ``overrides`` (nested, like the TOML file) applied and validated."""
+    top_fields = {f.name for f in fields(Config)}
+    unknown = sorted(set(overrides) - top_fields)
+    _require(not unknown, f"unknown config key(s) {unknown}; known: {sorted(top_fields)}")
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key in _SECTIONS:
+            section = getattr(config, key)
+            _require(isinstance(value, Mapping), f"config section [{key}] must be a table, got {value!r}")
+            known = {f.name for f in fields(section)}
+            bad = sorted(set(value) - known)
+            _require(not bad, f"unknown key(s) {bad} in [{key}]; known: {sorted(known)}")
+            changes[key] = dataclasses.replace(section, **value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(config, **changes)
+
+
+def set_dotted(config: Config, dotted: Mapping[str, Any]) -> Config:
+    """Apply overrides given as ``{"run.seed": 3, "algo": "frodo"}``."""
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        head, _, tail = key.partition(".")
+        if tail:
+            nested.setdefault(head, {})[tail] = value
+        else:
+            nested[head] = value
+    return merge(config, nested)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into nested dicts; a clear error if it cannot be read."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:] or 'TOML'}: {e}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    return Config.from_dict(load_file(path))

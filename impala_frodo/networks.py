@@ -1,0 +1,96 @@
+"""The agent (pi_theta, V_theta) and FRODO's meta-network G_eta.
+
+Both are plain ``nn.Module`` s; the meta-gradient code calls them through
+``torch.func.functional_call`` with parameters that carry a graph to eta.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def _mlp(in_features: int, hidden_sizes: Sequence[int]) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden_sizes:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    return nn.Sequential(*layers), width
+
+
+class AgentNet(nn.Module):
+    """MLP torso with a policy head (logits) and a value head.
+
+    With ``hidden_sizes = ()`` both heads are linear in the flat observation
+    (the random walk's linear V on one-hot states).
+    """
+
+    def __init__(
+        self, obs_shape: Sequence[int], num_actions: int, hidden_sizes: Sequence[int] = (64, 64)
+    ) -> None:
+        super().__init__()
+        if num_actions < 1:
+            raise ValueError(f"num_actions must be >= 1, got {num_actions}")
+        self.obs_shape = tuple(obs_shape)
+        self.num_actions = num_actions
+        self.torso, width = _mlp(math.prod(self.obs_shape), hidden_sizes)
+        self.policy = nn.Linear(width, num_actions)
+        self.value = nn.Linear(width, 1)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``obs [..., *obs_shape]`` to ``(logits [..., A], values [...])``."""
+        lead = obs.shape[: obs.dim() - len(self.obs_shape)]
+        x = self.torso(obs.reshape(*lead, -1))
+        return self.policy(x), self.value(x).squeeze(-1)
+
+
+class MetaNet(nn.Module):
+    """G_eta(tau): an LSTM run in reverse time, then Linear(hidden, 1) (DESIGN section 5).
+
+    Per step the input is u_t = [phi(x_t), r_t, d_t, V(x_{t+1})]. Running from
+    t = T-1 down to 0 lets g_t gather future rewards as a return does. The
+    recurrent state is reset where an episode ends (d_t = 0), so no target
+    sees past the end of its own episode.
+    """
+
+    def __init__(self, obs_shape: Sequence[int], hidden_size: int = 32) -> None:
+        super().__init__()
+        self.obs_shape = tuple(obs_shape)
+        self.hidden_size = hidden_size
+        self.cell = nn.LSTMCell(math.prod(self.obs_shape) + 3, hidden_size)
+        self.head = nn.Linear(hidden_size, 1)
+
+    def forward(self, obs: Tensor, rewards: Tensor, discounts: Tensor, next_values: Tensor) -> Tensor:
+        """Targets g ``[T, B]`` from ``obs [T, B, *obs_shape]`` and ``[T, B]`` rewards,
+        discounts d_t and next values V(x_{t+1}) (pass them detached: sg(V))."""
+        steps, batch = rewards.shape
+        inputs = torch.cat(
+            [obs.reshape(steps, batch, -1), rewards[..., None], discounts[..., None], next_values[..., None]],
+            dim=-1,
+        )
+        continues = (discounts > 0).to(inputs.dtype).unsqueeze(-1)
+        h = inputs.new_zeros(batch, self.hidden_size)
+        c = inputs.new_zeros(batch, self.hidden_size)
+        outputs: list[Tensor] = []
+        for t in range(steps - 1, -1, -1):
+            # Reset where the episode ends at step t: x_{t+1} belongs to the next one.
+            h, c = self.cell(inputs[t], (h * continues[t], c * continues[t]))
+            outputs.append(h)
+        hidden = torch.stack(outputs[::-1], dim=0)
+        return self.head(hidden).squeeze(-1)
+
+
+class MGRLMeta(nn.Module):
+    """MGRL's meta-parameters (Xu et al. 2018): gamma and lambda through sigmoids."""
+
+    def __init__(self, init_gamma: float = 0.99, init_lambda: float = 0.95) -> None:
+        super().__init__()
+        self.gamma_logit = nn.Parameter(torch.logit(torch.tensor(float(init_gamma))))
+        self.lambda_logit = nn.Parameter(torch.logit(torch.tensor(float(init_lambda))))
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        return torch.sigmoid(self.gamma_logit), torch.sigmoid(self.lambda_logit)

@@ -1,0 +1,236 @@
+"""Losses of IMPALA, FRODO (inner and outer), the report's extension and MGRL.
+
+Pure functions over time-major ``[T, B]`` tensors (DESIGN sections 4 and 5).
+The agent is evaluated once per batch by :func:`evaluate_agent`; the losses
+then take its outputs. Stop-gradients are explicit and local: targets built
+from the agent's own values use ``values.detach()``; meta-parameters (the
+meta target g, MGRL's gamma and lambda) keep their graph so that the inner
+update stays a differentiable function of eta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from impala_frodo import vtrace
+from impala_frodo.config import LossConfig
+from impala_frodo.trajectory import Batch
+
+Params = Mapping[str, Tensor]
+
+
+@dataclass
+class AgentOutputs:
+    """The agent on one batch. ``[T, B]`` unless noted."""
+
+    logits: Tensor  # [T, B, A] at x_0 .. x_{T-1}
+    values: Tensor  # V(x_t), with graph to theta
+    bootstrap_value: Tensor  # [B] sg(V(x_T))
+    next_values: Tensor  # sg(V(x_{t+1})); V of the last observation where an episode was truncated
+    truncation_values: Tensor  # sg(V(last obs)) where an episode was truncated at t, else 0
+
+
+@dataclass
+class LossTerms:
+    total: Tensor
+    policy: Tensor
+    value: Tensor
+    entropy: Tensor  # mean entropy H(pi) (the loss term is -entropy_cost * entropy)
+
+
+def evaluate_agent(agent: nn.Module, params: Params, batch: Batch) -> AgentOutputs:
+    """Run the agent on all T+1 observations (and truncated episodes' last ones) in one pass."""
+    steps, width = batch.shape
+    obs = batch.obs.reshape(-1, *batch.obs.shape[2:])
+    num_truncated = batch.truncation_index.numel()
+    if num_truncated:
+        obs = torch.cat([obs, batch.truncation_obs], dim=0)
+    logits, values = functional_call(agent, params, (obs,))
+    all_values = values[: (steps + 1) * width].reshape(steps + 1, width)
+    logits = logits[: steps * width].reshape(steps, width, -1)
+
+    sg_values = all_values.detach()
+    truncation_values = torch.zeros_like(sg_values[:-1])
+    next_values = sg_values[1:]
+    if num_truncated:
+        last = values[(steps + 1) * width :].detach()
+        truncation_values = truncation_values.flatten().index_put((batch.truncation_index,), last)
+        truncation_values = truncation_values.reshape(steps, width)
+        next_values = next_values.flatten().index_put((batch.truncation_index,), last).reshape(steps, width)
+    return AgentOutputs(
+        logits=logits,
+        values=all_values[:-1],
+        bootstrap_value=sg_values[-1],
+        next_values=next_values,
+        truncation_values=truncation_values,
+    )
+
+
+def policy_terms(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    """``log pi(a_t|x_t)`` and the entropy ``H(pi(.|x_t))``, both ``[T, B]``."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    log_pi_a = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return log_pi_a, entropy
+
+
+def bootstrapped_rewards(batch: Batch, out: AgentOutputs, gamma: float | Tensor) -> Tensor:
+    """r_t, plus gamma V(last obs) where a time limit cut the episode (it is no terminal)."""
+    return batch.rewards + gamma * out.truncation_values
+
+
+def actor_critic_loss(
+    log_pi_a: Tensor,
+    entropy: Tensor,
+    values: Tensor,
+    value_targets: Tensor,
+    pg_advantages: Tensor,
+    *,
+    value_cost: float,
+    entropy_cost: float,
+) -> LossTerms:
+    """mean_t [ -A_t log pi(a_t|x_t) + c1 1/2 (target_t - V(x_t))^2 - c2 H(pi(.|x_t)) ].
+
+    ``pg_advantages`` and ``value_targets`` are used as given: stop their
+    gradient to theta before calling (they may keep a graph to eta).
+    """
+    policy = -(pg_advantages * log_pi_a).mean()
+    value = 0.5 * (value_targets - values).pow(2).mean()
+    mean_entropy = entropy.mean()
+    total = policy + value_cost * value - entropy_cost * mean_entropy
+    return LossTerms(total=total, policy=policy, value=value, entropy=mean_entropy)
+
+
+def value_only_loss(values: Tensor, value_targets: Tensor, *, value_cost: float) -> LossTerms:
+    """Prediction: c1 1/2 mean_t (target_t - V(x_t))^2."""
+    value = 0.5 * (value_targets - values).pow(2).mean()
+    zero = value.new_zeros(())
+    return LossTerms(total=value_cost * value, policy=zero, value=value, entropy=zero)
+
+
+def vtrace_returns(
+    batch: Batch,
+    out: AgentOutputs,
+    log_pi_a: Tensor | None,
+    cfg: LossConfig,
+    *,
+    gamma: float | Tensor,
+    lambda_: float | Tensor,
+) -> vtrace.VTraceReturns:
+    """Canonical V-trace targets on sg(V). ``log_pi_a = None``: on-policy (rho = 1)."""
+    if log_pi_a is None:
+        log_rhos = torch.zeros_like(batch.rewards)
+    else:
+        log_rhos = log_pi_a.detach() - batch.behaviour_log_probs
+    return vtrace.from_importance_weights(
+        log_rhos,
+        gamma * batch.continues,
+        bootstrapped_rewards(batch, out, gamma),
+        out.values.detach(),
+        out.bootstrap_value,
+        clip_rho_threshold=cfg.clip_rho_threshold,
+        clip_pg_rho_threshold=cfg.clip_pg_rho_threshold,
+        clip_c_threshold=cfg.clip_c_threshold,
+        lambda_=lambda_,
+    )
+
+
+def vtrace_loss(
+    batch: Batch,
+    out: AgentOutputs,
+    cfg: LossConfig,
+    *,
+    task: str,
+    gamma: float | Tensor | None = None,
+    lambda_: float | Tensor | None = None,
+    value_cost: float | None = None,
+) -> tuple[LossTerms, vtrace.VTraceReturns]:
+    """The canonical V-trace actor-critic loss (IMPALA; FRODO's outer loss; L_revise; MGRL).
+
+    Control: policy gradient with rho^pg-weighted V-trace advantages, value
+    regression to v_s, entropy bonus. Prediction: the value term alone, with
+    on-policy targets (the n-step return for lambda = 1).
+    ``gamma`` and ``lambda_`` default to the config's; pass tensors to keep
+    their graph (MGRL's inner loss).
+    """
+    gamma = cfg.gamma if gamma is None else gamma
+    lambda_ = cfg.lambda_ if lambda_ is None else lambda_
+    value_cost = cfg.value_cost if value_cost is None else value_cost
+    if task == "prediction":
+        vt = vtrace_returns(batch, out, None, cfg, gamma=gamma, lambda_=lambda_)
+        return value_only_loss(out.values, vt.vs, value_cost=value_cost), vt
+    log_pi_a, entropy = policy_terms(out.logits, batch.actions)
+    vt = vtrace_returns(batch, out, log_pi_a, cfg, gamma=gamma, lambda_=lambda_)
+    terms = actor_critic_loss(
+        log_pi_a,
+        entropy,
+        out.values,
+        vt.vs,
+        vt.pg_advantages,
+        value_cost=value_cost,
+        entropy_cost=cfg.entropy_cost,
+    )
+    return terms, vt
+
+
+def meta_target(
+    meta_net: nn.Module, eta: Params, batch: Batch, out: AgentOutputs, gamma: float
+) -> Tensor:
+    """g = G_eta(tau) ``[T, B]`` over u_t = [x_t, r_t, d_t, sg(V(x_{t+1}))] (DESIGN section 5)."""
+    return functional_call(
+        meta_net,
+        eta,
+        (
+            batch.obs[:-1],
+            bootstrapped_rewards(batch, out, gamma),
+            gamma * batch.continues,
+            out.next_values,
+        ),
+    )
+
+
+def frodo_inner_loss(
+    batch: Batch, out: AgentOutputs, target: Tensor, cfg: LossConfig, *, task: str
+) -> LossTerms:
+    """FRODO's inner loss with the meta target g (DESIGN section 5)::
+
+        mean_t [ -rho^pg_t (g_t - sg(V(x_t))) log pi(a_t|x_t)
+                 + c1 1/2 (g_t - V(x_t))^2 - c2 H(pi(.|x_t)) ]
+
+    The advantage stops the gradient to theta only: g keeps its graph to eta,
+    so both the policy and the value update depend on eta.
+    """
+    if task == "prediction":
+        return value_only_loss(out.values, target, value_cost=cfg.value_cost)
+    log_pi_a, entropy = policy_terms(out.logits, batch.actions)
+    log_rhos = log_pi_a.detach() - batch.behaviour_log_probs
+    pg_rhos = torch.exp(log_rhos).clamp(max=cfg.clip_pg_rho_threshold)
+    advantages = pg_rhos * (target - out.values.detach())
+    return actor_critic_loss(
+        log_pi_a,
+        entropy,
+        out.values,
+        target,
+        advantages,
+        value_cost=cfg.value_cost,
+        entropy_cost=cfg.entropy_cost,
+    )
+
+
+def extension_beta(
+    outer_loss: Tensor, *, b1: float, mode: str, beta_max: float, eps: float
+) -> Tensor:
+    """Weight of L_revise in the extension (the report, section 5).
+
+    ``constant``: beta = b1. ``annealed``: beta = min(beta_max, b1 / (eps + |sg(L_outer)|)):
+    the report's b1 / L_outer, guarded because a control L_outer can be near
+    zero or negative.
+    """
+    if mode == "constant":
+        return outer_loss.new_tensor(b1)
+    return torch.clamp(b1 / (eps + outer_loss.detach().abs()), max=beta_max)

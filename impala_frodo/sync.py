@@ -1,0 +1,107 @@
+"""The synchronous, single-process trainer: act, then learn, in one loop.
+
+It runs every algorithm through the same :class:`~impala_frodo.updater.Updater`
+as the distributed learner, with no Ray and no queue. It is the reference the
+distributed system must match, and the fast path for tests and sketches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from impala_frodo.config import Config
+from impala_frodo.envs import make_batched_env
+from impala_frodo.networks import AgentNet
+from impala_frodo.rollout import ActingPolicy, Roller
+from impala_frodo.trajectory import Batch
+from impala_frodo.updater import Updater
+from impala_frodo.utils import resolve_device, seed_everything
+
+
+@dataclass
+class TrainResult:
+    episode_returns: list[float] = field(default_factory=list)  # in the order episodes ended
+    episode_end_steps: list[int] = field(default_factory=list)  # env steps done when each ended
+    value_rmse: list[tuple[int, float]] = field(default_factory=list)  # (env steps, RMSE) per update
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    env_steps: int = 0
+    wall_time_s: float = 0.0
+
+    @property
+    def env_steps_per_s(self) -> float:
+        return self.env_steps / max(self.wall_time_s, 1e-9)
+
+
+def steps_to_threshold(
+    returns: list[float], end_steps: list[int], threshold: float, window: int
+) -> int | None:
+    """First env step at which the mean return of the last ``window`` episodes is >= threshold."""
+    if len(returns) < window:
+        return None
+    cumulative = np.concatenate([[0.0], np.cumsum(returns)])
+    means = (cumulative[window:] - cumulative[:-window]) / window  # ends at episode window-1 ..
+    hits = np.flatnonzero(means >= threshold)
+    return None if hits.size == 0 else int(end_steps[hits[0] + window - 1])
+
+
+def value_rmse(predicted: np.ndarray, true_values: np.ndarray) -> float:
+    """RMS error of V against the true state values (the random walk's metric)."""
+    return float(np.sqrt(np.mean((np.asarray(predicted) - np.asarray(true_values)) ** 2)))
+
+
+def train_sync(
+    cfg: Config,
+    *,
+    stop_at_return: float | None = None,
+    callback: Callable[[TrainResult, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train for ``cfg.run.total_env_steps`` with ``cfg.run.num_envs`` envs in one process.
+
+    ``stop_at_return``: stop early once the mean return of the last
+    ``cfg.run.returns_window`` episodes reaches it.
+    """
+    seed_everything(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=cfg.run.seed, **cfg.env.kwargs)
+    updater = Updater(cfg, env.observation_shape, env.num_actions, device=device)
+    policy = ActingPolicy(
+        AgentNet(env.observation_shape, env.num_actions, cfg.agent.hidden_sizes), seed=cfg.run.seed
+    )
+    policy.load(updater.acting_params("cpu"), updater.num_updates)
+    roller = Roller(env, cfg.run.unroll_length, seed=cfg.run.seed)
+    state_obs = None
+    if hasattr(env, "state_observations"):
+        state_obs = torch.as_tensor(env.state_observations(), dtype=torch.float32)
+
+    result = TrainResult()
+    window = cfg.run.returns_window
+    start = time.perf_counter()
+    while result.env_steps < cfg.run.total_env_steps:
+        trajectory = roller.unroll(policy, policy.version)
+        result.env_steps += trajectory.num_steps
+        result.episode_returns.extend(trajectory.episode_returns)
+        result.episode_end_steps.extend([result.env_steps] * len(trajectory.episode_returns))
+
+        metrics = updater.update(Batch.from_trajectories([trajectory], device))
+        policy.load(updater.acting_params("cpu"), updater.num_updates)
+        if state_obs is not None and trajectory.true_values is not None:
+            rmse = value_rmse(updater.values(state_obs).cpu().numpy(), trajectory.true_values)
+            result.value_rmse.append((result.env_steps, rmse))
+            metrics["eval/value_rmse"] = rmse
+        result.last_metrics = metrics
+        if callback is not None:
+            callback(result, metrics)
+        if (
+            stop_at_return is not None
+            and len(result.episode_returns) >= window
+            and np.mean(result.episode_returns[-window:]) >= stop_at_return
+        ):
+            break
+    result.wall_time_s = time.perf_counter() - start
+    env.close()
+    return result

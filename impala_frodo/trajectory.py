@@ -1,0 +1,113 @@
+"""The unit of experience: a time-major ``[T, B]`` batch of unrolls.
+
+:class:`Trajectory` is what actors produce (numpy, cheap to pickle and to put
+in Ray's object store). :class:`Batch` is the learner's view: the same data
+as tensors on the learner's device, several trajectories concatenated along B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Trajectory:
+    """T steps of B envs acted on by the behaviour policy mu.
+
+    ``continues[t, b]`` is 0 where an episode ended at step t (terminated or
+    truncated) and 1 elsewhere; the objectives multiply it by gamma. For a
+    truncated (time-limit) end the learner bootstraps from V of the last
+    observation, ``truncation_obs``, listed at flat indices
+    ``truncation_index = t * B + b``.
+    """
+
+    obs: np.ndarray  # [T+1, B, *obs_shape] float32: x_0 .. x_T
+    actions: np.ndarray  # [T, B] int64
+    rewards: np.ndarray  # [T, B] float32, the reward after a_t
+    continues: np.ndarray  # [T, B] float32, 1 - (terminated or truncated)
+    behaviour_log_probs: np.ndarray  # [T, B] float32, log mu(a_t | x_t)
+    policy_version: int = 0
+    truncation_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [N]
+    truncation_obs: np.ndarray | None = None  # [N, *obs_shape]
+    episode_returns: list[float] = field(default_factory=list)  # episodes finished in this unroll
+    episode_lengths: list[int] = field(default_factory=list)
+    true_values: np.ndarray | None = None  # [S] exact state values at the unroll's end (random walk)
+    actor_id: int = 0
+
+    @property
+    def unroll_length(self) -> int:
+        return self.actions.shape[0]
+
+    @property
+    def num_envs(self) -> int:
+        return self.actions.shape[1]
+
+    @property
+    def num_steps(self) -> int:
+        """Env steps in this trajectory: T * B."""
+        return self.actions.size
+
+
+@dataclass
+class Batch:
+    """A learner batch: trajectories as tensors on one device, time-major."""
+
+    obs: Tensor  # [T+1, B, *obs_shape]
+    actions: Tensor  # [T, B] long
+    rewards: Tensor  # [T, B]
+    continues: Tensor  # [T, B]
+    behaviour_log_probs: Tensor  # [T, B]
+    truncation_index: Tensor  # [N] long, flat t * B + b
+    truncation_obs: Tensor  # [N, *obs_shape]
+    policy_versions: list[int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.actions.shape)  # type: ignore[return-value]
+
+    @classmethod
+    def from_trajectories(
+        cls,
+        trajectories: Sequence[Trajectory],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> Batch:
+        """Concatenate along B and move to ``device`` in one copy per field."""
+        if not trajectories:
+            raise ValueError("from_trajectories needs at least one trajectory")
+        lengths = {tr.unroll_length for tr in trajectories}
+        if len(lengths) != 1:
+            raise ValueError(f"trajectories must share one unroll length, got {sorted(lengths)}")
+
+        def cat(name: str, torch_dtype: torch.dtype) -> Tensor:
+            arrays = [getattr(tr, name) for tr in trajectories]
+            array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
+            return torch.as_tensor(array).to(device=device, dtype=torch_dtype, non_blocking=True)
+
+        # Flat truncation indices t * B + b shift by the B offset of each trajectory.
+        total_b = sum(tr.num_envs for tr in trajectories)
+        index_parts, obs_parts, offset = [], [], 0
+        for tr in trajectories:
+            if tr.truncation_index.size:
+                t, b = np.divmod(tr.truncation_index, tr.num_envs)
+                index_parts.append(t * total_b + b + offset)
+                obs_parts.append(tr.truncation_obs)
+            offset += tr.num_envs
+        obs_shape = trajectories[0].obs.shape[2:]
+        index = np.concatenate(index_parts) if index_parts else np.zeros(0, np.int64)
+        trunc_obs = np.concatenate(obs_parts) if obs_parts else np.zeros((0, *obs_shape), np.float32)
+        return cls(
+            obs=cat("obs", dtype),
+            actions=cat("actions", torch.long),
+            rewards=cat("rewards", dtype),
+            continues=cat("continues", dtype),
+            behaviour_log_probs=cat("behaviour_log_probs", dtype),
+            truncation_index=torch.as_tensor(index, dtype=torch.long, device=device),
+            truncation_obs=torch.as_tensor(trunc_obs).to(device=device, dtype=dtype),
+            policy_versions=[tr.policy_version for tr in trajectories],
+        )

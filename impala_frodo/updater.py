@@ -1,0 +1,214 @@
+"""The learning rule of every algorithm, with no notion of actors or Ray.
+
+:class:`Updater` owns theta (the agent's parameters, as tensors), the inner
+optimizer's state, eta (FRODO's meta-network or MGRL's gamma and lambda) and
+eta's optimizer. ``update(batch)`` consumes one batch:
+
+- IMPALA: one V-trace actor-critic step.
+- Meta-algorithms: an inner step that keeps its graph to eta; the inner
+  steps chain, so after M of them theta_M is a differentiable function of
+  eta. The (M+1)-th batch is held out: the outer loss on it at theta_M is
+  differentiated back to eta, eta takes one optimizer step, theta_M is
+  detached, and the same batch then starts the next chain with an inner
+  step. Every batch thus trains the agent once, and the policy improves
+  after every batch (acting uses the detached current theta).
+
+The synchronous trainer and the distributed learner both drive this class,
+so they learn by the same rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from impala_frodo import objectives as obj
+from impala_frodo.config import Config
+from impala_frodo.metagrad import (
+    Params,
+    clip_by_global_norm,
+    detach_params,
+    inner_step,
+    make_inner_optimizer,
+    outer_gradient,
+)
+from impala_frodo.networks import AgentNet, MetaNet, MGRLMeta
+from impala_frodo.trajectory import Batch
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or gradient became NaN or infinite; training must stop."""
+
+
+class Updater:
+    def __init__(
+        self,
+        cfg: Config,
+        obs_shape: Sequence[int],
+        num_actions: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.agent = AgentNet(obs_shape, num_actions, cfg.agent.hidden_sizes).to(self.device)
+        self.params: Params = detach_params(dict(self.agent.named_parameters()))
+        self.optimizer = make_inner_optimizer(cfg.optim)
+        self.opt_state = self.optimizer.init(self.params)
+
+        self.meta_net: torch.nn.Module | None = None
+        if cfg.algo in ("frodo", "frodo-ext"):
+            self.meta_net = MetaNet(obs_shape, cfg.meta.hidden_size)
+        elif cfg.algo == "mgrl":
+            self.meta_net = MGRLMeta(cfg.meta.mgrl_init_gamma, cfg.meta.mgrl_init_lambda)
+        self.meta_optimizer: torch.optim.Optimizer | None = None
+        if self.meta_net is not None:
+            self.meta_net.to(self.device)
+            self.meta_optimizer = torch.optim.Adam(self.meta_net.parameters(), lr=cfg.meta.lr)
+
+        self._chain: list[Batch] = []  # inner batches since theta was last detached
+        self.num_updates = 0  # inner updates = the policy version
+        self.num_meta_updates = 0
+
+    # ----------------------------------------------------------------- losses
+    @property
+    def eta(self) -> dict[str, Tensor]:
+        return {} if self.meta_net is None else dict(self.meta_net.named_parameters())
+
+    def inner_loss(self, params: Params, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_inner(theta; tau) of the configured algorithm; a function of eta too."""
+        cfg = self.cfg
+        out = obj.evaluate_agent(self.agent, params, batch)
+        stats: dict[str, Tensor] = {}
+        if cfg.algo in ("frodo", "frodo-ext"):
+            target = obj.meta_target(self.meta_net, self.eta, batch, out, cfg.loss.gamma)
+            terms = obj.frodo_inner_loss(batch, out, target, cfg.loss, task=cfg.task)
+            stats["meta/target_mean"] = target.detach().mean()
+        elif cfg.algo == "mgrl":
+            gamma, lambda_ = functional_call(self.meta_net, self.eta, ())
+            terms, _ = obj.vtrace_loss(batch, out, cfg.loss, task=cfg.task, gamma=gamma, lambda_=lambda_)
+            stats["meta/gamma"], stats["meta/lambda"] = gamma.detach(), lambda_.detach()
+        else:
+            terms, vt = obj.vtrace_loss(batch, out, cfg.loss, task=cfg.task)
+            stats["meta/target_mean"] = vt.vs.mean()
+        stats |= {
+            "loss/policy": terms.policy.detach(),
+            "loss/value": terms.value.detach(),
+            "loss/entropy": terms.entropy.detach(),
+        }
+        return terms.total, stats
+
+    def outer_loss(
+        self, params: Params, batch: Batch, inner_batches: Sequence[Batch]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_outer(theta_M; tau'): the canonical V-trace loss, plus beta L_revise for the extension."""
+        cfg = self.cfg
+        out = obj.evaluate_agent(self.agent, params, batch)
+        terms, _ = obj.vtrace_loss(
+            batch, out, cfg.loss, task=cfg.task, value_cost=cfg.loss.outer_value_cost
+        )
+        loss, stats = terms.total, {"loss/outer_canonical": terms.total.detach()}
+        if cfg.algo == "frodo-ext":
+            revise = torch.stack(
+                [
+                    obj.vtrace_loss(b, obj.evaluate_agent(self.agent, params, b), cfg.loss, task=cfg.task)[
+                        0
+                    ].total
+                    for b in inner_batches
+                ]
+            ).mean()
+            beta = obj.extension_beta(
+                terms.total,
+                b1=cfg.meta.ext_b1,
+                mode=cfg.meta.ext_beta_mode,
+                beta_max=cfg.meta.ext_beta_max,
+                eps=cfg.meta.ext_eps,
+            )
+            loss = loss + beta * revise
+            stats |= {"meta/beta": beta.detach(), "loss/revise": revise.detach()}
+        return loss, stats
+
+    # ---------------------------------------------------------------- updates
+    def update(self, batch: Batch) -> dict[str, float]:
+        """Consume one batch (an outer step first when M inner steps are pending)."""
+        stats: dict[str, Tensor] = {}
+        if self.meta_net is not None and len(self._chain) == self.cfg.meta.num_inner_steps:
+            stats |= self._meta_step(batch)
+        step = inner_step(
+            self.params,
+            self.opt_state,
+            self.optimizer,
+            lambda p: self.inner_loss(p, batch),
+            create_graph=self.meta_net is not None,
+            max_grad_norm=self.cfg.optim.max_grad_norm,
+        )
+        self._check_finite("inner loss", step.loss)
+        self.params, self.opt_state = step.params, step.opt_state
+        if self.meta_net is not None:
+            self._chain.append(batch)
+        self.num_updates += 1
+        stats |= step.aux
+        stats["loss/inner"] = step.loss
+        stats["perf/grad_norm"] = step.grad_norm
+        names = list(stats)
+        values = torch.stack([v.float().reshape(()) for v in stats.values()]).tolist()
+        return dict(zip(names, values, strict=True))
+
+    def _meta_step(self, held_out: Batch) -> dict[str, Tensor]:
+        eta = self.eta
+        eta_grads, outer_loss, stats = outer_gradient(
+            self.params, eta, lambda p: self.outer_loss(p, held_out, self._chain)
+        )
+        self._check_finite("outer loss", outer_loss)
+        grads, norm = clip_by_global_norm(list(eta_grads.values()), self.cfg.meta.max_grad_norm)
+        self._check_finite("meta-gradient", norm)
+        for p, g in zip(eta.values(), grads, strict=True):
+            p.grad = g
+        self.meta_optimizer.step()
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        self.params = detach_params(self.params)
+        self.opt_state = {k: v.detach() for k, v in self.opt_state.items()}
+        self._chain = []
+        self.num_meta_updates += 1
+        return stats | {"loss/outer": outer_loss, "meta/grad_norm": norm}
+
+    @staticmethod
+    def _check_finite(what: str, value: Tensor) -> None:
+        if not torch.isfinite(value).all():
+            raise NonFiniteLossError(f"{what} is not finite ({value.item()}): stopping")
+
+    # ----------------------------------------------------------------- acting
+    def acting_params(self, device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """Detached copies of theta for acting (CPU for actors)."""
+        return {k: v.detach().to(device or self.device) for k, v in self.params.items()}
+
+    @torch.no_grad()
+    def values(self, obs: Tensor) -> Tensor:
+        """V_theta(obs) ``[N]`` for evaluation."""
+        _, values = functional_call(self.agent, self.acting_params(), (obs.to(self.device),))
+        return values
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "params": self.acting_params("cpu"),
+            "opt_state": {k: v.detach().cpu() for k, v in self.opt_state.items()},
+            "meta_net": None if self.meta_net is None else self.meta_net.state_dict(),
+            "meta_optimizer": None if self.meta_optimizer is None else self.meta_optimizer.state_dict(),
+            "num_updates": self.num_updates,
+            "num_meta_updates": self.num_meta_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore; a meta chain in progress at save time restarts from the saved theta."""
+        self.params = detach_params({k: v.to(self.device) for k, v in state["params"].items()})
+        self.opt_state = {k: v.to(self.device) for k, v in state["opt_state"].items()}
+        if self.meta_net is not None:
+            self.meta_net.load_state_dict(state["meta_net"])
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self._chain = []
+        self.num_updates = int(state["num_updates"])
+        self.num_meta_updates = int(state["num_meta_updates"])
