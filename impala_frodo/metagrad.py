@@ -9,6 +9,14 @@ to eta by autograd (dL_outer/dtheta_M . dtheta_M/deta). There is no
 ``optimizer.step()`` on this path: an in-place step would cut the graph, and
 eta would get no gradient (the bug in the report's sketch).
 
+Stop-gradients: sg(.) in the losses is ``detach()``, which cuts every path,
+the meta-gradient's included, as ``stop_gradient`` does in the papers'
+implementations. For M = 1 the meta-gradient is therefore the exact total
+derivative dL_outer/deta; for M > 1 it is the derivative of the update rule
+as written, where quantities under sg at step i (the advantage's V, the
+V-trace weights, the meta-network's V(x_{t+1}) input) are constants even
+though theta_i depends on eta.
+
 Optimizer statistics: SGD has none. RMSProp's running average of squared
 gradients is updated from *detached* gradients, so it is treated as a
 constant of eta (as in Xu et al. 2018's implementation); only the gradient
@@ -63,7 +71,8 @@ class DifferentiableRMSProp:
         self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state: OptState
     ) -> tuple[Params, OptState]:
         new_state = {
-            k: self.alpha * state[k] + (1.0 - self.alpha) * grads[k].detach().square() for k in params
+            k: self.alpha * state[k] + (1.0 - self.alpha) * grads[k].detach().square()
+            for k in params
         }
         new_params = {
             k: p - self.lr * grads[k] / (new_state[k].sqrt() + self.eps) for k, p in params.items()
@@ -120,9 +129,17 @@ def inner_step(
     """
     loss, aux = loss_fn(params)
     names = list(params)
-    grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
+    grads = torch.autograd.grad(
+        loss, [params[k] for k in names], create_graph=create_graph, allow_unused=True
+    )
+    # A head the loss does not use (the policy in prediction tasks) gets a zero gradient.
+    grads = [
+        torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads, strict=True)
+    ]
     grads, norm = clip_by_global_norm(grads, max_grad_norm)
-    new_params, new_state = optimizer.update(params, dict(zip(names, grads, strict=True)), opt_state)
+    new_params, new_state = optimizer.update(
+        params, dict(zip(names, grads, strict=True)), opt_state
+    )
     if not create_graph:
         new_params = detach_params(new_params)
     return InnerStep(new_params, new_state, loss.detach(), norm.detach(), aux)

@@ -89,7 +89,9 @@ class Updater:
             stats["meta/target_mean"] = target.detach().mean()
         elif cfg.algo == "mgrl":
             gamma, lambda_ = functional_call(self.meta_net, self.eta, ())
-            terms, _ = obj.vtrace_loss(batch, out, cfg.loss, task=cfg.task, gamma=gamma, lambda_=lambda_)
+            terms, _ = obj.vtrace_loss(
+                batch, out, cfg.loss, task=cfg.task, gamma=gamma, lambda_=lambda_
+            )
             stats["meta/gamma"], stats["meta/lambda"] = gamma.detach(), lambda_.detach()
         else:
             terms, vt = obj.vtrace_loss(batch, out, cfg.loss, task=cfg.task)
@@ -104,7 +106,7 @@ class Updater:
     def outer_loss(
         self, params: Params, batch: Batch, inner_batches: Sequence[Batch]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_outer(theta_M; tau'): the canonical V-trace loss, plus beta L_revise for the extension."""
+        """L_outer(theta_M; tau'): canonical V-trace loss (+ beta L_revise for the extension)."""
         cfg = self.cfg
         out = obj.evaluate_agent(self.agent, params, batch)
         terms, _ = obj.vtrace_loss(
@@ -114,9 +116,9 @@ class Updater:
         if cfg.algo == "frodo-ext":
             revise = torch.stack(
                 [
-                    obj.vtrace_loss(b, obj.evaluate_agent(self.agent, params, b), cfg.loss, task=cfg.task)[
-                        0
-                    ].total
+                    obj.vtrace_loss(
+                        b, obj.evaluate_agent(self.agent, params, b), cfg.loss, task=cfg.task
+                    )[0].total
                     for b in inner_batches
                 ]
             ).mean()
@@ -197,7 +199,9 @@ class Updater:
             "params": self.acting_params("cpu"),
             "opt_state": {k: v.detach().cpu() for k, v in self.opt_state.items()},
             "meta_net": None if self.meta_net is None else self.meta_net.state_dict(),
-            "meta_optimizer": None if self.meta_optimizer is None else self.meta_optimizer.state_dict(),
+            "meta_optimizer": None
+            if self.meta_optimizer is None
+            else self.meta_optimizer.state_dict(),
             "num_updates": self.num_updates,
             "num_meta_updates": self.num_meta_updates,
         }

@@ -40,7 +40,8 @@ def _check_shapes(
             )
     if bootstrap_value.shape != log_rhos.shape[1:]:
         raise ValueError(
-            f"bootstrap_value must be [B] = {tuple(log_rhos.shape[1:])}, got {tuple(bootstrap_value.shape)}"
+            f"bootstrap_value must be [B] = {tuple(log_rhos.shape[1:])}, "
+            f"got {tuple(bootstrap_value.shape)}"
         )
 
 
