@@ -59,8 +59,13 @@ class EnvConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.id, str) and self.id != "", f"env.id must be a non-empty string, got {self.id!r}")
-        _require(isinstance(self.kwargs, dict), f"env.kwargs must be a table/dict, got {self.kwargs!r}")
+        _require(
+            isinstance(self.id, str) and self.id != "",
+            f"env.id must be a non-empty string, got {self.id!r}",
+        )
+        _require(
+            isinstance(self.kwargs, dict), f"env.kwargs must be a table/dict, got {self.kwargs!r}"
+        )
 
 
 @dataclass
@@ -156,7 +161,7 @@ class RunConfig:
     """How long, where and with how many actors a run goes."""
 
     seed: int = 0
-    total_env_steps: int = 200_000
+    total_env_steps: int = 500_000
     unroll_length: int = 20  # T
     num_envs: int = 32  # envs per learner batch in the synchronous trainer
     num_actors: int = 2
@@ -214,7 +219,7 @@ class Config:
       (lambda = 1) or TD(lambda) target baseline.
     """
 
-    algo: str = "impala"
+    algo: str = "frodo"
     task: str = "control"
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -254,7 +259,9 @@ def merge(config: Config, overrides: Mapping[str, Any]) -> Config:
     for key, value in overrides.items():
         if key in _SECTIONS:
             section = getattr(config, key)
-            _require(isinstance(value, Mapping), f"config section [{key}] must be a table, got {value!r}")
+            _require(
+                isinstance(value, Mapping), f"config section [{key}] must be a table, got {value!r}"
+            )
             known = {f.name for f in fields(section)}
             bad = sorted(set(value) - known)
             _require(not bad, f"unknown key(s) {bad} in [{key}]; known: {sorted(known)}")
@@ -288,7 +295,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
             return json.loads(text)
         return tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:] or 'TOML'}: {e}") from None
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid {path.suffix[1:] or 'TOML'}: {e}"
+        ) from None
 
 
 def load_config(path: str | Path) -> Config:

@@ -1,0 +1,36 @@
+"""Named experiment presets: readable TOML files shipped in ``impala_frodo/presets/``.
+
+Each file states where its numbers come from (the report, the FRODO paper,
+or our choice). ``impala-frodo presets`` lists them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from impala_frodo.config import Config, ConfigError, load_config
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    return path
+
+
+def preset_summary(name: str) -> str:
+    """The first comment line of the preset file."""
+    for line in preset_path(name).read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def load_preset(name: str) -> Config:
+    return load_config(preset_path(name))
