@@ -1,0 +1,145 @@
+"""Catch (bsuite), as a Gymnasium environment.
+
+The dynamics follow ``bsuite/environments/catch.py`` (DeepMind bsuite) exactly:
+
+- reset: the ball starts on the top row (``ball_y = 0``) in a uniformly random column
+  ``ball_x in [0, columns)``; the paddle starts on the bottom row (``paddle_y = rows - 1``)
+  in column ``columns // 2``.
+- step(a): the paddle moves by ``(-1, 0, +1)[a]`` (left, stay, right), clipped to the board;
+  then the ball falls one row. When the ball reaches the paddle row the episode terminates with
+  reward +1 if ``paddle_x == ball_x`` and -1 otherwise; every other step gives reward 0.
+  Every episode therefore lasts exactly ``rows - 1`` steps.
+- observation: a float32 ``[rows, columns]`` board, 1 at the ball and at the paddle, 0 elsewhere
+  (a single 1 on the bottom row when the paddle caught the ball).
+
+Differences from bsuite, all outside the dynamics: the start column is drawn from Gymnasium's
+``self.np_random`` (so ``reset(seed=...)`` is reproducible) instead of a ``RandomState``, and
+``step`` after the end of an episode raises instead of silently resetting.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+#: The registered Gymnasium id.
+ENV_ID = "impala_frodo/Catch-v0"
+
+#: Paddle displacement for each action: left, stay, right (bsuite's ``_ACTIONS``).
+ACTION_DELTAS: tuple[int, int, int] = (-1, 0, 1)
+
+
+def validate_catch_args(rows: int, columns: int) -> None:
+    """Raise ``ValueError`` unless ``rows >= 2`` and ``columns >= 1`` are integers."""
+    for name, value, minimum in (("rows", rows, 2), ("columns", columns, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def catch_board(rows: int, columns: int, ball_xy: tuple[int, int], paddle_x: int) -> np.ndarray:
+    """The observation: float32 ``[rows, columns]``, 1 at the ball ``(x, y)`` and the paddle."""
+    board = np.zeros((rows, columns), dtype=np.float32)
+    ball_x, ball_y = ball_xy
+    board[ball_y, ball_x] = 1.0
+    board[rows - 1, paddle_x] = 1.0
+    return board
+
+
+class Catch(gymnasium.Env[np.ndarray, np.int64]):
+    """bsuite's Catch: move the paddle on the bottom row to catch a ball falling from the top.
+
+    Args:
+        rows: board height (>= 2); an episode lasts ``rows - 1`` steps. bsuite default 10.
+        columns: board width (>= 1). bsuite default 5.
+        render_mode: ``None`` or ``"ansi"`` (a text picture of the board).
+
+    Observation: float32 ``[rows, columns]`` in {0, 1}. Actions: ``Discrete(3)`` =
+    left, stay, right. ``reset(options={"start_column": c})`` fixes the ball's start column
+    (for tests and replays) instead of drawing it from ``self.np_random``.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 (Gymnasium convention)
+
+    def __init__(self, rows: int = 10, columns: int = 5, render_mode: str | None = None) -> None:
+        validate_catch_args(rows, columns)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be None or one of {self.metadata['render_modes']}, "
+                f"got {render_mode!r}"
+            )
+        self.rows = int(rows)
+        self.columns = int(columns)
+        self.render_mode = render_mode
+        self.action_space = spaces.Discrete(len(ACTION_DELTAS))
+        self.observation_space = spaces.Box(0.0, 1.0, (self.rows, self.columns), np.float32)
+        self._ball_x = 0
+        self._ball_y = 0
+        self._paddle_x = self.columns // 2
+        self._needs_reset = True
+
+    @property
+    def paddle_y(self) -> int:
+        """The paddle's row (the bottom row); the episode ends when the ball reaches it."""
+        return self.rows - 1
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode: ball on the top row, paddle centred on the bottom row.
+
+        Returns the ``[rows, columns]`` observation and an empty info dict.
+        """
+        super().reset(seed=seed)
+        start_column = (options or {}).get("start_column")
+        if start_column is None:
+            self._ball_x = int(self.np_random.integers(self.columns))
+        else:
+            self._ball_x = self._check_start_column(start_column)
+        self._ball_y = 0
+        self._paddle_x = self.columns // 2
+        self._needs_reset = False
+        return self._observation(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Move the paddle by ``(-1, 0, +1)[action]``, drop the ball one row.
+
+        Returns ``(obs [rows, columns], reward in {-1, 0, 1}, terminated, False, {})``.
+        """
+        if self._needs_reset:
+            raise RuntimeError("Catch.step() called before reset() or after the episode ended")
+        if not self.action_space.contains(action):
+            raise ValueError(f"action must be 0, 1 or 2 (left, stay, right), got {action!r}")
+        delta = ACTION_DELTAS[int(action)]
+        self._paddle_x = min(max(self._paddle_x + delta, 0), self.columns - 1)
+        self._ball_y += 1
+        terminated = self._ball_y == self.paddle_y
+        reward = 0.0
+        if terminated:
+            reward = 1.0 if self._paddle_x == self._ball_x else -1.0
+            self._needs_reset = True
+        return self._observation(), reward, terminated, False, {}
+
+    def render(self) -> str | None:
+        """With ``render_mode="ansi"``: the board as text (``o`` ball, ``=`` paddle)."""
+        if self.render_mode != "ansi":
+            return None
+        chars = np.full((self.rows, self.columns), ".")
+        chars[self.paddle_y, self._paddle_x] = "="
+        chars[self._ball_y, self._ball_x] = "o"
+        return "\n".join("".join(row) for row in chars) + "\n"
+
+    def _observation(self) -> np.ndarray:
+        return catch_board(self.rows, self.columns, (self._ball_x, self._ball_y), self._paddle_x)
+
+    def _check_start_column(self, column: Any) -> int:
+        if isinstance(column, bool) or not isinstance(column, numbers.Integral):
+            raise ValueError(f"start_column must be an int, got {column!r}")
+        if not 0 <= column < self.columns:
+            raise ValueError(f"start_column must be in [0, {self.columns}), got {column}")
+        return int(column)
