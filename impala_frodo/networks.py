@@ -64,12 +64,19 @@ class MetaNet(nn.Module):
         self.cell = nn.LSTMCell(math.prod(self.obs_shape) + 3, hidden_size)
         self.head = nn.Linear(hidden_size, 1)
 
-    def forward(self, obs: Tensor, rewards: Tensor, discounts: Tensor, next_values: Tensor) -> Tensor:
+    def forward(
+        self, obs: Tensor, rewards: Tensor, discounts: Tensor, next_values: Tensor
+    ) -> Tensor:
         """Targets g ``[T, B]`` from ``obs [T, B, *obs_shape]`` and ``[T, B]`` rewards,
         discounts d_t and next values V(x_{t+1}) (pass them detached: sg(V))."""
         steps, batch = rewards.shape
         inputs = torch.cat(
-            [obs.reshape(steps, batch, -1), rewards[..., None], discounts[..., None], next_values[..., None]],
+            [
+                obs.reshape(steps, batch, -1),
+                rewards[..., None],
+                discounts[..., None],
+                next_values[..., None],
+            ],
             dim=-1,
         )
         continues = (discounts > 0).to(inputs.dtype).unsqueeze(-1)

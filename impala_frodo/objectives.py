@@ -61,7 +61,9 @@ def evaluate_agent(agent: nn.Module, params: Params, batch: Batch) -> AgentOutpu
         last = values[(steps + 1) * width :].detach()
         truncation_values = truncation_values.flatten().index_put((batch.truncation_index,), last)
         truncation_values = truncation_values.reshape(steps, width)
-        next_values = next_values.flatten().index_put((batch.truncation_index,), last).reshape(steps, width)
+        next_values = (
+            next_values.flatten().index_put((batch.truncation_index,), last).reshape(steps, width)
+        )
     return AgentOutputs(
         logits=logits,
         values=all_values[:-1],

@@ -27,7 +27,8 @@ from impala_frodo.utils import resolve_device, seed_everything
 class TrainResult:
     episode_returns: list[float] = field(default_factory=list)  # in the order episodes ended
     episode_end_steps: list[int] = field(default_factory=list)  # env steps done when each ended
-    value_rmse: list[tuple[int, float]] = field(default_factory=list)  # (env steps, RMSE) per update
+    # (env steps, RMS value error) after each update, on the random walk
+    value_rmse: list[tuple[int, float]] = field(default_factory=list)
     last_metrics: dict[str, float] = field(default_factory=dict)
     env_steps: int = 0
     wall_time_s: float = 0.0

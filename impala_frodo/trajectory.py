@@ -36,7 +36,7 @@ class Trajectory:
     truncation_obs: np.ndarray | None = None  # [N, *obs_shape]
     episode_returns: list[float] = field(default_factory=list)  # episodes finished in this unroll
     episode_lengths: list[int] = field(default_factory=list)
-    true_values: np.ndarray | None = None  # [S] exact state values at the unroll's end (random walk)
+    true_values: np.ndarray | None = None  # [S] true state values at the end (random walk)
     actor_id: int = 0
 
     @property
@@ -100,7 +100,9 @@ class Batch:
             offset += tr.num_envs
         obs_shape = trajectories[0].obs.shape[2:]
         index = np.concatenate(index_parts) if index_parts else np.zeros(0, np.int64)
-        trunc_obs = np.concatenate(obs_parts) if obs_parts else np.zeros((0, *obs_shape), np.float32)
+        trunc_obs = (
+            np.concatenate(obs_parts) if obs_parts else np.zeros((0, *obs_shape), np.float32)
+        )
         return cls(
             obs=cat("obs", dtype),
             actions=cat("actions", torch.long),

@@ -13,7 +13,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use 'auto' or 'cpu'")
+        raise ValueError(
+            "device 'cuda' was asked for but torch sees no CUDA device; use 'auto' or 'cpu'"
+        )
     return torch.device(name)
 
 
