@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from impala_frodo.utils import resolve_device, seed_everything
 class TrainResult:
     episode_returns: list[float] = field(default_factory=list)  # in the order episodes ended
     episode_end_steps: list[int] = field(default_factory=list)  # env steps done when each ended
+    episode_lengths: list[int] = field(default_factory=list)
     # (env steps, RMS value error) after each update, on the random walk
     value_rmse: list[tuple[int, float]] = field(default_factory=list)
     last_metrics: dict[str, float] = field(default_factory=dict)
@@ -86,6 +88,7 @@ def train_sync(
         trajectory = roller.unroll(policy, policy.version)
         result.env_steps += trajectory.num_steps
         result.episode_returns.extend(trajectory.episode_returns)
+        result.episode_lengths.extend(trajectory.episode_lengths)
         result.episode_end_steps.extend([result.env_steps] * len(trajectory.episode_returns))
 
         metrics = updater.update(Batch.from_trajectories([trajectory], device))
@@ -106,3 +109,80 @@ def train_sync(
     result.wall_time_s = time.perf_counter() - start
     env.close()
     return result
+
+
+class IntervalLog:
+    """Averages per-update metrics and finished episodes over a log interval.
+
+    A record holds ``episode/return`` and ``episode/length`` (means over the
+    episodes that ended in the interval), ``episode/return_window`` (mean of
+    the last ``window`` episodes), the means of the updater's scalars (and
+    ``eval/value_rmse``), and ``perf/env_steps_per_s``.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._returns: list[float] = []
+        self._lengths: list[int] = []
+
+    def add(self, metrics: dict[str, float], returns: list[float], lengths: list[int]) -> None:
+        for name, value in metrics.items():
+            self._sums[name] = self._sums.get(name, 0.0) + value
+            self._counts[name] = self._counts.get(name, 0) + 1
+        self._returns.extend(returns)
+        self._lengths.extend(lengths)
+
+    def pop(self, recent_returns: list[float]) -> dict[str, float]:
+        record = {k: self._sums[k] / self._counts[k] for k in self._sums}
+        if self._returns:
+            record["episode/return"] = float(np.mean(self._returns))
+            record["episode/length"] = float(np.mean(self._lengths))
+        if recent_returns:
+            record["episode/return_window"] = float(np.mean(recent_returns[-self.window :]))
+        self._sums, self._counts, self._returns, self._lengths = {}, {}, [], []
+        return record
+
+
+def run_sync(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    num_records: int = 200,
+    on_record: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """:func:`train_sync` that writes the run directory's TensorBoard events and metrics.jsonl.
+
+    About ``num_records`` records, evenly spaced in env steps, so that curves
+    of different seeds line up for plots.
+    """
+    from impala_frodo.runlog import RunLogger  # TensorBoard import only when logging
+
+    log_every = max(cfg.run.total_env_steps // num_records, 1)
+    interval = IntervalLog(cfg.run.returns_window)
+    start = time.perf_counter()
+    next_record = log_every
+    episodes_seen = 0
+
+    with RunLogger(run_dir) as logger:
+        logger.add_config(cfg)
+
+        def callback(result: TrainResult, metrics: dict[str, float]) -> None:
+            nonlocal next_record, episodes_seen
+            interval.add(
+                metrics,
+                result.episode_returns[episodes_seen:],
+                result.episode_lengths[episodes_seen:],
+            )
+            episodes_seen = len(result.episode_returns)
+            if result.env_steps >= next_record or result.env_steps >= cfg.run.total_env_steps:
+                wall = time.perf_counter() - start
+                record = interval.pop(result.episode_returns)
+                record["perf/env_steps_per_s"] = result.env_steps / max(wall, 1e-9)
+                logger.log(result.env_steps, record, wall)
+                if on_record is not None:
+                    on_record(result.env_steps, record)
+                next_record = (result.env_steps // log_every + 1) * log_every
+
+        return train_sync(cfg, callback=callback)
