@@ -1,0 +1,190 @@
+"""One directory per run: its config, TensorBoard events, checkpoints and ``metrics.jsonl``.
+
+Layout of ``<logdir>/<algo>-<env>-s<seed>-<YYYYmmdd-HHMMSS>/``::
+
+    config.json        Config.to_dict() of the run (rewritten on resume with the new budget)
+    events.out.tfevents.*   TensorBoard scalars (global step = env steps) and the config as text
+    metrics.jsonl      one JSON object per log interval: env_steps, wall_time_s, time, scalars
+    checkpoints/       latest.pt, previous.pt (see impala_frodo.checkpoint)
+
+On resume the same directory is reused: records past the checkpoint's env
+steps are dropped from ``metrics.jsonl`` and purged from TensorBoard (they
+belong to steps the resumed run does again), so no env step is counted twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from impala_frodo.config import Config, ConfigError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def env_short_name(env_id: str) -> str:
+    """``impala_frodo/Catch-v0`` -> ``catch``, ``CartPole-v1`` -> ``cartpole``."""
+    name = env_id.rsplit("/", 1)[-1]
+    name = re.sub(r"-v\d+$", "", name)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "env"
+
+
+def run_name(cfg: Config, now: float | None = None) -> str:
+    """``<algo>-<env>-s<seed>-<timestamp>``, e.g. ``frodo-catch-s0-20250101-120000``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"{cfg.algo}-{env_short_name(cfg.env.id)}-s{cfg.run.seed}-{stamp}"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file next to ``path`` and ``os.replace`` it in."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def create_run_dir(cfg: Config, logdir: str | Path, now: float | None = None) -> Path:
+    """Make a fresh run directory (suffix ``-1``, ``-2``... if the name is taken), save config."""
+    logdir = Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    base = run_name(cfg, now)
+    for i in range(1000):
+        path = logdir / (base if i == 0 else f"{base}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        (path / CHECKPOINT_DIR).mkdir()
+        write_config(path, cfg)
+        return path
+    raise OSError(f"could not create a run directory for {base!r} under {str(logdir)!r}")
+
+
+def write_config(run_dir: str | Path, cfg: Config) -> None:
+    write_json_atomic(Path(run_dir) / CONFIG_FILE, cfg.to_dict())
+
+
+def read_config(run_dir: str | Path) -> Config:
+    """The config a run was started with; :class:`ConfigError` if absent or invalid."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run directory {str(run_dir)!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{str(path)!r} is not valid JSON: {e}") from None
+    return Config.from_dict(data)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` (a torn last line from a crash is skipped)."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                with contextlib.suppress(json.JSONDecodeError):
+                    records.append(json.loads(line))
+    return records
+
+
+def truncate_metrics(path: str | Path, max_env_steps: int) -> int:
+    """Drop records with ``env_steps > max_env_steps`` (and torn lines); returns how many."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("env_steps", 0) <= max_env_steps:
+            kept.append(line)
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class RunLogger:
+    """Writes scalars to TensorBoard and ``metrics.jsonl`` at the same global step (env steps).
+
+    ``resume_step``: the env steps of the checkpoint a resumed run starts from;
+    later records (from after that checkpoint) are dropped from both sinks.
+    """
+
+    def __init__(
+        self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / METRICS_FILE
+        if resume_step is not None:
+            truncate_metrics(self.metrics_path, resume_step)
+        self._metrics = open(self.metrics_path, "a", buffering=1)  # noqa: SIM115 (lives long)
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self._writer = SummaryWriter(str(self.run_dir), purge_step=purge, flush_secs=10)
+
+    def log(self, env_steps: int, scalars: Mapping[str, float], wall_time_s: float) -> None:
+        """One record: every scalar to TensorBoard, and one JSON line to ``metrics.jsonl``."""
+        record: dict[str, Any] = {
+            "env_steps": int(env_steps),
+            "wall_time_s": round(float(wall_time_s), 3),
+            "time": round(time.time(), 3),
+        }
+        for name, value in scalars.items():
+            record[name] = _finite_or_none(float(value))
+            if self._writer is not None:
+                self._writer.add_scalar(name, float(value), global_step=int(env_steps))
+        self._metrics.write(json.dumps(record) + "\n")
+
+    def add_text(self, tag: str, text: str, env_steps: int = 0) -> None:
+        if self._writer is not None:
+            self._writer.add_text(tag, text, global_step=int(env_steps))
+
+    def add_config(self, cfg: Config, env_steps: int = 0) -> None:
+        """The config as a JSON code block (TensorBoard renders text as markdown)."""
+        text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
+        self.add_text("config", "\n".join(f"    {line}" for line in text.splitlines()), env_steps)
+
+    def flush(self) -> None:
+        self._metrics.flush()
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self._metrics.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
