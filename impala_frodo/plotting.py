@@ -61,6 +61,28 @@ class Curve:
     num_seeds: int
 
 
+def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories as given, with each sweep directory replaced by the runs inside it.
+
+    A run directory holds ``metrics.jsonl``; a sweep directory holds run directories.
+    Anything else is a :class:`ConfigError`.
+    """
+    out: list[Path] = []
+    for entry in paths:
+        path = Path(entry)
+        if (path / METRICS_FILE).is_file():
+            out.append(path)
+            continue
+        runs = sorted(p.parent for p in path.glob(f"*/{METRICS_FILE}")) if path.is_dir() else []
+        if not runs:
+            raise ConfigError(
+                f"{str(path)!r} is not a run directory (no {METRICS_FILE}) "
+                "nor a sweep directory holding runs"
+            )
+        out.extend(runs)
+    return out
+
+
 def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
     """Read run directories; a clear :class:`ConfigError` for one that is not a run."""
     runs = []

@@ -14,15 +14,6 @@ from impala_frodo.sync import run_sync
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def tiny_run(tmp_path, algo: str, seed: int, steps: int = 6400, **overrides) -> str:
     cfg = set_dotted(
         Config(),

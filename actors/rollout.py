@@ -1,0 +1,162 @@
+"""Rollout actors: a plain :class:`RolloutActor` and its Ray wrapper, built at the edge.
+
+:class:`RolloutActor` knows nothing about Ray: it owns a batched env, an
+:class:`~impala_frodo.rollout.ActingPolicy` (mu) and a
+:class:`~impala_frodo.rollout.Roller`, and turns ``unroll(version, params)``
+calls into :class:`~impala_frodo.trajectory.Trajectory` batches stamped with
+the policy version it acted with and its actor id. Tests drive it directly.
+
+:func:`make_ray_actor_class` wraps it with ``ray.remote`` so that the CPU
+share (``run.actor_num_cpus``) and the restart policy come from the config.
+
+Weights: the learner hands the newest published ``(version, params)`` to every
+``unroll`` call it submits (through Ray, ``params`` is an ObjectRef of a dict
+that Ray resolves from the object store). The actor loads them only when the
+version is newer than what it acts with, so it never waits for the learner:
+mu is stale by design and the learner's V-trace corrects for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from impala_frodo.config import Config
+from impala_frodo.envs import make_batched_env
+from impala_frodo.networks import AgentNet
+from impala_frodo.rollout import ActingPolicy, Roller
+from impala_frodo.trajectory import Trajectory
+
+#: Weights as a dict of tensors, or packed into one vector by :func:`pack_params`.
+Weights = Mapping[str, Tensor] | np.ndarray
+
+#: Ray restarts a crashed actor process this many times before it is dead for good.
+DEFAULT_MAX_RESTARTS = 3
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the learner needs to build the agent: the observation shape and action count."""
+
+    observation_shape: tuple[int, ...]
+    num_actions: int
+    #: ``[S, *obs_shape]`` observations of every state, for value evaluation (random walk).
+    state_observations: np.ndarray | None = None
+
+
+def env_spec(cfg: Config) -> EnvSpec:
+    """Build one env of ``cfg.env`` to read its spec (cheap; raises ``ValueError`` if unknown)."""
+    env = make_batched_env(cfg.env.id, 1, seed=0, **cfg.env.kwargs)
+    try:
+        states = None
+        if hasattr(env, "state_observations"):
+            states = np.asarray(env.state_observations(), dtype=np.float32)
+        return EnvSpec(tuple(env.observation_shape), int(env.num_actions), states)
+    finally:
+        env.close()
+
+
+def pack_params(params: Mapping[str, Tensor]) -> np.ndarray:
+    """Flatten parameters (sorted by name) into one float32 vector.
+
+    One numpy buffer crosses Ray far faster than a dict of tensors (measured:
+    ~1.5 ms vs ~3.7 ms a round trip for the 30 KB Catch agent).
+    """
+    return np.concatenate(
+        [params[name].detach().cpu().reshape(-1).float().numpy() for name in sorted(params)]
+    )
+
+
+def unpack_params(flat: np.ndarray, template: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of :func:`pack_params`, shaped like ``template`` (copies ``flat``)."""
+    names = sorted(template)
+    total = sum(template[name].numel() for name in names)
+    if flat.ndim != 1 or flat.size != total:
+        raise ValueError(f"packed parameters have shape {flat.shape}, expected ({total},)")
+    data = torch.tensor(flat, dtype=torch.float32)
+    params, offset = {}, 0
+    for name in names:
+        shape, size = template[name].shape, template[name].numel()
+        params[name] = data[offset : offset + size].view(shape)
+        offset += size
+    return params
+
+
+def actor_seed(base_seed: int, actor_id: int, generation: int = 0) -> int:
+    """A distinct, reproducible seed per (run seed, actor slot, restart/resume generation)."""
+    return int(np.random.SeedSequence([base_seed, actor_id, generation]).generate_state(1)[0])
+
+
+class RolloutActor:
+    """Acts with a (stale) copy of the agent in ``cfg.run.envs_per_actor`` envs, T steps a call."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        actor_id: int = 0,
+        seed: int | None = None,
+        num_threads: int = 1,
+    ) -> None:
+        torch.set_num_threads(num_threads)
+        self.cfg = cfg
+        self.actor_id = actor_id
+        seed = actor_seed(cfg.run.seed, actor_id) if seed is None else seed
+        self.env = make_batched_env(cfg.env.id, cfg.run.envs_per_actor, seed=seed, **cfg.env.kwargs)
+        agent = AgentNet(self.env.observation_shape, self.env.num_actions, cfg.agent.hidden_sizes)
+        self._template = dict(agent.named_parameters())
+        self.policy = ActingPolicy(agent, seed=seed)
+        self.policy.version = -1  # no weights yet: the first set_weights always loads
+        self.roller = Roller(self.env, cfg.run.unroll_length, seed=seed)
+        self.num_unrolls = 0
+
+    @property
+    def version(self) -> int:
+        """The policy version mu acts with (-1 before any weights arrived)."""
+        return self.policy.version
+
+    def set_weights(self, version: int, params: Weights) -> bool:
+        """Take ``params`` (a dict, or packed by :func:`pack_params`) if ``version`` is newer."""
+        if version <= self.policy.version:
+            return False
+        if isinstance(params, np.ndarray):
+            params = unpack_params(params, self._template)
+        self.policy.load(params, version)
+        return True
+
+    def unroll(self, version: int | None = None, params: Weights | None = None) -> Trajectory:
+        """Unroll T steps in every env (after taking newer weights, if given)."""
+        if params is not None and version is not None:
+            self.set_weights(version, params)
+        if self.policy.version < 0:
+            raise RuntimeError("RolloutActor.unroll before any weights were set")
+        trajectory = self.roller.unroll(self.policy, self.policy.version)
+        trajectory.actor_id = self.actor_id
+        self.num_unrolls += 1
+        return trajectory
+
+    def pid(self) -> int:
+        """The process id (fault tests kill it)."""
+        return os.getpid()
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_ray_actor_class(num_cpus: float = 0.5, max_restarts: int = DEFAULT_MAX_RESTARTS) -> Any:
+    """``ray.remote(RolloutActor)`` with this CPU share and restart budget.
+
+    ``max_task_retries=0``: an unroll in flight when the process dies fails
+    (the learner sees ``RayActorError``, logs it and submits again; Ray has
+    restarted the process by then). Retrying silently would hide deaths.
+    """
+    import ray  # at the edge only: the plain class above runs without Ray
+
+    return ray.remote(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0)(
+        RolloutActor
+    )

@@ -1,0 +1,214 @@
+"""Checkpoints that survive crashes: atomic writes, safe loads, the last good one kept.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts
+(so that ``torch.load(..., weights_only=True)`` can read it without running
+pickled code). :class:`CheckpointManager` keeps ``latest.pt`` and the one
+before it, ``previous.pt``, in a run's ``checkpoints/`` folder:
+
+1. the new state goes to a temp file in the same folder, flushed and fsync'ed;
+2. ``latest.pt`` is hard-linked (or copied) to ``previous.pt`` (atomically, via a temp name);
+3. the temp file replaces ``latest.pt`` with ``os.replace`` (atomic on POSIX), and the
+   folder is fsync'ed.
+
+At every moment ``latest.pt`` is a complete checkpoint (a crash mid-save leaves
+at most a stray ``*.tmp`` file, removed on the next save), and a failed or
+refused save never touches it.
+
+RNG states (torch, CUDA, numpy, python ``random``) are stored as tensors and
+lists by :func:`capture_rng_state` and put back by :func:`restore_rng_state`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+LATEST = "latest.pt"
+PREVIOUS = "previous.pt"
+_TMP_SUFFIX = ".tmp"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit this run; the message says which."""
+
+
+# ------------------------------------------------------------------ RNG state
+def capture_rng_state() -> dict[str, Any]:
+    """The global RNG states as tensors/lists (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Put back what :func:`capture_rng_state` captured (CUDA only where there is CUDA)."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):  # fewer devices now than at save time
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------- file level
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temp file next to ``path``, fsync, then ``os.replace`` onto it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and sanity-check a checkpoint; :class:`CheckpointError` if missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or unreadable ({first_line})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} is not an impala_frodo checkpoint (format {FORMAT_VERSION})"
+        )
+    return state
+
+
+def _copy_aside(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` atomically (a hard link where the filesystem allows)."""
+    tmp = dst.with_name(f".{dst.name}{_TMP_SUFFIX}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+class CheckpointManager:
+    """``latest.pt`` + ``previous.pt`` in one folder, rotated on every save."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def latest(self) -> Path:
+        return self.directory / LATEST
+
+    @property
+    def previous(self) -> Path:
+        return self.directory / PREVIOUS
+
+    def exists(self) -> bool:
+        return self.latest.is_file()
+
+    def save(self, state: Mapping[str, Any]) -> Path:
+        """Write ``state`` as the new ``latest.pt``; the old latest becomes ``previous.pt``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stray in self.directory.glob(f".*{_TMP_SUFFIX}"):
+            stray.unlink(missing_ok=True)
+        payload = {"format_version": FORMAT_VERSION, **state}
+        # Write the new one first: if this fails, latest.pt and previous.pt are untouched.
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{LATEST}.", suffix=_TMP_SUFFIX, dir=self.directory
+        )
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if self.latest.is_file():
+                _copy_aside(self.latest, self.previous)
+            os.replace(tmp, self.latest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.directory)
+        return self.latest
+
+    def load(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """Load ``latest.pt``; on failure the message points at ``previous.pt`` if there is one."""
+        if not self.latest.is_file():
+            hint = (
+                f"; the previous one is {str(self.previous)!r}"
+                if self.previous.is_file()
+                else " (the run saved none yet)"
+            )
+            raise CheckpointError(f"no checkpoint at {str(self.latest)!r}{hint}")
+        try:
+            return load_checkpoint(self.latest, map_location)
+        except CheckpointError as e:
+            if self.previous.is_file():
+                raise CheckpointError(
+                    f"{e}; the one before it is kept at {str(self.previous)!r}: "
+                    f"resume from it with --resume {self.previous}"
+                ) from None
+            raise

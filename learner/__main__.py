@@ -1,0 +1,7 @@
+"""``python -m learner ...``: the same as the ``impala-frodo`` command."""
+
+import sys
+
+from learner.cli import main
+
+sys.exit(main())

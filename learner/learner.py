@@ -1,0 +1,342 @@
+"""The learner, as a plain class: no Ray, no actors, no threads.
+
+:class:`Learner` owns an :class:`~impala_frodo.updater.Updater` (the learning
+rule of every algorithm) and everything around it that a run needs:
+
+- ``update(trajectories)``: concatenates actor batches along B, moves them to
+  the device once (time-major), takes one update, counts env steps, episodes
+  and policy lag (= updates so far - the version a batch was acted with);
+- ``weights()``: the acting parameters on CPU with their version, to publish
+  every ``run.broadcast_every`` updates (``publish_due``);
+- evaluation: ``eval/value_rmse`` of V on every state against the true values
+  carried by the trajectories (the random walk);
+- ``maybe_log`` / ``maybe_checkpoint``: scalars to a :class:`~impala_frodo.runlog.RunLogger`
+  every ``run.log_every_s`` and checkpoints every ``run.checkpoint_every_s``;
+- ``state_dict`` / ``load_state_dict``: updater, counters, return window and RNG states.
+
+The driver (``learner/driver.py``) feeds it trajectories from Ray actors; the
+tests feed it trajectories from a :class:`~impala_frodo.rollout.Roller`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from impala_frodo.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    capture_rng_state,
+    restore_rng_state,
+)
+from impala_frodo.config import Config
+from impala_frodo.runlog import RunLogger
+from impala_frodo.sync import value_rmse
+from impala_frodo.trajectory import Batch, Trajectory
+from impala_frodo.updater import NonFiniteLossError, Updater
+
+
+@dataclass
+class Counters:
+    """Progress that survives a resume. ``updates`` is the policy version."""
+
+    env_steps: int = 0
+    updates: int = 0
+    meta_updates: int = 0
+    episodes: int = 0
+    trajectories: int = 0
+    wall_time_s: float = 0.0  # summed over all sessions of the run
+    resumes: int = 0
+    actor_failures: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Counters:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ScalarMeans:
+    """Running sums of named scalars, drained into means at each log."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, scalars: Mapping[str, float]) -> None:
+        for name, value in scalars.items():
+            self._sums[name] = self._sums.get(name, 0.0) + float(value)
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    def drain(self) -> dict[str, float]:
+        means = {name: s / self._counts[name] for name, s in self._sums.items()}
+        self._sums.clear()
+        self._counts.clear()
+        return means
+
+
+def _all_finite(tensors: Iterable[Any]) -> bool:
+    return all(
+        bool(torch.isfinite(t).all())
+        for t in tensors
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    )
+
+
+def _check_shapes(saved: Mapping[str, Any], current: Mapping[str, torch.Tensor]) -> None:
+    """The saved agent has the same parameter names and shapes as this one (else ValueError)."""
+    if set(saved) != set(current):
+        raise ValueError(f"parameters {sorted(saved)} != {sorted(current)}")
+    for name, value in current.items():
+        if tuple(saved[name].shape) != tuple(value.shape):
+            raise ValueError(
+                f"{name} has shape {tuple(saved[name].shape)} there, {tuple(value.shape)} here"
+            )
+
+
+class Learner:
+    """Consumes trajectory batches, updates the agent, publishes weights, logs and checkpoints."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        obs_shape: Sequence[int],
+        num_actions: int,
+        *,
+        device: torch.device | str = "cpu",
+        state_observations: np.ndarray | None = None,
+        run_logger: RunLogger | None = None,
+        checkpoints: CheckpointManager | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.obs_shape = tuple(obs_shape)
+        self.num_actions = int(num_actions)
+        self.updater = Updater(cfg, self.obs_shape, self.num_actions, device=self.device)
+        self.counters = Counters()
+        self.run_logger = run_logger
+        self.checkpoints = checkpoints
+        self._clock = clock
+        self._state_obs = None
+        if state_observations is not None:
+            self._state_obs = torch.as_tensor(state_observations, dtype=torch.float32).to(
+                self.device
+            )
+        window = cfg.run.returns_window
+        self.recent_returns: deque[float] = deque(maxlen=window)
+        self.recent_lengths: deque[int] = deque(maxlen=window)
+        self._interval_returns: list[float] = []
+        self._interval_lengths: list[int] = []
+        self._means = ScalarMeans()
+        self.trajectories_by_actor: Counter[int] = Counter()  # this session only
+        self.last_metrics: dict[str, float] = {}  # of the last update
+        self.last_record: dict[str, float] = {}  # the last log record
+        self._session_start = clock()
+        self._wall_offset = 0.0
+        self._last_log_time = self._session_start
+        self._last_log_steps = 0
+        self._last_log_updates = 0
+        self._last_checkpoint_time = self._session_start
+
+    # ------------------------------------------------------------- progress
+    @property
+    def version(self) -> int:
+        """The current policy version: the number of updates taken."""
+        return self.updater.num_updates
+
+    @property
+    def done(self) -> bool:
+        return self.counters.env_steps >= self.cfg.run.total_env_steps
+
+    def wall_time_s(self) -> float:
+        return self._wall_offset + (self._clock() - self._session_start)
+
+    def mean_return(self) -> float | None:
+        """Mean return of the last ``run.returns_window`` episodes (None before any)."""
+        return float(np.mean(self.recent_returns)) if self.recent_returns else None
+
+    def solved(self, threshold: float) -> bool:
+        """The return window is full and its mean is at least ``threshold``."""
+        full = len(self.recent_returns) == self.recent_returns.maxlen
+        return full and float(np.mean(self.recent_returns)) >= threshold
+
+    # --------------------------------------------------------------- update
+    def update(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
+        """One update on the actor batches concatenated along B; returns the updater's metrics.
+
+        Raises :class:`~impala_frodo.updater.NonFiniteLossError` on a NaN/inf loss
+        (nothing is counted then).
+        """
+        lags = [self.version - tr.policy_version for tr in trajectories]
+        batch = Batch.from_trajectories(trajectories, self.device)
+        metrics = self.updater.update(batch)
+        self._count(trajectories)
+        metrics["perf/policy_lag"] = float(np.mean(lags))
+        metrics["perf/policy_lag_max"] = float(max(lags))
+        true_values = trajectories[-1].true_values
+        if self._state_obs is not None and true_values is not None:
+            predicted = self.updater.values(self._state_obs).cpu().numpy()
+            metrics["eval/value_rmse"] = value_rmse(predicted, true_values)
+        self._means.add(metrics)
+        self.last_metrics = metrics
+        return metrics
+
+    def _count(self, trajectories: Sequence[Trajectory]) -> None:
+        c = self.counters
+        c.updates = self.updater.num_updates
+        c.meta_updates = self.updater.num_meta_updates
+        for tr in trajectories:
+            c.env_steps += tr.num_steps
+            c.trajectories += 1
+            self.trajectories_by_actor[tr.actor_id] += 1
+            c.episodes += len(tr.episode_returns)
+            self.recent_returns.extend(tr.episode_returns)
+            self.recent_lengths.extend(tr.episode_lengths)
+            self._interval_returns.extend(tr.episode_returns)
+            self._interval_lengths.extend(tr.episode_lengths)
+
+    # ------------------------------------------------------------ publishing
+    def publish_due(self) -> bool:
+        return self.version % self.cfg.run.broadcast_every == 0
+
+    def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """``(version, acting parameters on CPU)`` for the actors."""
+        return self.version, self.updater.acting_params("cpu")
+
+    # --------------------------------------------------------------- logging
+    def restart_intervals(self) -> None:
+        """Start the log and checkpoint intervals now (wall time keeps counting)."""
+        self._last_log_time = self._last_checkpoint_time = self._clock()
+
+    def has_unlogged_steps(self) -> bool:
+        """Env steps were counted since the last log record."""
+        return self.counters.env_steps > self._last_log_steps
+
+    def log_due(self) -> bool:
+        return self._clock() - self._last_log_time >= self.cfg.run.log_every_s
+
+    def maybe_log(self, extra: Mapping[str, float] | None = None) -> dict[str, float] | None:
+        return self.log(extra) if self.log_due() else None
+
+    def log(self, extra: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Means since the last log, episode stats and throughput, written to the run logger."""
+        now = self._clock()
+        elapsed = max(now - self._last_log_time, 1e-9)
+        c = self.counters
+        scalars = self._means.drain()
+        if self._interval_returns:
+            scalars["episode/return"] = float(np.mean(self._interval_returns))
+            scalars["episode/length"] = float(np.mean(self._interval_lengths))
+        scalars["episode/count"] = float(len(self._interval_returns))
+        mean_return = self.mean_return()
+        if mean_return is not None:
+            scalars["episode/return_window"] = mean_return
+        scalars["perf/env_steps_per_s"] = (c.env_steps - self._last_log_steps) / elapsed
+        scalars["perf/updates_per_s"] = (c.updates - self._last_log_updates) / elapsed
+        scalars["perf/actor_failures"] = float(c.actor_failures)
+        scalars["counters/updates"] = float(c.updates)
+        scalars["counters/episodes"] = float(c.episodes)
+        if extra:
+            scalars.update(extra)
+        self._interval_returns.clear()
+        self._interval_lengths.clear()
+        self._last_log_time, self._last_log_steps, self._last_log_updates = (
+            now,
+            c.env_steps,
+            c.updates,
+        )
+        if self.run_logger is not None:
+            self.run_logger.log(c.env_steps, scalars, self.wall_time_s())
+        self.last_record = scalars
+        return scalars
+
+    # ----------------------------------------------------------- checkpoints
+    def checkpoint_due(self) -> bool:
+        return self._clock() - self._last_checkpoint_time >= self.cfg.run.checkpoint_every_s
+
+    def maybe_checkpoint(self) -> Path | None:
+        return self.checkpoint() if self.checkpoint_due() else None
+
+    def checkpoint(self) -> Path | None:
+        """Save the state now (if a manager is set); refuses a non-finite state."""
+        self._last_checkpoint_time = self._clock()
+        if self.checkpoints is None:
+            return None
+        state = self.state_dict()
+        if not _all_finite(state["updater"]["params"].values()):
+            raise NonFiniteLossError("the agent's parameters are not finite: checkpoint refused")
+        path = self.checkpoints.save(state)
+        if self.run_logger is not None:
+            self.run_logger.flush()
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        self.counters.wall_time_s = self.wall_time_s()
+        return {
+            "config": self.cfg.to_dict(),
+            "updater": self.updater.state_dict(),
+            "counters": asdict(self.counters),
+            "recent_returns": [float(r) for r in self.recent_returns],
+            "recent_lengths": [int(n) for n in self.recent_lengths],
+            "rng": capture_rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], *, restore_rng: bool = True) -> None:
+        """Continue from a checkpoint: counters, curves and RNG go on where they stopped.
+
+        Raises :class:`~impala_frodo.checkpoint.CheckpointError` if it does not fit this config.
+        """
+        saved_algo = state.get("config", {}).get("algo")
+        if saved_algo is not None and saved_algo != self.cfg.algo:
+            raise CheckpointError(
+                f"the checkpoint is from algo {saved_algo!r}, this run is {self.cfg.algo!r}"
+            )
+        try:
+            _check_shapes(state["updater"]["params"], self.updater.params)
+            self.updater.load_state_dict(state["updater"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"the checkpoint does not fit this config (agent or meta-network shape): {first}"
+            ) from None
+        self.counters = Counters.from_dict(state["counters"])
+        self.counters.updates = self.updater.num_updates
+        self.counters.meta_updates = self.updater.num_meta_updates
+        self.recent_returns.clear()
+        self.recent_returns.extend(state.get("recent_returns", []))
+        self.recent_lengths.clear()
+        self.recent_lengths.extend(state.get("recent_lengths", []))
+        if restore_rng and "rng" in state:
+            restore_rng_state(state["rng"])
+        now = self._clock()
+        self._session_start = now
+        self._wall_offset = float(self.counters.wall_time_s)
+        self._last_log_time = self._last_checkpoint_time = now
+        self._last_log_steps = self.counters.env_steps
+        self._last_log_updates = self.counters.updates
+
+    def close(self) -> None:
+        if self.run_logger is not None:
+            self.run_logger.close()
+
+
+def summary_line(scalars: Mapping[str, float]) -> dict[str, str]:
+    """Short progress-bar fields from a log record."""
+    out = {}
+    for key, name, fmt in (
+        ("episode/return_window", "ret", "{:.3f}"),
+        ("perf/policy_lag", "lag", "{:.1f}"),
+        ("eval/value_rmse", "rmse", "{:.3f}"),
+    ):
+        value = scalars.get(key)
+        if value is not None and math.isfinite(value):
+            out[name] = fmt.format(value)
+    return out

@@ -1,0 +1,197 @@
+"""The command line: bad input exits 2 with one line on stderr; flags reach the config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from impala_frodo.checkpoint import CheckpointManager
+from impala_frodo.config import Config
+from impala_frodo.presets import preset_names
+from impala_frodo.runlog import create_run_dir, read_metrics
+from learner.cli import _normalise_argv, build_parser, config_from_args, main, parse_value
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(_normalise_argv(argv))
+
+
+def assert_usage_error(capsys, argv: list[str], *fragments: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("impala-frodo: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# ---------------------------------------------------------------- bad input
+def test_unknown_env_id(capsys):
+    assert_usage_error(capsys, ["train", "--env", "NoSuchEnv-v9"], "unknown env id", "NoSuchEnv")
+
+
+def test_unknown_preset(capsys):
+    assert_usage_error(capsys, ["--preset", "nope"], "unknown preset 'nope'", "catch-frodo")
+
+
+@pytest.mark.parametrize(
+    "flag", ["--num-actors", "--envs-per-actor", "--unroll-length", "--total-env-steps"]
+)
+def test_counts_below_one(capsys, flag):
+    assert_usage_error(capsys, ["train", flag, "0"], "must be an integer >= 1", "got 0")
+
+
+def test_unknown_algo_and_device(capsys):
+    assert_usage_error(capsys, ["train", "--algo", "ppo"], "algo must be one of")
+    assert_usage_error(capsys, ["train", "--device", "tpu"], "run.device must be one of")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(capsys):
+    assert_usage_error(capsys, ["train", "--device", "cuda"], "no CUDA device")
+
+
+def test_missing_and_invalid_config_files(capsys, tmp_path):
+    assert_usage_error(
+        capsys, ["train", "--config", str(tmp_path / "none.toml")], "cannot read config file"
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nseed = 1\n")
+    assert_usage_error(capsys, ["train", "--config", str(bad)], "is not valid toml")
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"run": {"sed": 1}}))
+    assert_usage_error(capsys, ["train", "--config", str(wrong)], "unknown key(s) ['sed']")
+
+
+def test_bad_set_overrides(capsys):
+    assert_usage_error(capsys, ["train", "--set", "run.seed"], "--set expects KEY=VALUE")
+    assert_usage_error(capsys, ["train", "--set", "run.nope=1"], "unknown key(s) ['nope']")
+    assert_usage_error(capsys, ["train", "--set", "meta.lr=-1"], "meta.lr must be a number")
+
+
+def test_resume_errors(capsys, tmp_path):
+    assert_usage_error(capsys, ["train", "--resume", str(tmp_path / "gone")], "does not exist")
+    run_dir = create_run_dir(Config(), tmp_path)
+    assert_usage_error(capsys, ["train", "--resume", str(run_dir)], "no checkpoint", "none yet")
+    CheckpointManager(run_dir / "checkpoints").latest.write_bytes(b"garbage")
+    assert_usage_error(
+        capsys, ["train", "--resume", str(run_dir)], "corrupt or unreadable", "latest.pt"
+    )
+    assert_usage_error(
+        capsys,
+        ["train", "--resume", str(run_dir), "--preset", "catch-frodo"],
+        "--preset cannot be combined with --resume",
+    )
+    assert not (run_dir / "metrics.jsonl").exists()  # nothing written on a failed resume
+
+
+def test_module_entry_point_reports_bad_input_without_traceback():
+    done = subprocess.run(
+        [sys.executable, "-m", "learner", "--env", "NoSuchEnv-v9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("impala-frodo: error: unknown env id")
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- parsing
+def test_no_subcommand_means_train():
+    args = parse("--preset", "catch-frodo", "--num-actors", "2")
+    assert args.command == "train" and args.preset == "catch-frodo"
+    assert parse().command == "train"
+    assert parse("presets").command == "presets"
+
+
+def test_precedence_defaults_preset_file_flags_set(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[run]\nseed = 5\nnum_actors = 3\n[env]\nid = "CartPole-v1"\n')
+    cfg = config_from_args(
+        parse(
+            "--preset", "catch-impala", "--config", str(config), "--num-actors", "4",
+            "--set", "meta.lr=3e-3", "--set", "agent.hidden_sizes=[32, 32]",
+            "--set", "env.id=impala_frodo/Catch-v0", "--set", "env.kwargs.rows=7",
+        )
+    )  # fmt: skip
+    assert cfg.algo == "impala"  # preset
+    assert cfg.run.seed == 5  # file over defaults
+    assert cfg.run.num_actors == 4  # flag over file
+    assert cfg.meta.lr == 3e-3 and cfg.agent.hidden_sizes == (32, 32)
+    assert cfg.env.id == "impala_frodo/Catch-v0"  # --set over file
+    assert cfg.env.kwargs == {"rows": 7, "columns": 6}  # merged into the preset's kwargs
+
+
+def test_parse_value():
+    assert parse_value("3") == 3 and parse_value("1e-3") == 1e-3
+    assert parse_value("true") is True and parse_value("[1, 2]") == [1, 2]
+    assert parse_value("CartPole-v1") == "CartPole-v1"
+    assert parse_value('"quoted"') == "quoted"
+
+
+def test_presets_lists_every_preset_with_its_summary(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in preset_names():
+        assert name in out
+    assert "IMPALA baseline" in out
+
+
+def test_help_exits_zero(capsys):
+    assert main(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- a real run
+@pytest.mark.ray
+def test_train_then_resume_through_the_cli(ray_local, tmp_path, capsys):
+    logdir = tmp_path / "runs"
+    common = ["--envs-per-actor", "8", "--unroll-length", "10", "--no-progress"]
+    argv = ["--preset", "catch-impala", "--total-env-steps", "4000", "--logdir", str(logdir)]
+    assert main([*argv, *common]) == 0
+    (run_dir,) = logdir.iterdir()
+    assert "budget: " in capsys.readouterr().err
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["algo"] == "impala" and config["env"]["kwargs"] == {"rows": 11, "columns": 6}
+    first = read_metrics(run_dir / "metrics.jsonl")[-1]["env_steps"]
+
+    resume = ["train", "--resume", str(run_dir), "--total-env-steps", "8000", *common]
+    assert main(resume) == 0
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert records[-1]["env_steps"] >= 8000 > first
+    assert json.loads((run_dir / "config.json").read_text())["run"]["total_env_steps"] == 8000
+
+
+def test_sweep_and_plot_bad_input(capsys, tmp_path):
+    assert_usage_error(capsys, ["sweep", "--seeds", "0"], "--seeds must be >= 1")
+    assert_usage_error(capsys, ["sweep", "--preset", "nope"], "unknown preset 'nope'")
+    assert_usage_error(capsys, ["plot", str(tmp_path), "--out", "x.png"], "not a run directory")
+
+
+@pytest.mark.ray
+def test_sweep_two_presets_then_plot_their_directories(ray_local, tmp_path, capsys):
+    logdir = tmp_path / "runs"
+    argv = ["sweep", "--preset", "catch-impala", "--preset", "catch-frodo", "--seeds", "2"]
+    budget = ["--total-env-steps", "3200", "--set", "run.num_envs=16", "--no-progress"]
+    out = tmp_path / "fig.png"
+    assert main([*argv, *budget, "--cpus-per-seed", "0.5", "--logdir", str(logdir)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("2/2 seeds done") == 2 and "final" in err
+    sweeps = sorted(logdir.iterdir())
+    assert [p.name.split("-2")[0] for p in sweeps] == ["sweep-catch-frodo", "sweep-catch-impala"]
+    for sweep in sweeps:
+        seeds = sorted(
+            json.loads((d / "config.json").read_text())["run"]["seed"] for d in sweep.iterdir()
+        )
+        assert seeds == [0, 1]
+
+    assert main(["plot", *map(str, sweeps), "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")

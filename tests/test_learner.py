@@ -1,0 +1,253 @@
+"""The plain Learner and RolloutActor, without Ray: fed trajectories from a Roller."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from actors.rollout import RolloutActor, env_spec, pack_params, unpack_params
+from impala_frodo.checkpoint import CheckpointError, CheckpointManager
+from impala_frodo.config import Config, set_dotted
+from impala_frodo.presets import load_preset
+from impala_frodo.runlog import RunLogger, read_metrics
+from impala_frodo.updater import NonFiniteLossError
+from learner.learner import Learner
+
+T, B = 10, 8
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_cfg(algo: str = "impala", **overrides) -> Config:
+    base = {
+        "algo": algo,
+        "run.unroll_length": T,
+        "run.envs_per_actor": B,
+        "meta.num_inner_steps": 2,
+        "run.log_every_s": 5.0,
+        "run.checkpoint_every_s": 30.0,
+    }
+    return set_dotted(Config(), base | overrides)
+
+
+def make_learner(cfg: Config, **kwargs) -> Learner:
+    spec = env_spec(cfg)
+    return Learner(
+        cfg,
+        spec.observation_shape,
+        spec.num_actions,
+        state_observations=spec.state_observations,
+        **kwargs,
+    )
+
+
+def synced_actor(cfg: Config, learner: Learner, actor_id: int = 0) -> RolloutActor:
+    actor = RolloutActor(cfg, actor_id=actor_id, seed=actor_id)
+    actor.set_weights(*learner.weights())
+    return actor
+
+
+def test_update_counts_env_steps_episodes_and_versions():
+    cfg = make_cfg()
+    learner = make_learner(cfg)
+    actor = synced_actor(cfg, learner)
+    episodes = 0
+    for i in range(5):
+        trajectory = actor.unroll(*learner.weights())
+        assert trajectory.policy_version == i  # mu acted with the newest weights
+        episodes += len(trajectory.episode_returns)
+        metrics = learner.update([trajectory])
+        assert np.isfinite(metrics["loss/inner"])
+    c = learner.counters
+    assert (c.env_steps, c.updates, c.trajectories) == (5 * T * B, 5, 5)
+    assert c.episodes == episodes > 0
+    assert learner.version == 5 and len(learner.recent_returns) == episodes
+
+
+def test_batches_from_several_actors_are_concatenated_into_one_update():
+    cfg = make_cfg()
+    learner = make_learner(cfg)
+    actors = [synced_actor(cfg, learner, i) for i in range(3)]
+    learner.update([a.unroll() for a in actors])
+    assert learner.counters.updates == 1
+    assert learner.counters.env_steps == 3 * T * B
+
+
+def test_policy_lag_is_learner_version_minus_behaviour_version():
+    cfg = make_cfg()
+    learner = make_learner(cfg)
+    actor = synced_actor(cfg, learner)
+    stale = [actor.unroll() for _ in range(4)]  # all acted with version 0
+    lags = [learner.update([tr])["perf/policy_lag"] for tr in stale]
+    assert lags == [0.0, 1.0, 2.0, 3.0]
+    mixed = [actor.unroll(), synced_actor(cfg, learner, 1).unroll()]  # versions 0 and 4
+    metrics = learner.update(mixed)
+    assert metrics["perf/policy_lag"] == 2.0 and metrics["perf/policy_lag_max"] == 4.0
+
+
+def test_actor_takes_only_newer_weights_and_stamps_its_id():
+    cfg = make_cfg()
+    learner = make_learner(cfg)
+    actor = RolloutActor(cfg, actor_id=7, seed=0)
+    with pytest.raises(RuntimeError, match="before any weights"):
+        actor.unroll()
+    version, params = learner.weights()
+    assert actor.set_weights(version, pack_params(params))  # packed, as through Ray
+    for name, value in actor.policy.agent.named_parameters():
+        assert torch.equal(value, params[name])
+    old = {k: torch.zeros_like(v) for k, v in params.items()}
+    assert not actor.set_weights(version, old)  # same version: ignored
+    trajectory = actor.unroll()
+    assert trajectory.actor_id == 7 and trajectory.policy_version == 0
+    assert trajectory.obs.shape[:2] == (T + 1, B) and trajectory.actions.shape == (T, B)
+
+
+def test_pack_unpack_round_trip_and_size_check():
+    params = {"b": torch.arange(3.0), "a": torch.ones(2, 2)}
+    flat = pack_params(params)
+    assert flat.dtype == np.float32 and flat.shape == (7,)
+    back = unpack_params(flat, params)
+    assert all(torch.equal(back[k], params[k]) for k in params)
+    with pytest.raises(ValueError, match="expected"):
+        unpack_params(flat[:5], params)
+
+
+def test_publish_every_broadcast_every_updates():
+    cfg = make_cfg(**{"run.broadcast_every": 3})
+    learner = make_learner(cfg)
+    actor = synced_actor(cfg, learner)
+    due = []
+    for _ in range(6):
+        learner.update([actor.unroll()])
+        due.append(learner.publish_due())
+    assert due == [False, False, True, False, False, True]
+
+
+def test_log_writes_metrics_jsonl_and_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    clock = FakeClock()
+    cfg = make_cfg("frodo")
+    learner = make_learner(cfg, run_logger=RunLogger(tmp_path), clock=clock)
+    actor = synced_actor(cfg, learner)
+    for _ in range(6):  # M = 2 inner steps: outer steps at updates 3 and 5
+        learner.update([actor.unroll(*learner.weights())])
+        assert learner.maybe_log() is None  # not due yet
+    clock.now += 5.0
+    record = learner.maybe_log({"perf/queue_size": 2.0})
+    learner.close()
+    for tag in (
+        "loss/inner",
+        "loss/outer",
+        "meta/target_mean",
+        "episode/return",
+        "episode/length",
+        "perf/env_steps_per_s",
+        "perf/policy_lag",
+        "perf/queue_size",
+    ):
+        assert tag in record, tag
+    assert record["perf/env_steps_per_s"] == pytest.approx(6 * T * B / 5.0)
+    (line,) = read_metrics(tmp_path / "metrics.jsonl")
+    assert line["env_steps"] == 6 * T * B and line["perf/queue_size"] == 2.0
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    assert {"loss/outer", "perf/policy_lag"} <= set(accumulator.Tags()["scalars"])
+    assert accumulator.Scalars("loss/inner")[0].step == 6 * T * B
+
+
+def test_value_rmse_is_evaluated_on_the_random_walk():
+    cfg = set_dotted(load_preset("randomwalk-frodo"), {"run.envs_per_actor": 1})
+    learner = make_learner(cfg)
+    actor = synced_actor(cfg, learner)
+    rmses = [
+        learner.update([actor.unroll(*learner.weights())])["eval/value_rmse"] for _ in range(3)
+    ]
+    assert all(np.isfinite(rmses)) and min(rmses) >= 0.0
+
+
+def test_state_round_trips_through_a_checkpoint_file(tmp_path):
+    cfg = make_cfg("frodo")
+    learner = make_learner(cfg)
+    actor = synced_actor(cfg, learner)
+    for _ in range(4):
+        learner.update([actor.unroll(*learner.weights())])
+    manager = CheckpointManager(tmp_path)
+    learner.checkpoints = manager
+    learner.checkpoint()
+
+    restored = make_learner(cfg)
+    restored.load_state_dict(manager.load())
+    assert restored.counters == learner.counters
+    assert list(restored.recent_returns) == list(learner.recent_returns)
+    assert restored.version == learner.version == 4
+    for name, value in learner.updater.params.items():
+        assert torch.equal(restored.updater.params[name], value)
+    meta, restored_meta = learner.updater.meta_net, restored.updater.meta_net
+    for a, b in zip(meta.parameters(), restored_meta.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # Both go on identically from the same batch (the meta chain restarts at the saved theta).
+    batch = actor.unroll()
+    learner.updater._chain = []
+    assert learner.update([batch])["loss/inner"] == restored.update([batch])["loss/inner"]
+
+
+def test_a_checkpoint_from_another_algo_is_refused():
+    frodo = make_learner(make_cfg("frodo"))
+    with pytest.raises(CheckpointError, match="algo 'frodo'"):
+        make_learner(make_cfg("impala")).load_state_dict(frodo.state_dict())
+    bigger = make_learner(make_cfg("frodo", **{"agent.hidden_sizes": [32]}))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        bigger.load_state_dict(frodo.state_dict())
+
+
+def test_checkpoints_are_timed_and_a_nan_state_is_never_saved(tmp_path, monkeypatch):
+    clock = FakeClock()
+    cfg = make_cfg()
+    manager = CheckpointManager(tmp_path)
+    learner = make_learner(cfg, checkpoints=manager, clock=clock)
+    actor = synced_actor(cfg, learner)
+    learner.update([actor.unroll()])
+    assert learner.maybe_checkpoint() is None
+    clock.now += 30.0
+    assert learner.maybe_checkpoint() == manager.latest
+    good = manager.latest.read_bytes()
+
+    def diverge(batch):
+        raise NonFiniteLossError("inner loss is not finite (nan): stopping")
+
+    monkeypatch.setattr(learner.updater, "update", diverge)
+    with pytest.raises(NonFiniteLossError):
+        learner.update([actor.unroll()])
+    assert learner.counters.updates == 1 and learner.counters.env_steps == T * B
+
+    learner.updater.params = {k: v * float("nan") for k, v in learner.updater.params.items()}
+    with pytest.raises(NonFiniteLossError, match="checkpoint refused"):
+        learner.checkpoint()
+    assert manager.latest.read_bytes() == good
+
+
+def test_wall_time_and_counters_continue_after_resume(tmp_path):
+    clock = FakeClock()
+    cfg = make_cfg()
+    learner = make_learner(cfg, clock=clock)
+    actor = synced_actor(cfg, learner)
+    learner.update([actor.unroll()])
+    clock.now += 12.0
+    state = json.loads(json.dumps(learner.state_dict()["counters"]))
+    assert state["wall_time_s"] == pytest.approx(12.0)
+    resumed = make_learner(cfg, clock=clock)
+    resumed.load_state_dict(learner.state_dict())
+    clock.now += 3.0
+    assert resumed.wall_time_s() == pytest.approx(15.0)
+    resumed.update([actor.unroll()])
+    assert resumed.counters.env_steps == 2 * T * B and resumed.counters.updates == 2
