@@ -174,13 +174,21 @@ def test_killed_actors_are_restarted_and_the_run_finishes(ray_local, tmp_path, c
 
 
 def test_an_actor_out_of_restarts_is_replaced(ray_local, tmp_path, caplog):
-    callback, done = _kill_plan({20: "ray"})
+    kill, done = _kill_plan({20: "ray"})
+    pools = []
+
+    def callback(ctx) -> None:
+        pools.append(ctx.pool)
+        kill(ctx)
+
     cfg = small_cfg(tmp_path, **{"run.total_env_steps": 24_000})
     with caplog.at_level(logging.WARNING, logger="impala_frodo"):
         result = train(cfg, options(callback=callback, max_actor_restarts=0))
     assert done == ["ray"] and result.exit_code == EXIT_OK
     assert result.env_steps >= 24_000 and result.actor_failures == 1
     assert any("replaced by a new actor" in r.getMessage() for r in caplog.records)
+    # One death, one replacement: the calls lost with the dead actor are not more deaths.
+    assert [slot.replacements for slot in pools[-1].slots] == [1, 0]
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
