@@ -9,16 +9,19 @@ the policy version it acted with and its actor id. Tests drive it directly.
 :func:`make_ray_actor_class` wraps it with ``ray.remote`` so that the CPU
 share (``run.actor_num_cpus``) and the restart policy come from the config.
 
-Weights: the learner hands the newest published ``(version, params)`` to every
-``unroll`` call it submits (through Ray, ``params`` is an ObjectRef of a dict
-that Ray resolves from the object store). The actor loads them only when the
-version is newer than what it acts with, so it never waits for the learner:
-mu is stale by design and the learner's V-trace corrects for it.
+Weights: the learner offers each published ``(version, params)`` to every
+actor with ``offer_weights``, which the Ray wrapper runs in a concurrency
+group of its own, so the offer lands while an unroll is running. The actor
+takes the newest offer at the start of its next unroll. It never waits for
+the learner: mu is stale by design (by about one unroll plus the queue) and
+the learner's V-trace corrects for it. ``unroll(version, params)`` also takes
+weights directly (a freshly started or restarted actor gets them that way).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +117,10 @@ class RolloutActor:
         self.policy.version = -1  # no weights yet: the first set_weights always loads
         self.roller = Roller(self.env, cfg.run.unroll_length, seed=seed)
         self.num_unrolls = 0
+        # The newest weights offered while an unroll runs (another thread, under Ray):
+        # taken at the start of the next unroll, so mu is at most one unroll stale.
+        self._offer_lock = threading.Lock()
+        self._offered: tuple[int, Weights] | None = None
 
     @property
     def version(self) -> int:
@@ -129,8 +136,26 @@ class RolloutActor:
         self.policy.load(params, version)
         return True
 
+    def offer_weights(self, version: int, params: Weights) -> None:
+        """Keep ``params`` for the next unroll if newer than anything held; returns at once.
+
+        Safe to call from another thread while :meth:`unroll` runs (the Ray wrapper
+        runs it in its own concurrency group): it only swaps a reference under a lock.
+        """
+        with self._offer_lock:
+            held = self.policy.version if self._offered is None else self._offered[0]
+            if version > held:
+                self._offered = (version, params)
+
+    def _take_offered(self) -> None:
+        with self._offer_lock:
+            offered, self._offered = self._offered, None
+        if offered is not None:
+            self.set_weights(*offered)
+
     def unroll(self, version: int | None = None, params: Weights | None = None) -> Trajectory:
-        """Unroll T steps in every env (after taking newer weights, if given)."""
+        """Unroll T steps in every env, after taking the newest weights offered or given."""
+        self._take_offered()
         if params is not None and version is not None:
             self.set_weights(version, params)
         if self.policy.version < 0:
@@ -148,15 +173,25 @@ class RolloutActor:
         self.env.close()
 
 
+#: The Ray concurrency group of :meth:`RolloutActor.offer_weights`: one thread of its own,
+#: so a weight offer lands while an unroll runs. Everything else runs in the default
+#: group, one call at a time, in submission order.
+WEIGHTS_GROUP = "weights"
+
+
 def make_ray_actor_class(num_cpus: float = 0.5, max_restarts: int = DEFAULT_MAX_RESTARTS) -> Any:
     """``ray.remote(RolloutActor)`` with this CPU share and restart budget.
 
     ``max_task_retries=0``: an unroll in flight when the process dies fails
     (the learner sees ``RayActorError``, logs it and submits again; Ray has
     restarted the process by then). Retrying silently would hide deaths.
+    Call ``offer_weights`` with ``.options(concurrency_group=WEIGHTS_GROUP)``.
     """
     import ray  # at the edge only: the plain class above runs without Ray
 
-    return ray.remote(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0)(
-        RolloutActor
-    )
+    return ray.remote(
+        num_cpus=num_cpus,
+        max_restarts=max_restarts,
+        max_task_retries=0,
+        concurrency_groups={WEIGHTS_GROUP: 1},
+    )(RolloutActor)

@@ -17,13 +17,15 @@ finished unrolls waiting for the learner at each update (mean per log interval).
 **Weights.** The learner publishes ``(version, params)`` every
 ``run.broadcast_every`` updates; the driver packs the params into one float32
 vector (one numpy buffer serialises ~2.5x faster than a dict of tensors) and
-passes it *by value* with every call it submits (small: the Catch agent is
-30 KB, inlined into the task spec, no object-store round trip; above
-``INLINE_WEIGHTS_BYTES`` it is ``ray.put`` once per publication and the ref is
-passed). The actor loads it only if the version is newer than its own. Actors
-never wait for the learner and never poll: the newest published weights
-arrive with the next call. A restarted actor process gets weights with its
-very next call.
+*offers* it to every actor (``offer_weights``, fire and forget). The offer
+runs in the actor's own ``weights`` concurrency group, beside the unroll in
+progress, and the actor takes the newest offer when its next unroll starts:
+mu lags the learner by about one unroll plus the finished unrolls waiting in
+the queue, not by the whole queue. Up to ``INLINE_WEIGHTS_BYTES`` the vector
+goes by value (the Catch agent is 30 KB: inlined into the task spec, no
+object-store round trip); above it is ``ray.put`` once per publication. A new
+or restarted actor process gets the weights with its next ``unroll`` call.
+Actors never wait for the learner and never poll.
 
 **Learner placement.** The learner runs in the driver process (no extra hop
 for trajectories): on CUDA when ``run.device`` is ``auto``/``cuda`` and the
@@ -65,6 +67,7 @@ from ray.exceptions import RayActorError
 
 from actors.rollout import (
     DEFAULT_MAX_RESTARTS,
+    WEIGHTS_GROUP,
     EnvSpec,
     actor_seed,
     env_spec,
@@ -153,6 +156,13 @@ class _Slot:
     healthy: bool = True
     #: While unhealthy, no new call before this time (monotonic s): no busy resubmission.
     retry_at: float = 0.0
+    #: A new or restarted process has no weights: its next unroll call carries them.
+    needs_weights: bool = True
+    #: Weight offers not yet seen to finish (their errors are read, not left to Ray's log).
+    offers: list = field(default_factory=list)
+    #: Unrolls collected since its last offer: an actor that has not started a new
+    #: unroll since then has not used that offer yet, and a newer one can wait.
+    collected_since_offer: int = 0
 
 
 class ActorPool:
@@ -196,14 +206,28 @@ class ActorPool:
 
     # -------------------------------------------------------------- weights
     def publish(self, version: int, params: dict[str, torch.Tensor]) -> None:
-        """Make ``params`` the weights that every call submitted from now on carries."""
+        """Offer ``params`` to every actor now; new and restarted ones get them with a call.
+
+        The offers run in the actors' weights concurrency group, beside the unroll in
+        progress, so each actor's next unroll acts with them: fire and forget.
+        """
         flat = pack_params(params)
         self._payload = flat if flat.nbytes <= INLINE_WEIGHTS_BYTES else ray.put(flat)
         self._version = version
+        for slot in self.slots:
+            if slot.offers:  # read finished offers: an actor's death shows up in unroll calls
+                done, slot.offers = ray.wait(slot.offers, num_returns=len(slot.offers), timeout=0)
+                for ref in done:
+                    with contextlib.suppress(RayActorError):
+                        ray.get(ref)
+            if slot.healthy and not slot.needs_weights and slot.collected_since_offer:
+                offer = slot.handle.offer_weights.options(concurrency_group=WEIGHTS_GROUP)
+                slot.offers.append(offer.remote(version, self._payload))
+                slot.collected_since_offer = 0
 
     # ---------------------------------------------------------------- calls
     def fill(self) -> None:
-        """Top every actor up to ``depth`` calls in flight, with the newest weights."""
+        """Top every actor up to ``depth`` calls in flight (weights only where needed)."""
         if self._version < 0:
             raise RuntimeError("ActorPool.fill before any weights were published")
         now = time.monotonic()
@@ -212,7 +236,11 @@ class ActorPool:
                 continue
             depth = self.depth if slot.healthy else 1  # one probe call while it restarts
             while slot.inflight < depth:
-                ref = slot.handle.unroll.remote(self._version, self._payload)
+                if slot.needs_weights or not slot.healthy:
+                    ref = slot.handle.unroll.remote(self._version, self._payload)
+                    slot.needs_weights = False
+                else:
+                    ref = slot.handle.unroll.remote()
                 self._order.append(ref)
                 self._origin[ref] = (index, slot.incarnation)
                 slot.inflight += 1
@@ -258,6 +286,7 @@ class ActorPool:
             raise TrainingError(f"actor {slot.actor_id} raised: {_first_line(e)}") from e
         if incarnation == slot.incarnation:
             slot.healthy = True
+        slot.collected_since_offer += 1
         return trajectory
 
     def _on_actor_error(self, index: int, incarnation: int, error: RayActorError) -> None:
@@ -283,6 +312,7 @@ class ActorPool:
             return
         slot.incarnation += 1
         slot.healthy = False
+        slot.needs_weights = True
         slot.deaths_on_handle += 1
         self.failures += 1
         if self.failures > self.max_failures:
@@ -316,6 +346,7 @@ class ActorPool:
         slot.incarnation += 1  # calls to the old handle are stale
         slot.deaths_on_handle = 0
         slot.healthy, slot.retry_at = True, 0.0
+        slot.needs_weights, slot.offers = True, []
 
     def shutdown(self) -> None:
         """Kill the actors; unfinished calls are abandoned (never counted as trained on)."""

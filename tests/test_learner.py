@@ -111,6 +111,26 @@ def test_actor_takes_only_newer_weights_and_stamps_its_id():
     assert trajectory.obs.shape[:2] == (T + 1, B) and trajectory.actions.shape == (T, B)
 
 
+def test_offered_weights_are_taken_at_the_next_unroll_newest_first():
+    cfg = make_cfg()
+    learner = make_learner(cfg)
+    actor = RolloutActor(cfg, actor_id=0, seed=0)
+    version, params = learner.weights()
+    actor.offer_weights(version, pack_params(params))
+    assert actor.version == -1  # an offer is only held until the next unroll starts
+    assert actor.unroll().policy_version == version
+
+    newer = {k: v + 1.0 for k, v in params.items()}
+    newest = {k: v + 2.0 for k, v in params.items()}
+    actor.offer_weights(version + 2, pack_params(newest))
+    actor.offer_weights(version + 1, pack_params(newer))  # late and older: dropped
+    assert actor.unroll().policy_version == version + 2
+    for name, value in actor.policy.agent.named_parameters():
+        assert torch.equal(value, newest[name])
+    actor.offer_weights(version + 1, pack_params(newer))  # older than what it acts with
+    assert actor.unroll().policy_version == version + 2
+
+
 def test_pack_unpack_round_trip_and_size_check():
     params = {"b": torch.arange(3.0), "a": torch.ones(2, 2)}
     flat = pack_params(params)
