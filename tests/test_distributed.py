@@ -109,6 +109,27 @@ def test_random_walk_run_logs_the_value_error(ray_local, tmp_path):
     assert values and all(0.0 <= v < 5.0 for v in values)
 
 
+def test_a_gymnasium_env_with_time_limits_runs_through_the_actors(ray_local, tmp_path):
+    """CartPole through the whole system: episodes cut by a time limit are counted too."""
+    cfg = set_dotted(
+        load_preset("cartpole-frodo"),
+        {
+            "env.kwargs": {"max_episode_steps": 30},
+            "run.envs_per_actor": 8,
+            "run.total_env_steps": 4_000,
+            "run.logdir": str(tmp_path / "runs"),
+            "meta.num_inner_steps": 2,
+        },
+    )
+    result = train(cfg, options())
+    assert result.exit_code == EXIT_OK and result.env_steps >= 4_000
+    # Every episode ends within 30 steps: all steps but the unfinished episodes' (< 30 in
+    # each of the 2 x 8 envs) belong to recorded episodes of at most 30 steps each.
+    assert result.episodes >= (result.env_steps - 2 * 8 * 29) // 30
+    lengths = [s.value for s in scalar_tags(result.run_dir)["episode/length"]]
+    assert lengths and all(1 <= n <= 30 for n in lengths)
+
+
 def test_resume_continues_counters_and_curves_without_double_counting(ray_local, tmp_path):
     first = train(small_cfg(tmp_path, "frodo", **{"run.total_env_steps": 8_000}), options())
     assert first.exit_code == EXIT_OK
