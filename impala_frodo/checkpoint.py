@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from impala_frodo.utils import first_line
+
 FORMAT_VERSION = 1
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
@@ -95,10 +97,8 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file next to ``path``, fsync, then ``os.replace`` onto it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_temp(obj: Any, path: Path) -> Path:
+    """``torch.save`` to a flushed and fsync'ed temp file beside ``path`` (removed on failure)."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     tmp = Path(tmp_name)
     try:
@@ -106,6 +106,18 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temp file next to ``path``, fsync, then ``os.replace`` onto it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _write_temp(obj, path)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -130,9 +142,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         pickle.UnpicklingError,
         zipfile.BadZipFile,
     ) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or unreadable ({first_line})"
+            f"checkpoint {str(path)!r} is corrupt or unreadable ({first_line(e)})"
         ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
@@ -176,15 +187,8 @@ class CheckpointManager:
             stray.unlink(missing_ok=True)
         payload = {"format_version": FORMAT_VERSION, **state}
         # Write the new one first: if this fails, latest.pt and previous.pt are untouched.
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{LATEST}.", suffix=_TMP_SUFFIX, dir=self.directory
-        )
-        tmp = Path(tmp_name)
+        tmp = _write_temp(payload, self.latest)
         try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
             if self.latest.is_file():
                 _copy_aside(self.latest, self.previous)
             os.replace(tmp, self.latest)

@@ -7,8 +7,10 @@ distributed system must match, and the fast path for tests and sketches.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,37 +113,66 @@ def train_sync(
     return result
 
 
+class ScalarMeans:
+    """Running sums of named scalars, drained into means at each log."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, scalars: Mapping[str, float]) -> None:
+        for name, value in scalars.items():
+            self._sums[name] = self._sums.get(name, 0.0) + float(value)
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    def drain(self) -> dict[str, float]:
+        means = {name: s / self._counts[name] for name, s in self._sums.items()}
+        self._sums.clear()
+        self._counts.clear()
+        return means
+
+
 class IntervalLog:
     """Averages per-update metrics and finished episodes over a log interval.
 
     A record holds ``episode/return`` and ``episode/length`` (means over the
     episodes that ended in the interval), ``episode/return_window`` (mean of
-    the last ``window`` episodes), the means of the updater's scalars (and
-    ``eval/value_rmse``), and ``perf/env_steps_per_s``.
+    the last ``window`` episodes), and the means of the updater's scalars
+    (and ``eval/value_rmse``). The synchronous trainer and the distributed
+    learner both log through it.
     """
 
     def __init__(self, window: int) -> None:
         self.window = window
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
+        self._means = ScalarMeans()
         self._returns: list[float] = []
         self._lengths: list[int] = []
 
-    def add(self, metrics: dict[str, float], returns: list[float], lengths: list[int]) -> None:
-        for name, value in metrics.items():
-            self._sums[name] = self._sums.get(name, 0.0) + value
-            self._counts[name] = self._counts.get(name, 0) + 1
+    @property
+    def num_episodes(self) -> int:
+        """Episodes that ended in the interval so far."""
+        return len(self._returns)
+
+    def add(
+        self,
+        metrics: Mapping[str, float],
+        returns: Sequence[float] = (),
+        lengths: Sequence[int] = (),
+    ) -> None:
+        self._means.add(metrics)
         self._returns.extend(returns)
         self._lengths.extend(lengths)
 
-    def pop(self, recent_returns: list[float]) -> dict[str, float]:
-        record = {k: self._sums[k] / self._counts[k] for k in self._sums}
+    def pop(self, recent_returns: Sequence[float] | deque[float]) -> dict[str, float]:
+        """The interval's record; ``recent_returns``: every episode's return so far, or the last."""
+        record = self._means.drain()
         if self._returns:
             record["episode/return"] = float(np.mean(self._returns))
             record["episode/length"] = float(np.mean(self._lengths))
-        if recent_returns:
-            record["episode/return_window"] = float(np.mean(recent_returns[-self.window :]))
-        self._sums, self._counts, self._returns, self._lengths = {}, {}, [], []
+        if len(recent_returns):
+            last = itertools.islice(reversed(recent_returns), self.window)
+            record["episode/return_window"] = float(np.mean(list(last)))
+        self._returns, self._lengths = [], []
         return record
 
 

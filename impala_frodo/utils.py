@@ -1,4 +1,4 @@
-"""Small helpers shared by the trainers: device choice and seeding."""
+"""Small helpers shared by the trainers: device choice, seeding, error messages."""
 
 from __future__ import annotations
 
@@ -23,3 +23,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

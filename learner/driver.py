@@ -77,10 +77,11 @@ from actors.rollout import (
 from impala_frodo.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from impala_frodo.config import Config, ConfigError
 from impala_frodo.runlog import CHECKPOINT_DIR, RunLogger, create_run_dir, write_config
+from impala_frodo.sync import ScalarMeans
 from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import NonFiniteLossError
-from impala_frodo.utils import resolve_device, seed_everything
-from learner.learner import Learner, ScalarMeans, summary_line
+from impala_frodo.utils import first_line, resolve_device, seed_everything
+from learner.learner import Learner, summary_line
 
 log = logging.getLogger("impala_frodo")
 
@@ -193,10 +194,6 @@ class ActorPool:
         self.lost_unrolls = 0
 
     @property
-    def capacity(self) -> int:
-        return self.depth * len(self.slots)
-
-    @property
     def in_flight(self) -> int:
         return len(self._order)
 
@@ -245,13 +242,6 @@ class ActorPool:
                 self._origin[ref] = (index, slot.incarnation)
                 slot.inflight += 1
 
-    def ready_count(self) -> int:
-        """Finished unrolls waiting for the learner (non-blocking)."""
-        if not self._order:
-            return 0
-        ready, _ = ray.wait(self._order, num_returns=len(self._order), timeout=0)
-        return len(ready)
-
     def take(self, n: int, timeout: float) -> tuple[list[Trajectory], int]:
         """Up to ``n`` finished unrolls, oldest first, waiting at most ``timeout`` seconds.
 
@@ -283,7 +273,7 @@ class ActorPool:
             self._on_actor_error(index, incarnation, e)
             return None
         except ray.exceptions.RayTaskError as e:
-            raise TrainingError(f"actor {slot.actor_id} raised: {_first_line(e)}") from e
+            raise TrainingError(f"actor {slot.actor_id} raised: {first_line(e)}") from e
         if incarnation == slot.incarnation:
             slot.healthy = True
         slot.collected_since_offer += 1
@@ -318,7 +308,7 @@ class ActorPool:
         if self.failures > self.max_failures:
             raise TrainingError(
                 f"rollout actors failed {self.failures} times (limit {self.max_failures}); "
-                f"last: actor {slot.actor_id}: {_first_line(error)}"
+                f"last: actor {slot.actor_id}: {first_line(error)}"
             )
         if slot.deaths_on_handle > self.max_restarts or permanent:
             log.warning(
@@ -332,7 +322,7 @@ class ActorPool:
                 "actor %d died (%s: %s); Ray restarts it (%d/%d), training goes on",
                 slot.actor_id,
                 type(error).__name__,
-                _first_line(error)[:160],
+                first_line(error)[:160],
                 slot.deaths_on_handle,
                 self.max_restarts,
             )
@@ -355,11 +345,6 @@ class ActorPool:
                 ray.kill(slot.handle, no_restart=True)
         self._order.clear()
         self._origin.clear()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # ---------------------------------------------------------------- signals

@@ -39,9 +39,10 @@ from impala_frodo.checkpoint import (
 )
 from impala_frodo.config import Config
 from impala_frodo.runlog import RunLogger
-from impala_frodo.sync import value_rmse
+from impala_frodo.sync import IntervalLog, value_rmse
 from impala_frodo.trajectory import Batch, Trajectory
 from impala_frodo.updater import NonFiniteLossError, Updater
+from impala_frodo.utils import first_line
 
 
 @dataclass
@@ -61,25 +62,6 @@ class Counters:
     def from_dict(cls, data: Mapping[str, Any]) -> Counters:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-class ScalarMeans:
-    """Running sums of named scalars, drained into means at each log."""
-
-    def __init__(self) -> None:
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
-
-    def add(self, scalars: Mapping[str, float]) -> None:
-        for name, value in scalars.items():
-            self._sums[name] = self._sums.get(name, 0.0) + float(value)
-            self._counts[name] = self._counts.get(name, 0) + 1
-
-    def drain(self) -> dict[str, float]:
-        means = {name: s / self._counts[name] for name, s in self._sums.items()}
-        self._sums.clear()
-        self._counts.clear()
-        return means
 
 
 def _all_finite(tensors: Iterable[Any]) -> bool:
@@ -133,11 +115,8 @@ class Learner:
         window = cfg.run.returns_window
         self.recent_returns: deque[float] = deque(maxlen=window)
         self.recent_lengths: deque[int] = deque(maxlen=window)
-        self._interval_returns: list[float] = []
-        self._interval_lengths: list[int] = []
-        self._means = ScalarMeans()
+        self._interval = IntervalLog(window)
         self.trajectories_by_actor: Counter[int] = Counter()  # this session only
-        self.last_metrics: dict[str, float] = {}  # of the last update
         self.last_record: dict[str, float] = {}  # the last log record
         self._session_start = clock()
         self._wall_offset = 0.0
@@ -185,8 +164,7 @@ class Learner:
         if self._state_obs is not None and true_values is not None:
             predicted = self.updater.values(self._state_obs).cpu().numpy()
             metrics["eval/value_rmse"] = value_rmse(predicted, true_values)
-        self._means.add(metrics)
-        self.last_metrics = metrics
+        self._interval.add(metrics)
         return metrics
 
     def _count(self, trajectories: Sequence[Trajectory]) -> None:
@@ -200,8 +178,7 @@ class Learner:
             c.episodes += len(tr.episode_returns)
             self.recent_returns.extend(tr.episode_returns)
             self.recent_lengths.extend(tr.episode_lengths)
-            self._interval_returns.extend(tr.episode_returns)
-            self._interval_lengths.extend(tr.episode_lengths)
+            self._interval.add({}, tr.episode_returns, tr.episode_lengths)
 
     # ------------------------------------------------------------ publishing
     def publish_due(self) -> bool:
@@ -231,14 +208,9 @@ class Learner:
         now = self._clock()
         elapsed = max(now - self._last_log_time, 1e-9)
         c = self.counters
-        scalars = self._means.drain()
-        if self._interval_returns:
-            scalars["episode/return"] = float(np.mean(self._interval_returns))
-            scalars["episode/length"] = float(np.mean(self._interval_lengths))
-        scalars["episode/count"] = float(len(self._interval_returns))
-        mean_return = self.mean_return()
-        if mean_return is not None:
-            scalars["episode/return_window"] = mean_return
+        episodes = self._interval.num_episodes
+        scalars = self._interval.pop(self.recent_returns)
+        scalars["episode/count"] = float(episodes)
         scalars["perf/env_steps_per_s"] = (c.env_steps - self._last_log_steps) / elapsed
         scalars["perf/updates_per_s"] = (c.updates - self._last_log_updates) / elapsed
         scalars["perf/actor_failures"] = float(c.actor_failures)
@@ -246,8 +218,6 @@ class Learner:
         scalars["counters/episodes"] = float(c.episodes)
         if extra:
             scalars.update(extra)
-        self._interval_returns.clear()
-        self._interval_lengths.clear()
         self._last_log_time, self._last_log_steps, self._last_log_updates = (
             now,
             c.env_steps,
@@ -303,9 +273,9 @@ class Learner:
             _check_shapes(state["updater"]["params"], self.updater.params)
             self.updater.load_state_dict(state["updater"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(
-                f"the checkpoint does not fit this config (agent or meta-network shape): {first}"
+                "the checkpoint does not fit this config (agent or meta-network shape): "
+                f"{first_line(e)}"
             ) from None
         self.counters = Counters.from_dict(state["counters"])
         self.counters.updates = self.updater.num_updates
