@@ -22,6 +22,8 @@ TASKS = ("control", "prediction")
 INNER_OPTIMIZERS = ("sgd", "rmsprop")
 BETA_MODES = ("constant", "annealed")
 DEVICES = ("auto", "cpu", "cuda")
+TARGET_FORMS = ("plain", "residual")
+META_SCHEDULES = ("chain", "sliding")
 
 
 class ConfigError(ValueError):
@@ -127,12 +129,35 @@ class OptimConfig:
 
 @dataclass
 class MetaConfig:
-    """The meta-learner: FRODO's meta-network, its optimizer, the extension and MGRL."""
+    """The meta-learner: FRODO's meta-network, its optimizer, the extension and MGRL.
+
+    FRODO's target forms (docs/design.md, "Target forms"):
+
+    - ``target = "plain"``: g = G_eta(tau), the paper's form.
+    - ``target = "residual"``: g = sg(v_s) + G_eta(tau), a learned correction on the
+      canonical V-trace target v_s (gamma, lambda of ``[loss]``).
+    - ``zero_init_head``: G_eta's output layer starts at zero, so g starts at 0 (plain)
+      or at v_s (residual).
+    - ``ratio_input``: G_eta also sees the clipped log importance ratio log(pi/mu).
+    - ``consistency_cost`` w: adds w 1/2 (g - sg(v_s))^2 on the held-out batch to the
+      outer loss, a guard against the target drifting away from returns.
+
+    ``schedule = "chain"``: one outer step per M inner steps, which form one
+    differentiable chain (the paper's). ``"sliding"``: an outer step after every
+    inner update, differentiated through the last M inner updates (recomputed from
+    the parameters M updates ago with the current eta): M times the meta-steps, at
+    about M times the meta-step cost.
+    """
 
     num_inner_steps: int = 5  # M
     lr: float = 1e-2  # Adam on eta
     hidden_size: int = 32  # LSTM width
     max_grad_norm: float = 0.0  # clip of the meta-gradient; 0 disables
+    target: str = "plain"
+    zero_init_head: bool = False
+    ratio_input: bool = False
+    consistency_cost: float = 0.0
+    schedule: str = "chain"
     # The report's extension (DESIGN section 5): beta * L_revise added to L_outer.
     ext_b1: float = 0.1
     ext_beta_mode: str = "annealed"  # "constant": beta = b1; "annealed": b1 / |sg(L_outer)|
@@ -147,6 +172,12 @@ class MetaConfig:
         _positive_int("meta.hidden_size", self.hidden_size)
         _in_range("meta.lr", self.lr, 0.0, 10.0, low_open=True)
         _in_range("meta.max_grad_norm", self.max_grad_norm, 0.0, 1e9)
+        _one_of("meta.target", self.target, TARGET_FORMS)
+        _one_of("meta.schedule", self.schedule, META_SCHEDULES)
+        for name in ("zero_init_head", "ratio_input"):
+            value = getattr(self, name)
+            _require(isinstance(value, bool), f"meta.{name} must be true or false, got {value!r}")
+        _in_range("meta.consistency_cost", self.consistency_cost, 0.0, 1e6)
         _in_range("meta.ext_b1", self.ext_b1, 0.0, 1e6)
         _one_of("meta.ext_beta_mode", self.ext_beta_mode, BETA_MODES)
         _in_range("meta.ext_beta_max", self.ext_beta_max, 0.0, 1e9, low_open=True)

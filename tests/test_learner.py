@@ -217,7 +217,7 @@ def test_state_round_trips_through_a_checkpoint_file(tmp_path):
         assert torch.equal(a, b)
     # Both go on identically from the same batch (the meta chain restarts at the saved theta).
     batch = actor.unroll()
-    learner.updater._chain = []
+    learner.updater._pending.clear()
     assert learner.update([batch])["loss/inner"] == restored.update([batch])["loss/inner"]
 
 

@@ -232,7 +232,7 @@ def test_updater_moves_eta_every_m_batches_and_keeps_theta_detached():
     assert all(changed)
     # The new chain starts from theta_M as a leaf: one inner step of graph, not three.
     assert all(p.grad_fn is not None for p in updater.params.values())
-    assert len(updater._chain) == 1
+    assert len(updater._pending) == 1
 
 
 def test_meta_gradient_chains_m_inner_steps():
