@@ -42,18 +42,6 @@ class TrainResult:
         return self.env_steps / max(self.wall_time_s, 1e-9)
 
 
-def steps_to_threshold(
-    returns: list[float], end_steps: list[int], threshold: float, window: int
-) -> int | None:
-    """First env step at which the mean return of the last ``window`` episodes is >= threshold."""
-    if len(returns) < window:
-        return None
-    cumulative = np.concatenate([[0.0], np.cumsum(returns)])
-    means = (cumulative[window:] - cumulative[:-window]) / window  # ends at episode window-1 ..
-    hits = np.flatnonzero(means >= threshold)
-    return None if hits.size == 0 else int(end_steps[hits[0] + window - 1])
-
-
 def value_rmse(predicted: np.ndarray, true_values: np.ndarray) -> float:
     """RMS error of V against the true state values (the random walk's metric)."""
     return float(np.sqrt(np.mean((np.asarray(predicted) - np.asarray(true_values)) ** 2)))
