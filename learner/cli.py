@@ -325,7 +325,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """One sweep per preset (or one of the plain config), then an optional plot of them all."""
     from impala_frodo.plotting import final_values, load_runs, plot_runs
-    from learner.driver import ray_session
+    from learner.ray_session import ray_session
     from learner.sweep import run_sweep
 
     if args.seeds < 1:

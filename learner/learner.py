@@ -38,8 +38,9 @@ from impala_frodo.checkpoint import (
     restore_rng_state,
 )
 from impala_frodo.config import Config
+from impala_frodo.intervals import IntervalLog
 from impala_frodo.runlog import RunLogger
-from impala_frodo.sync import IntervalLog, value_rmse
+from impala_frodo.sync import value_rmse
 from impala_frodo.trajectory import Batch, Trajectory
 from impala_frodo.updater import NonFiniteLossError, Updater
 from impala_frodo.utils import first_line
