@@ -200,6 +200,7 @@ class RunConfig:
     batches_per_update: int = 1  # actor batches concatenated into one learner batch
     queue_size: int = 8  # bounded trajectory queue, in actor batches
     broadcast_every: int = 1  # learner updates between weight publications
+    policy_lag: int = 0  # act with weights this many versions old, on purpose (0: newest)
     actor_num_cpus: float = 0.5
     device: str = "auto"
     logdir: str = "runs"
@@ -224,6 +225,12 @@ class RunConfig:
             "returns_window",
         ):
             _positive_int(f"run.{name}", getattr(self, name))
+        _require(
+            isinstance(self.policy_lag, int)
+            and not isinstance(self.policy_lag, bool)
+            and self.policy_lag >= 0,
+            f"run.policy_lag must be an integer >= 0, got {self.policy_lag!r}",
+        )
         _in_range("run.actor_num_cpus", self.actor_num_cpus, 0.0, 64.0, low_open=True)
         _one_of("run.device", self.device, DEVICES)
         _in_range("run.checkpoint_every_s", self.checkpoint_every_s, 0.0, 1e9, low_open=True)

@@ -19,7 +19,7 @@ from impala_frodo.config import Config
 from impala_frodo.envs import make_batched_env
 from impala_frodo.intervals import IntervalLog
 from impala_frodo.networks import AgentNet
-from impala_frodo.rollout import ActingPolicy, Roller
+from impala_frodo.rollout import ActingPolicy, DelayedWeights, Roller
 from impala_frodo.trajectory import Batch
 from impala_frodo.updater import Updater
 from impala_frodo.utils import resolve_device, seed_everything
@@ -64,7 +64,13 @@ def train_sync(
     policy = ActingPolicy(
         AgentNet(env.observation_shape, env.num_actions, cfg.agent.hidden_sizes), seed=cfg.run.seed
     )
-    policy.load(updater.acting_params("cpu"), updater.num_updates)
+    delayed = DelayedWeights(cfg.run.policy_lag)  # mu = pi of policy_lag updates ago
+
+    def load_behaviour_policy() -> None:
+        version, params = delayed.push(updater.num_updates, updater.acting_params("cpu"))
+        policy.load(params, version)
+
+    load_behaviour_policy()
     roller = Roller(env, cfg.run.unroll_length, seed=cfg.run.seed)
     state_obs = None
     if hasattr(env, "state_observations"):
@@ -81,7 +87,7 @@ def train_sync(
         result.episode_end_steps.extend([result.env_steps] * len(trajectory.episode_returns))
 
         metrics = updater.update(Batch.from_trajectories([trajectory], device))
-        policy.load(updater.acting_params("cpu"), updater.num_updates)
+        load_behaviour_policy()
         if state_obs is not None and trajectory.true_values is not None:
             rmse = value_rmse(updater.values(state_obs).cpu().numpy(), trajectory.true_values)
             result.value_rmse.append((result.env_steps, rmse))

@@ -39,6 +39,7 @@ from impala_frodo.checkpoint import (
 )
 from impala_frodo.config import Config
 from impala_frodo.intervals import IntervalLog
+from impala_frodo.rollout import DelayedWeights
 from impala_frodo.runlog import RunLogger
 from impala_frodo.sync import value_rmse
 from impala_frodo.trajectory import Batch, Trajectory
@@ -108,6 +109,7 @@ class Learner:
         self.run_logger = run_logger
         self.checkpoints = checkpoints
         self._clock = clock
+        self._delayed = DelayedWeights(cfg.run.policy_lag)
         self._state_obs = None
         if state_observations is not None:
             self._state_obs = torch.as_tensor(state_observations, dtype=torch.float32).to(
@@ -186,8 +188,9 @@ class Learner:
         return self.version % self.cfg.run.broadcast_every == 0
 
     def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
-        """``(version, acting parameters on CPU)`` for the actors."""
-        return self.version, self.updater.acting_params("cpu")
+        """``(version, acting parameters on CPU)`` for the actors: the current ones, or
+        ``run.policy_lag`` versions old."""
+        return self._delayed.push(self.version, self.updater.acting_params("cpu"))
 
     # --------------------------------------------------------------- logging
     def restart_intervals(self) -> None:
