@@ -73,18 +73,33 @@ SUITES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
 }
 
 
-def run_one(args: tuple[str, str, dict[str, Any], int]) -> dict[str, Any]:
+# The policy-lag study (issue 10): acting weights k updates old, set on purpose.
+SUITES["lag"] = {
+    f"{name}-lag{lag}": (preset, overrides | {"run.policy_lag": lag})
+    for lag in (0, 4, 16)
+    for name, (preset, overrides) in {
+        "impala": ("catch-impala", {}),
+        "frodo-residual": ("catch-frodo", {"meta.target": "residual", "meta.zero_init_head": True}),
+        "frodo-residual-ratio": (
+            "catch-frodo",
+            {"meta.target": "residual", "meta.zero_init_head": True, "meta.ratio_input": True},
+        ),
+    }.items()
+}
+
+
+def run_one(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
     """One seed of one variant, in a worker process (one torch thread)."""
     import torch
 
     from impala_frodo.sync import train_sync
 
     torch.set_num_threads(1)
-    suite, preset, overrides, seed = args
+    preset, overrides, seed = args
     cfg = set_dotted(load_preset(preset), {**overrides, "run.seed": seed})
     result = train_sync(cfg)
     total = cfg.run.total_env_steps
-    if suite == "randomwalk":
+    if cfg.task == "prediction":
         switch_every = cfg.env.kwargs.get("switch_every", 960)
         summary = random_walk_summary(result.value_rmse, switch_every, total)
         summary["curve"] = curve(result.value_rmse, total, bins=100)
@@ -155,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         extra[key] = json.loads(value) if value[:1] in "-0123456789[{tf" else value
     jobs = [
-        (args.suite, variants[n][0], variants[n][1] | extra, seed)
-        for n in names
-        for seed in range(args.seeds)
+        (variants[n][0], variants[n][1] | extra, seed) for n in names for seed in range(args.seeds)
     ]
     start = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
