@@ -107,7 +107,13 @@ def run_one(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
         summary = catch_summary(result.episode_returns, result.episode_end_steps, total)
         points = list(zip(result.episode_end_steps, result.episode_returns, strict=True))
         summary["curve"] = curve(points, total, bins=100)
-    summary |= {"seed": seed, "wall_time_s": result.wall_time_s, "config": cfg.to_dict()}
+    diagnostics = {k: v for k, v in result.last_metrics.items() if k.startswith(("meta/", "eval/"))}
+    summary |= {
+        "seed": seed,
+        "wall_time_s": result.wall_time_s,
+        "last_diagnostics": diagnostics,  # the learned target's, at the last update
+        "config": cfg.to_dict(),
+    }
     return summary
 
 
