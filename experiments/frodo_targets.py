@@ -40,20 +40,20 @@ SUITES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "impala": ("catch-impala", {}),
         "impala-td0": ("catch-impala", {"loss.lambda_": 0.0}),
         "mgrl": ("catch-mgrl", {}),
-        "frodo-plain": ("catch-frodo", {"meta.target": "plain", "meta.zero_init_head": False}),
-        "frodo-plain-zero": ("catch-frodo", {"meta.target": "plain", "meta.zero_init_head": True}),
-        "frodo-residual": ("catch-frodo", {"meta.target": "residual", "meta.zero_init_head": True}),
+        "frodo-plain": ("catch-frodo", {"meta.target": "plain"}),
+        "frodo-plain-zero": ("catch-frodo", {"meta.target": "plain-zero-head"}),
+        "frodo-residual": ("catch-frodo", {"meta.target": "residual"}),
         "frodo-plain-m1": (
             "catch-frodo",
-            {"meta.target": "plain", "meta.zero_init_head": False, "meta.num_inner_steps": 1},
+            {"meta.target": "plain", "meta.num_inner_steps": 1},
         ),
         "frodo-plain-sliding": (
             "catch-frodo",
-            {"meta.target": "plain", "meta.zero_init_head": False, "meta.schedule": "sliding"},
+            {"meta.target": "plain", "meta.schedule": "sliding"},
         ),
         "frodo-plain-consistency": (
             "catch-frodo",
-            {"meta.target": "plain", "meta.zero_init_head": False, "meta.consistency_cost": 0.1},
+            {"meta.target": "plain", "meta.consistency_cost": 0.1},
         ),
         "frodo-ext": ("catch-frodo-ext", {}),
     },
@@ -62,11 +62,11 @@ SUITES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "td0": ("randomwalk-td", {"loss.lambda_": 0.0}),
         "frodo-plain": (
             "randomwalk-frodo",
-            {"meta.target": "plain", "meta.zero_init_head": False},
+            {"meta.target": "plain"},
         ),
         "frodo-residual": (
             "randomwalk-frodo",
-            {"meta.target": "residual", "meta.zero_init_head": True},
+            {"meta.target": "residual"},
         ),
         "frodo-ext": ("randomwalk-frodo-ext", {}),
     },
@@ -79,10 +79,10 @@ SUITES["lag"] = {
     for lag in (0, 4, 16)
     for name, (preset, overrides) in {
         "impala": ("catch-impala", {}),
-        "frodo-residual": ("catch-frodo", {"meta.target": "residual", "meta.zero_init_head": True}),
+        "frodo-residual": ("catch-frodo", {"meta.target": "residual"}),
         "frodo-residual-ratio": (
             "catch-frodo",
-            {"meta.target": "residual", "meta.zero_init_head": True, "meta.ratio_input": True},
+            {"meta.target": "residual", "meta.ratio_input": True},
         ),
     }.items()
 }

@@ -22,7 +22,7 @@ TASKS = ("control", "prediction")
 INNER_OPTIMIZERS = ("sgd", "rmsprop")
 BETA_MODES = ("constant", "annealed")
 DEVICES = ("auto", "cpu", "cuda")
-TARGET_FORMS = ("plain", "residual")
+TARGET_FORMS = ("residual", "plain", "plain-zero-head")
 META_SCHEDULES = ("chain", "sliding")
 
 
@@ -131,13 +131,18 @@ class OptimConfig:
 class MetaConfig:
     """The meta-learner: FRODO's meta-network, its optimizer, the extension and MGRL.
 
-    FRODO's target forms (docs/design.md, "Target forms"):
+    FRODO's target forms (docs/design.md, "Target forms"), ``target =``:
 
-    - ``target = "plain"``: g = G_eta(tau), the paper's form.
-    - ``target = "residual"``: g = sg(v_s) + G_eta(tau), a learned correction on the
-      canonical V-trace target v_s (gamma, lambda of ``[loss]``).
-    - ``zero_init_head``: G_eta's output layer starts at zero, so g starts at 0 (plain)
-      or at v_s (residual).
+    - ``"residual"`` (the default, chosen from 10-seed evidence, docs/results.md):
+      g = sg(v_s) + G_eta(tau), a learned correction on the canonical V-trace target
+      v_s (gamma, lambda of ``[loss]``), with G_eta's output layer zero-initialised so
+      that g starts at v_s.
+    - ``"plain"``: g = G_eta(tau), the paper's form (default initialisation).
+    - ``"plain-zero-head"``: the paper's form with the output layer zero-initialised
+      (g starts at 0).
+
+    Further options:
+
     - ``ratio_input``: G_eta also sees the clipped log importance ratio log(pi/mu).
     - ``consistency_cost`` w: adds w 1/2 (g - sg(v_s))^2 on the held-out batch to the
       outer loss, a guard against the target drifting away from returns.
@@ -153,8 +158,7 @@ class MetaConfig:
     lr: float = 1e-2  # Adam on eta
     hidden_size: int = 32  # LSTM width
     max_grad_norm: float = 0.0  # clip of the meta-gradient; 0 disables
-    target: str = "plain"
-    zero_init_head: bool = False
+    target: str = "residual"
     ratio_input: bool = False
     consistency_cost: float = 0.0
     schedule: str = "chain"
@@ -174,9 +178,10 @@ class MetaConfig:
         _in_range("meta.max_grad_norm", self.max_grad_norm, 0.0, 1e9)
         _one_of("meta.target", self.target, TARGET_FORMS)
         _one_of("meta.schedule", self.schedule, META_SCHEDULES)
-        for name in ("zero_init_head", "ratio_input"):
-            value = getattr(self, name)
-            _require(isinstance(value, bool), f"meta.{name} must be true or false, got {value!r}")
+        _require(
+            isinstance(self.ratio_input, bool),
+            f"meta.ratio_input must be true or false, got {self.ratio_input!r}",
+        )
         _in_range("meta.consistency_cost", self.consistency_cost, 0.0, 1e6)
         _in_range("meta.ext_b1", self.ext_b1, 0.0, 1e6)
         _one_of("meta.ext_beta_mode", self.ext_beta_mode, BETA_MODES)

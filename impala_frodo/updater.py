@@ -93,7 +93,7 @@ class Updater:
                 obs_shape,
                 cfg.meta.hidden_size,
                 ratio_input=cfg.meta.ratio_input,
-                zero_init_head=cfg.meta.zero_init_head,
+                zero_init_head=cfg.meta.target != "plain",
             )
         elif cfg.algo == "mgrl":
             self.meta_net = MGRLMeta(cfg.meta.mgrl_init_gamma, cfg.meta.mgrl_init_lambda)
