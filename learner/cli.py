@@ -52,7 +52,8 @@ FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--broadcast-every", "run.broadcast_every", int, "updates between weight publications"),
     ("--actor-num-cpus", "run.actor_num_cpus", float, "Ray CPUs reserved per actor"),
     ("--checkpoint-every-s", "run.checkpoint_every_s", float, "seconds between checkpoints"),
-    ("--log-every-s", "run.log_every_s", float, "seconds between log records"),
+    ("--log-every-s", "run.log_every_s", float, "seconds between log records (at most)"),
+    ("--log-every-updates", "run.log_every_updates", int, "updates between log records (at most)"),
 )
 
 
@@ -94,7 +95,7 @@ def _add_config_args(parser: argparse.ArgumentParser, *, many_presets: bool) -> 
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar (default: when stderr is a terminal)",
+        help="progress bar; default: a bar when stderr is a terminal, else a plain line every 10 s",
     )
 
 
@@ -302,7 +303,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     resume_dir, resume_ckpt = resume_paths(args.resume) if args.resume else (None, None)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    if args.progress is None:  # a bar on a terminal, plain lines in a log file
+        progress = "bar" if sys.stderr.isatty() else "lines"
+    else:
+        progress = "bar" if args.progress else "off"
     options = TrainOptions(
         resume_dir=resume_dir,
         resume_checkpoint=resume_ckpt,

@@ -158,7 +158,7 @@ def test_train_then_resume_through_the_cli(ray_local, tmp_path, capsys):
     argv = ["--preset", "catch-impala", "--total-env-steps", "4000", "--logdir", str(logdir)]
     assert main([*argv, *common]) == 0
     (run_dir,) = logdir.iterdir()
-    assert "budget: " in capsys.readouterr().err
+    assert "done: reached the budget of 4,000 env steps. " in capsys.readouterr().err
     config = json.loads((run_dir / "config.json").read_text())
     assert config["algo"] == "impala" and config["env"]["kwargs"] == {"rows": 11, "columns": 6}
     first = read_metrics(run_dir / "metrics.jsonl")[-1]["env_steps"]
