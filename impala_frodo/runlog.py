@@ -7,7 +7,8 @@ Layout of ``<logdir>/<algo>-<env>-s<seed>-<YYYYmmdd-HHMMSS>/``::
                        and a custom-scalars layout (TENSORBOARD_LAYOUT: return, losses,
                        policy lag, throughput, learned target, in that order)
     metrics.jsonl      one JSON object per log interval: env_steps, wall_time_s, time, scalars
-    checkpoints/       latest.pt, previous.pt (see impala_frodo.checkpoint)
+    checkpoints/       latest.pt, previous.pt (see impala_frodo.checkpoint); made by the
+                       first checkpoint (a sweep's synchronous runs have none)
 
 On resume the same directory is reused: records past the checkpoint's env
 steps are dropped from ``metrics.jsonl`` and purged from TensorBoard (they
@@ -68,8 +69,7 @@ def create_run_dir(cfg: Config, logdir: str | Path, now: float | None = None) ->
             path.mkdir()
         except FileExistsError:
             continue
-        (path / CHECKPOINT_DIR).mkdir()
-        write_config(path, cfg)
+        write_config(path, cfg)  # checkpoints/ comes with the first checkpoint
         return path
     raise OSError(f"could not create a run directory for {base!r} under {str(logdir)!r}")
 

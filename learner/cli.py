@@ -31,6 +31,7 @@ from typing import Any
 
 from impala_frodo.checkpoint import CheckpointError
 from impala_frodo.config import ALGOS, DEVICES, Config, ConfigError, load_file, merge
+from impala_frodo.plotting import FORMATS as FIGURE_FORMATS
 from impala_frodo.presets import load_preset, preset_names, preset_summary
 
 PROG = "impala-frodo"
@@ -148,11 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser(
         "plot",
         help="mean +- s.e. over seeds from run (or sweep) directories",
-        description="One line per algorithm: mean and standard error over seeds against env "
-        "steps (return for control, value RMSE for the random walk, switches marked).",
+        description="One panel per env (id and kwargs), one curve per preset (a sweep's "
+        "name) or algorithm: the mean over distinct seeds against env steps, with a band of "
+        "+- 1 standard error over seeds (return for control, value RMSE for the random "
+        "walk, reward switches marked). A directory that is not a run directory stands for "
+        "every run below it, sweeps included (e.g. `impala-frodo plot runs --out fig.png`).",
     )
-    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run or sweep directories")
-    plot.add_argument("--out", required=True, metavar="OUT.png", help="the PNG to write")
+    plot.add_argument(
+        "run_dirs", nargs="+", metavar="DIR", help="run directories, or directories of runs"
+    )
+    plot.add_argument("--out", required=True, metavar="FILE", help="the figure to write")
+    plot.add_argument(
+        "--format",
+        choices=FIGURE_FORMATS,
+        help="figure format (default: the suffix of --out, else png)",
+    )
+    plot.add_argument("--dpi", type=float, default=110.0, help="resolution (default 110)")
     plot.add_argument("--metric", help="metrics.jsonl key (default by task)")
     plot.add_argument("--title", help="figure title")
     sub.add_parser("presets", help="list the presets")
@@ -388,7 +400,16 @@ def _metric_of(cfg: Config) -> str:
 def cmd_plot(args: argparse.Namespace) -> int:
     from impala_frodo.plotting import expand_run_dirs, plot_runs
 
-    out = plot_runs(expand_run_dirs(args.run_dirs), args.out, metric=args.metric, title=args.title)
+    if args.dpi <= 0:
+        raise UsageError(f"--dpi must be > 0, got {args.dpi}")
+    out = plot_runs(
+        expand_run_dirs(args.run_dirs),
+        args.out,
+        metric=args.metric,
+        title=args.title,
+        fmt=args.format,
+        dpi=args.dpi,
+    )
     print(f"[{PROG}] wrote {out}", file=sys.stderr)
     return 0
 
