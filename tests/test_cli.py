@@ -80,7 +80,9 @@ def test_resume_errors(capsys, tmp_path):
     assert_usage_error(capsys, ["train", "--resume", str(tmp_path / "gone")], "does not exist")
     run_dir = create_run_dir(Config(), tmp_path)
     assert_usage_error(capsys, ["train", "--resume", str(run_dir)], "no checkpoint", "none yet")
-    CheckpointManager(run_dir / "checkpoints").latest.write_bytes(b"garbage")
+    latest = CheckpointManager(run_dir / "checkpoints").latest
+    latest.parent.mkdir()  # a run directory gets checkpoints/ with its first checkpoint
+    latest.write_bytes(b"garbage")
     assert_usage_error(
         capsys, ["train", "--resume", str(run_dir)], "corrupt or unreadable", "latest.pt"
     )
@@ -189,9 +191,12 @@ def test_sweep_two_presets_then_plot_their_directories(ray_local, tmp_path, caps
     assert [p.name.split("-2")[0] for p in sweeps] == ["sweep-catch-frodo", "sweep-catch-impala"]
     for sweep in sweeps:
         seeds = sorted(
-            json.loads((d / "config.json").read_text())["run"]["seed"] for d in sweep.iterdir()
+            json.loads((d / "config.json").read_text())["run"]["seed"]
+            for d in sweep.iterdir()
+            if d.is_dir()
         )
         assert seeds == [0, 1]
+        assert json.loads((sweep / "sweep.json").read_text())["seeds"] == [0, 1]
 
     assert main(["plot", *map(str, sweeps), "--out", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
