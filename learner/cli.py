@@ -2,8 +2,9 @@
 
 Usage::
 
+    impala-frodo                                                    # this help
     impala-frodo train --preset catch-frodo --num-actors 2
-    impala-frodo --preset catch-impala --total-env-steps 100000     # no subcommand = train
+    impala-frodo --preset catch-impala --total-env-steps 100000     # options alone = train
     impala-frodo train --config my.toml --set meta.lr=3e-3 --set run.queue_size=4
     impala-frodo train --resume runs/frodo-catch-s0-20250101-120000 --total-env-steps 1000000
     impala-frodo presets
@@ -58,6 +59,25 @@ FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
 )
 
 
+TRAIN_DESCRIPTION = """\
+Train a run (or resume one) on a local Ray instance, or on a cluster with --address.
+
+examples:
+  impala-frodo train                                 FRODO on Catch 10 x 5, 500k env steps
+  impala-frodo train --preset catch-impala --num-actors 4
+  impala-frodo train --config my.toml --set meta.lr=3e-3 --set run.queue_size=4
+  impala-frodo train --resume runs/frodo-catch-s0-20250101-120000 --total-env-steps 1000000
+
+Config precedence: defaults < --preset < --config FILE < flags < --set. With --resume
+RUN_DIR the run's saved config.json replaces defaults and preset; flags (e.g. a larger
+--total-env-steps) still apply.
+
+exit codes: 0 done; 1 training failed (non-finite loss, actors keep dying); 2 bad input
+(unknown env, preset or key, counts < 1, unreadable config or checkpoint); 130 stopped by
+Ctrl-C or SIGTERM after a final checkpoint.
+"""
+
+
 class UsageError(Exception):
     """Bad command-line input; exit code 2 with this one-line message."""
 
@@ -100,17 +120,18 @@ def _add_config_args(parser: argparse.ArgumentParser, *, many_presets: bool) -> 
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog,
         description="FRODO meta-gradient RL on an IMPALA-style Ray actor-learner.",
-        epilog="Without a subcommand, the arguments are those of 'train'.",
+        epilog="With options but no subcommand, the options are those of 'train'. "
+        f"'{prog} COMMAND --help' tells more.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{train,sweep,plot,presets}")
     train = sub.add_parser(
         "train",
         help="train (or resume) a run",
-        description=__doc__,
+        description=TRAIN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(train, many_presets=False)
@@ -172,10 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _normalise_argv(argv: Sequence[str]) -> list[str]:
-    """No subcommand means train: ``--preset x`` -> ``train --preset x``."""
+    """Options without a subcommand are train's: ``--preset x`` -> ``train --preset x``.
+
+    Nothing at all is a request for help, as with most command-line tools.
+    """
     argv = list(argv)
-    if not argv or argv[0] in SUBCOMMANDS or argv[0] in ("-h", "--help"):
-        return argv or ["train"]
+    if not argv:
+        return ["--help"]
+    if argv[0] in SUBCOMMANDS or argv[0] in ("-h", "--help"):
+        return argv
     return ["train", *argv]
 
 
@@ -414,9 +440,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Entry point of ``impala-frodo`` and ``python -m learner``; returns the exit code."""
-    parser = build_parser()
+    parser = build_parser(prog)
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parser.parse_args(_normalise_argv(argv))

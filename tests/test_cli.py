@@ -107,10 +107,10 @@ def test_module_entry_point_reports_bad_input_without_traceback():
 
 
 # ---------------------------------------------------------------- parsing
-def test_no_subcommand_means_train():
+def test_options_without_a_subcommand_mean_train():
     args = parse("--preset", "catch-frodo", "--num-actors", "2")
     assert args.command == "train" and args.preset == "catch-frodo"
-    assert parse().command == "train"
+    assert _normalise_argv([]) == ["--help"]
     assert parse("presets").command == "presets"
 
 
@@ -150,6 +150,46 @@ def test_presets_lists_every_preset_with_its_summary(capsys):
 def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     assert "train" in capsys.readouterr().out
+
+
+def test_bare_command_prints_help_and_trains_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: impala-frodo") and "{train,sweep,plot,presets}" in out
+    assert list(tmp_path.iterdir()) == []  # no runs/ directory: nothing started
+
+
+def test_python_m_learner_names_itself_in_usage():
+    done = subprocess.run(
+        [sys.executable, "-m", "learner", "train", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: python -m learner train")
+
+
+def test_train_help_is_plain_text(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and "::" not in out and ":class:" not in out
+    assert "impala-frodo train --resume" in out and "exit codes" in out
+
+
+def test_preset_descriptions_are_whole_sentences(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(preset_names())
+    for line in lines:
+        assert line.rstrip().endswith("."), line
+
+
+def test_importing_the_package_registers_the_env_ids():
+    code = (
+        "import gymnasium, impala_frodo; "
+        "assert 'impala_frodo/Catch-v0' in gymnasium.registry; "
+        "gymnasium.make('impala_frodo/RandomWalk-v0')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---------------------------------------------------------------- a real run
