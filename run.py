@@ -42,6 +42,8 @@ CUDA_DEPENDENCY_PREFIXES = ("nvidia-", "triton")
 #: How many newer non-CPU torch versions to skip while looking for a CPU build.
 CPU_SEARCH_TRIES = 4
 PIP_FLAGS = ["--disable-pip-version-check", "--quiet"]
+#: For the CPU index: an index that cannot be reached costs seconds, not pip's minutes.
+CPU_INDEX_FLAGS = ["--index-url", CPU_INDEX, "--timeout", "30", "--retries", "2"]
 
 USAGE = __doc__.split("\n\n")[1]
 
@@ -116,7 +118,7 @@ def find_cpu_torch(python: Path) -> str | None:
         for _ in range(CPU_SEARCH_TRIES):
             spec = "torch" + ",".join(f"!={v}" for v in excluded)
             cmd = [str(python), "-m", "pip", *PIP_FLAGS, "install", "--dry-run", "--no-deps"]
-            cmd += ["--index-url", CPU_INDEX, "--report", str(report), spec]
+            cmd += [*CPU_INDEX_FLAGS, "--report", str(report), spec]
             if subprocess.run(cmd, capture_output=True, text=True).returncode != 0:
                 return None
             picks = json.loads(report.read_text()).get("install", [])
@@ -144,7 +146,7 @@ def install_torch(python: Path) -> None:
         )
         return
     say(f"torch: CPU build {spec} (no NVIDIA GPU here)")
-    pip(python, "install", "--no-deps", "--index-url", CPU_INDEX, spec)
+    pip(python, "install", "--no-deps", *CPU_INDEX_FLAGS, spec)
 
 
 def torch_installed(python: Path) -> bool:

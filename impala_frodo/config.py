@@ -210,7 +210,8 @@ class RunConfig:
     device: str = "auto"
     logdir: str = "runs"
     checkpoint_every_s: float = 60.0
-    log_every_s: float = 2.0
+    log_every_s: float = 2.0  # a log record every log_every_s or log_every_updates,
+    log_every_updates: int = 20  # whichever comes first (and one after the first update)
     returns_window: int = 500  # episodes in the "mean return" shown and used for "solved"
 
     def __post_init__(self) -> None:
@@ -227,6 +228,7 @@ class RunConfig:
             "batches_per_update",
             "queue_size",
             "broadcast_every",
+            "log_every_updates",
             "returns_window",
         ):
             _positive_int(f"run.{name}", getattr(self, name))

@@ -5,6 +5,7 @@
 - :mod:`learner.actor_pool`: the rollout actors, their calls in flight (the queue),
   weight publication and actor faults.
 - :mod:`learner.driver`: the training loop: learner, actors, signals, shutdown.
+- :mod:`learner.progress`: the progress bar, or plain progress lines in a log.
 - :mod:`learner.sweep`: seeds of a config as parallel Ray tasks.
 - :mod:`learner.cli`: ``impala-frodo`` / ``python -m learner``.
 """

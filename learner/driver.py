@@ -45,7 +45,8 @@ from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import NonFiniteLossError
 from impala_frodo.utils import resolve_device, seed_everything
 from learner.actor_pool import ActorPool, TrainingError
-from learner.learner import Learner, summary_line
+from learner.learner import Learner
+from learner.progress import Mode, Progress
 from learner.ray_session import check_resources, ray_session
 
 log = logging.getLogger("impala_frodo")
@@ -105,7 +106,9 @@ class TrainOptions:
         None  # a specific .pt (default: <resume_dir>/checkpoints/latest.pt)
     )
     address: str | None = None
-    progress: bool = True
+    #: "bar" (a tqdm bar), "lines" (a plain line every ~10 s, for logs) or "off";
+    #: True and False mean "bar" and "off".
+    progress: bool | Mode = True
     stop_at_return: float | None = None  # stop once the return window's mean reaches it
     max_actor_restarts: int = DEFAULT_MAX_RESTARTS
     handle_signals: bool = True
@@ -128,6 +131,8 @@ class TrainResult:
     actor_failures: int = 0
     message: str = ""
     last_log: dict[str, float] = field(default_factory=dict)
+    budget: int = 0  # run.total_env_steps
+    returns_window: int = 0  # run.returns_window: episodes in mean_return
 
     @property
     def env_steps_per_s(self) -> float:
@@ -243,46 +248,47 @@ def _run(
         generation=learner.counters.resumes,
         max_restarts=options.max_actor_restarts,
     )
-    result = TrainResult(run_dir=run_dir, exit_code=EXIT_OK, reason="budget")
+    result = TrainResult(
+        run_dir=run_dir,
+        exit_code=EXIT_OK,
+        reason="budget",
+        budget=cfg.run.total_env_steps,
+        returns_window=cfg.run.returns_window,
+    )
     start_steps, start = learner.counters.env_steps, time.monotonic()
     base_failures = learner.counters.actor_failures
     save_on_exit = True
+    progress = Progress(
+        _progress_mode(options.progress), cfg.run.total_env_steps, learner.counters.env_steps
+    )
     try:
-        from tqdm import tqdm
-
-        with tqdm(
-            total=cfg.run.total_env_steps,
-            initial=learner.counters.env_steps,
-            unit="step",
-            unit_scale=True,
-            dynamic_ncols=True,
-            disable=not options.progress,
-            smoothing=0.05,
-        ) as bar:
-            result.reason = _loop(cfg, options, learner, pool, stop, bar, base_failures)
-    except NonFiniteLossError as e:
-        save_on_exit = False
-        result.exit_code, result.reason = EXIT_FAILED, "nan"
-        result.message = (
-            f"training stopped: {e}; the last good checkpoint is kept at "
-            f"{learner.checkpoints.latest if learner.checkpoints else '(none)'}"
-        )
-        log.error(result.message)
-    except TrainingError as e:
-        result.exit_code, result.reason, result.message = EXIT_FAILED, "actors", str(e)
-        log.error("training stopped: %s", e)
-    except KeyboardInterrupt:
-        save_on_exit = False  # a second signal: abort now, the last periodic checkpoint stays
-        result.exit_code, result.reason = EXIT_INTERRUPTED, "signal"
-        result.message = "aborted by a second signal: no final checkpoint"
-        log.error(result.message)
-    finally:
-        pool.shutdown()
-    if stop.requested:
-        result.exit_code, result.reason = EXIT_INTERRUPTED, "signal"
-    if save_on_exit:
-        if learner.has_unlogged_steps():  # one record per env-step count, never two
+        try:
+            result.reason = _loop(cfg, options, learner, pool, stop, progress, base_failures)
+        except NonFiniteLossError as e:
+            save_on_exit = False
+            result.exit_code, result.reason = EXIT_FAILED, "nan"
+            result.message = (
+                f"training stopped: {e}; the last good checkpoint is kept at "
+                f"{learner.checkpoints.latest if learner.checkpoints else '(none)'}"
+            )
+            log.error(result.message)
+        except TrainingError as e:
+            result.exit_code, result.reason, result.message = EXIT_FAILED, "actors", str(e)
+            log.error("training stopped: %s", e)
+        except KeyboardInterrupt:
+            save_on_exit = False  # a second signal: abort now, the last periodic checkpoint stays
+            result.exit_code, result.reason = EXIT_INTERRUPTED, "signal"
+            result.message = "aborted by a second signal: no final checkpoint"
+            log.error(result.message)
+        finally:
+            pool.shutdown()
+        if stop.requested:
+            result.exit_code, result.reason = EXIT_INTERRUPTED, "signal"
+        if save_on_exit and learner.has_unlogged_steps():  # one record per env-step count
             learner.log(_pool_scalars(pool))
+    finally:
+        progress.close(learner.last_record)  # the bar ends on the summary's numbers
+    if save_on_exit:
         result.last_log = learner.last_record
         path = learner.checkpoint()
         log.info("final checkpoint: %s", path)
@@ -293,6 +299,12 @@ def _run(
     result.session_wall_s = time.monotonic() - start
     result.actor_failures = c.actor_failures
     return result
+
+
+def _progress_mode(progress: bool | Mode) -> Mode:
+    if isinstance(progress, bool):
+        return "bar" if progress else "off"
+    return progress
 
 
 def _pool_scalars(pool: ActorPool) -> dict[str, float]:
@@ -308,7 +320,7 @@ def _loop(
     learner: Learner,
     pool: ActorPool,
     stop: StopSignal,
-    bar: Any,
+    progress: Progress,
     base_failures: int,
 ) -> str:
     """Take batches, update, publish, refill; returns why it stopped."""
@@ -343,20 +355,18 @@ def _loop(
         if len(pending) < cfg.run.batches_per_update:
             pool.fill()  # keep the actors we took from busy while we wait for the rest
             continue
-        before = learner.counters.env_steps
         learner.update(pending)
         pending = []
         if learner.publish_due():
             pool.publish(*learner.weights())
         pool.fill()
-        bar.update(learner.counters.env_steps - before)
+        progress.update(learner.counters.env_steps)
         if learner.log_due():
             now = time.monotonic()
             extra = queue.drain() | _pool_scalars(pool)
             extra["perf/learner_wait_frac"] = wait_s / max(now - interval_start, 1e-9)
             wait_s, interval_start = 0.0, now
-            record = learner.log(extra)
-            bar.set_postfix(summary_line(record), refresh=False)
+            progress.show(learner.log(extra))
         learner.maybe_checkpoint()
         if options.callback is not None:
             options.callback(ctx)
@@ -365,14 +375,26 @@ def _loop(
     return "budget"
 
 
+#: What each stop reason means, for the summary line.
+_REASONS = {
+    "budget": "done: reached the budget of {total:,} env steps",
+    "return": "done: reached the return target",
+    "signal": "stopped by a signal",
+    "nan": "failed: a non-finite loss",
+    "actors": "failed: the rollout actors",
+}
+
+
 def describe_result(result: TrainResult) -> str:
     """One line for the console at the end of a run."""
+    reason = _REASONS.get(result.reason, result.reason).format(total=result.budget)
     ret = "n/a" if result.mean_return is None else f"{result.mean_return:.3f}"
+    failures = f", {result.actor_failures} actor failure(s)" if result.actor_failures else ""
     return (
-        f"{result.reason}: {result.env_steps:,} env steps, {result.updates:,} updates, "
-        f"{result.episodes:,} episodes, mean return {ret}, "
-        f"{result.env_steps_per_s:,.0f} env steps/s this session, "
-        f"{result.actor_failures} actor failure(s); run dir {result.run_dir}"
+        f"{reason}. {result.env_steps:,} env steps, {result.updates:,} updates, "
+        f"{result.episodes:,} episodes; mean return of the last {result.returns_window} "
+        f"episodes {ret}; {result.env_steps_per_s:,.0f} env steps/s over "
+        f"{result.session_wall_s:.1f} s this session{failures}. Run directory: {result.run_dir}"
     )
 
 

@@ -11,7 +11,9 @@ rule of every algorithm) and everything around it that a run needs:
 - evaluation: ``eval/value_rmse`` of V on every state against the true values
   carried by the trajectories (the random walk);
 - ``maybe_log`` / ``maybe_checkpoint``: scalars to a :class:`~impala_frodo.runlog.RunLogger`
-  every ``run.log_every_s`` and checkpoints every ``run.checkpoint_every_s``;
+  after the first update, then every ``run.log_every_updates`` updates or
+  ``run.log_every_s`` seconds (whichever first), and checkpoints every
+  ``run.checkpoint_every_s``;
 - ``state_dict`` / ``load_state_dict``: updater, counters, return window and RNG states.
 
 The driver (``learner/driver.py``) feeds it trajectories from Ray actors; the
@@ -20,7 +22,6 @@ tests feed it trajectories from a :class:`~impala_frodo.rollout.Roller`.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -126,6 +127,7 @@ class Learner:
         self._last_log_time = self._session_start
         self._last_log_steps = 0
         self._last_log_updates = 0
+        self._logged_this_session = False
         self._last_checkpoint_time = self._session_start
 
     # ------------------------------------------------------------- progress
@@ -202,6 +204,14 @@ class Learner:
         return self.counters.env_steps > self._last_log_steps
 
     def log_due(self) -> bool:
+        """A record is due after the session's first update (a first point within a few
+        thousand env steps), then every ``run.log_every_updates`` updates or
+        ``run.log_every_s`` seconds, whichever comes first."""
+        updates = self.counters.updates - self._last_log_updates
+        if updates <= 0:
+            return False
+        if not self._logged_this_session or updates >= self.cfg.run.log_every_updates:
+            return True
         return self._clock() - self._last_log_time >= self.cfg.run.log_every_s
 
     def maybe_log(self, extra: Mapping[str, float] | None = None) -> dict[str, float] | None:
@@ -218,8 +228,8 @@ class Learner:
         scalars["perf/env_steps_per_s"] = (c.env_steps - self._last_log_steps) / elapsed
         scalars["perf/updates_per_s"] = (c.updates - self._last_log_updates) / elapsed
         scalars["perf/actor_failures"] = float(c.actor_failures)
-        scalars["counters/updates"] = float(c.updates)
-        scalars["counters/episodes"] = float(c.episodes)
+        scalars["progress/updates"] = float(c.updates)
+        scalars["progress/episodes"] = float(c.episodes)
         if extra:
             scalars.update(extra)
         self._last_log_time, self._last_log_steps, self._last_log_updates = (
@@ -227,6 +237,7 @@ class Learner:
             c.env_steps,
             c.updates,
         )
+        self._logged_this_session = True
         if self.run_logger is not None:
             self.run_logger.log(c.env_steps, scalars, self.wall_time_s())
         self.last_record = scalars
@@ -300,17 +311,3 @@ class Learner:
     def close(self) -> None:
         if self.run_logger is not None:
             self.run_logger.close()
-
-
-def summary_line(scalars: Mapping[str, float]) -> dict[str, str]:
-    """Short progress-bar fields from a log record."""
-    out = {}
-    for key, name, fmt in (
-        ("episode/return_window", "ret", "{:.3f}"),
-        ("perf/policy_lag", "lag", "{:.1f}"),
-        ("eval/value_rmse", "rmse", "{:.3f}"),
-    ):
-        value = scalars.get(key)
-        if value is not None and math.isfinite(value):
-            out[name] = fmt.format(value)
-    return out

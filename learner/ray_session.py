@@ -18,6 +18,8 @@ log = logging.getLogger("impala_frodo")
 #: instead of going through the shared-memory object store (measured: +50% env steps/s
 #: for 134 KB Catch unrolls on 2 cores).
 INLINE_RESULT_BYTES = 4 * 1024 * 1024
+#: The logger of Ray's token authentication set-up.
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def local_ray_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
@@ -37,7 +39,8 @@ def ray_session(address: str | None = None) -> Iterator[bool]:
     Already connected (tests, or a caller that ran ``ray.init``): reuse it.
     ``address`` or ``RAY_ADDRESS`` (set by ``ray job submit``): join that cluster
     (``"auto"`` finds a local ``ray start`` one). Otherwise: a private local
-    instance with ``num_cpus = os.cpu_count()`` and no dashboard.
+    instance with ``num_cpus = os.cpu_count()``, no dashboard, and Ray's default
+    token authentication.
     """
     if ray.is_initialized():
         yield False
@@ -46,11 +49,37 @@ def ray_session(address: str | None = None) -> Iterator[bool]:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(**local_ray_init_kwargs())
+        with _quiet_default_token_auth():
+            ray.init(**local_ray_init_kwargs())
     try:
         yield True
     finally:
         ray.shutdown()
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
+@contextmanager
+def _quiet_default_token_auth() -> Iterator[None]:
+    """Drop Ray's note that a new local instance has token authentication on.
+
+    Ray turns it on by default and warns on every local start; it stays on, the
+    note is only dropped (other warnings of that logger still show).
+    """
+    logger = logging.getLogger(_AUTH_LOGGER)
+    drop = _DropMessage("Token authentication is enabled for this Ray cluster")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def check_resources(cfg: Config) -> None:
