@@ -40,7 +40,7 @@ from impala_frodo.presets import load_preset
 SUITES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "catch": {
         "impala": ("catch-impala", {}),
-        "impala-td0": ("catch-impala", {"loss.lambda_": 0.0}),
+        "impala-td0": ("catch-td0", {}),
         "mgrl": ("catch-mgrl", {}),
         "frodo-plain": ("catch-frodo", {"meta.target": "plain"}),
         "frodo-plain-zero": ("catch-frodo", {"meta.target": "plain-zero-head"}),
