@@ -78,6 +78,10 @@ Ctrl-C or SIGTERM after a final checkpoint.
 """
 
 
+#: ``sweep --seed-timeout`` default: far above a Catch seed (minutes), below forever.
+DEFAULT_SEED_TIMEOUT_S = 4 * 3600.0
+
+
 class UsageError(Exception):
     """Bad command-line input; exit code 2 with this one-line message."""
 
@@ -154,16 +158,33 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     sweep = sub.add_parser(
         "sweep",
-        help="run seeds of one or more presets in parallel (synchronous trainer per seed)",
+        help="run seeds of one or more presets in parallel (synchronous trainer per seed, "
+        "or the actor-learner with --distributed)",
         description="Run --seeds seeds of each --preset as parallel Ray tasks, each seed its "
         "own run directory under LOGDIR/sweep-<name>-<time>/. A failed seed is reported and "
-        "the others go on (exit code 1 at the end).",
+        "the others go on (exit code 1 at the end). With --distributed each seed runs "
+        "the Ray actor-learner of 'train' and logs its measured policy lag.",
     )
     _add_config_args(sweep, many_presets=True)
     sweep.add_argument("--seeds", type=int, default=10, metavar="N", help="seeds per preset")
     sweep.add_argument("--first-seed", type=int, default=0, metavar="S", help="seeds S..S+N-1")
     sweep.add_argument(
         "--cpus-per-seed", type=float, default=1.0, metavar="C", help="Ray CPUs per seed task"
+    )
+    sweep.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train each seed on the Ray actor-learner (a learner of --cpus-per-seed CPUs and "
+        "run.num_actors actors; seeds run side by side only as far as the CPUs hold whole "
+        "seeds) instead of the synchronous trainer",
+    )
+    sweep.add_argument(
+        "--seed-timeout",
+        type=float,
+        default=DEFAULT_SEED_TIMEOUT_S,
+        metavar="S",
+        help="a seed still running S seconds after it started is stopped and counted failed "
+        f"(default {DEFAULT_SEED_TIMEOUT_S:g})",
     )
     sweep.add_argument("--plot", metavar="OUT.png", help="plot all the sweeps' runs into OUT.png")
 
@@ -374,6 +395,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.cpus_per_seed <= 0:
         raise UsageError(f"--cpus-per-seed must be > 0, got {args.cpus_per_seed}")
+    if args.seed_timeout <= 0:
+        raise UsageError(f"--seed-timeout must be > 0, got {args.seed_timeout}")
     presets = args.preset or [None]
     configs = [(name or "config", config_from_args(args, name)) for name in presets]
     seeds = range(args.first_seed, args.first_seed + args.seeds)
@@ -390,6 +413,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 name=name,
                 cpus_per_seed=args.cpus_per_seed,
                 progress=progress,
+                distributed=args.distributed,
+                seed_timeout_s=args.seed_timeout,
             )
             done = [result.run_dirs[s] for s in sorted(result.summaries)]
             run_dirs.extend(done)
@@ -399,10 +424,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 f"{label}: final {mean:.3f} +- {se:.3f} (s.e., {n} seeds)"
                 for label, (mean, se, n) in finals.items()
             )
+            lag = result.mean_policy_lag()
+            lag_text = "" if lag is None else f"; mean policy lag {lag:.2f} updates"
             print(
                 f"[{PROG}] sweep {name}: {len(done)}/{len(seeds)} seeds done in "
                 f"{result.wall_time_s:.0f} s, {cfg.run.total_env_steps:,} env steps each; "
-                f"{final_text or 'no finished seed'}; dir {result.sweep_dir}",
+                f"{final_text or 'no finished seed'}{lag_text}; dir {result.sweep_dir}",
                 file=sys.stderr,
             )
             for seed, message in sorted(result.failures.items()):

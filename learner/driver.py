@@ -102,6 +102,9 @@ class TrainOptions:
     """How to run (not what to learn: that is the Config)."""
 
     resume_dir: Path | None = None  # continue this run directory from its checkpoint
+    #: A new run's directory, already made with its config.json (a sweep makes its seeds'
+    #: directories up front); default: a new one under ``run.logdir``.
+    run_dir: Path | None = None
     resume_checkpoint: Path | None = (
         None  # a specific .pt (default: <resume_dir>/checkpoints/latest.pt)
     )
@@ -149,6 +152,8 @@ class LoopContext:
 def _prepare_run_dir(cfg: Config, options: TrainOptions) -> tuple[Path, dict[str, Any] | None]:
     """A new run directory, or the resumed one with its checkpoint (loaded before Ray starts)."""
     if options.resume_dir is None:
+        if options.run_dir is not None:
+            return Path(options.run_dir), None
         return create_run_dir(cfg, cfg.run.logdir), None
     run_dir = Path(options.resume_dir)
     path = options.resume_checkpoint
