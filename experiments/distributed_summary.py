@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|")
     for item in args.sweeps:
-        name, _, path = item.partition("=")
+        name, _, path = item.rpartition("=")  # names may hold "="
         print(row(name, Path(path)))
     return 0
 
