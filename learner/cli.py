@@ -9,6 +9,7 @@ Usage::
     impala-frodo train --resume runs/frodo-catch-s0-20250101-120000 --total-env-steps 1000000
     impala-frodo presets
     impala-frodo sweep --preset catch-frodo --preset catch-impala --seeds 10 --plot fig3.png
+    impala-frodo sweep --distributed --preset catch-frodo --seeds 10  # seeds via the actor-learner
     impala-frodo plot runs/sweep-catch-frodo-* runs/sweep-catch-impala-* --out fig3.png
 
 Config precedence: defaults < ``--preset`` < ``--config FILE`` < flags (``--set``
