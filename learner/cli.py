@@ -14,9 +14,10 @@ Config precedence: defaults < ``--preset`` < ``--config FILE`` < flags (``--set`
 last). With ``--resume RUN_DIR`` the run's saved ``config.json`` replaces
 defaults and preset; flags (e.g. a larger ``--total-env-steps``) still apply.
 
-Exit codes: 0 done; 1 training failed (non-finite loss, actors keep dying);
-2 bad input (unknown env/preset/key, counts < 1, unreadable config or
-checkpoint); 130 stopped by Ctrl-C/SIGTERM after a final checkpoint.
+Exit codes: 0 done; 1 training failed (non-finite loss, disk full or read-only
+at a save, actors keep dying); 2 bad input (unknown env/preset/key, counts < 1,
+unreadable config or checkpoint, a run dir not writable or in use); 130 stopped
+by Ctrl-C/SIGTERM after a final checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import Any
 from impala_frodo.checkpoint import CheckpointError
 from impala_frodo.config import ALGOS, DEVICES, Config, ConfigError, load_file, merge
 from impala_frodo.presets import load_preset, preset_names, preset_summary
+from impala_frodo.runlog import RunDirError
+from impala_frodo.utils import first_line
 
 PROG = "impala-frodo"
 SUBCOMMANDS = ("train", "sweep", "plot", "presets")
@@ -239,7 +242,7 @@ def config_from_args(args: argparse.Namespace, preset: str | None = None) -> Con
         cfg = merge(cfg, load_file(args.config))
     cfg = merge(cfg, _nested(_flag_overrides(args), cfg))
     cfg = merge(cfg, _nested(_set_overrides(args.set), cfg))
-    check_env_id(cfg.env.id)
+    check_env(cfg)
     return cfg
 
 
@@ -254,6 +257,22 @@ def check_env_id(env_id: str) -> None:
             f"unknown env id {env_id!r}: not registered with gymnasium "
             f"(ours: {', '.join(sorted(ours))}; any registered id with discrete actions works)"
         )
+
+
+def check_env(cfg: Config) -> None:
+    """The env id is registered and one env can be built (extra dependencies installed,
+    kwargs accepted, discrete actions); :class:`ConfigError` otherwise."""
+    import gymnasium
+
+    from actors.rollout import env_spec
+
+    check_env_id(cfg.env.id)
+    try:
+        env_spec(cfg)
+    except (ValueError, TypeError, ImportError, gymnasium.error.Error) as e:
+        raise ConfigError(
+            f"cannot build env {cfg.env.id!r} with {cfg.env.kwargs}: {first_line(e)}"
+        ) from None
 
 
 # ------------------------------------------------------------------ logging
@@ -405,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plot":
             return cmd_plot(args)
         return cmd_train(args)
-    except (ConfigError, CheckpointError, UsageError) as e:
+    except (ConfigError, CheckpointError, RunDirError, UsageError) as e:
         return _error(str(e))
     except KeyboardInterrupt:
         print(f"[{PROG}] interrupted", file=sys.stderr)

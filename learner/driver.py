@@ -40,8 +40,10 @@ An exception raised *inside* an actor (a bug in an env) stops the run.
 
 **Exit codes** (see :data:`EXIT_OK` etc.): 0 budget reached (or
 ``stop_at_return`` met); 130 stopped by SIGINT/SIGTERM after a final checkpoint
-(resume with ``--resume``); 1 training failed (non-finite loss: the last good
-checkpoint is kept, nothing is saved; or actors keep dying); 2 bad input.
+(resume with ``--resume``); 1 training failed (non-finite loss, or a checkpoint or
+log write refused by the disk: the last good checkpoint is kept, nothing is saved;
+or actors keep dying); 2 bad input (also: a run dir that is not writable, or in use
+by another session).
 A second SIGINT/SIGTERM aborts at once without a final checkpoint.
 """
 
@@ -61,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import ray
 import torch
 from ray.exceptions import RayActorError
@@ -76,7 +79,16 @@ from actors.rollout import (
 )
 from impala_frodo.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from impala_frodo.config import Config, ConfigError
-from impala_frodo.runlog import CHECKPOINT_DIR, RunLogger, create_run_dir, write_config
+from impala_frodo.runlog import (
+    CHECKPOINT_DIR,
+    RunDirError,
+    RunLock,
+    RunLogger,
+    StorageError,
+    check_writable,
+    create_run_dir,
+    write_config,
+)
 from impala_frodo.sync import ScalarMeans
 from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import NonFiniteLossError
@@ -403,7 +415,7 @@ class TrainOptions:
 class TrainResult:
     run_dir: Path
     exit_code: int
-    reason: str  # "budget", "return", "signal", "nan", "actors"
+    reason: str  # "budget", "return", "signal", "nan", "disk", "actors"
     env_steps: int = 0
     updates: int = 0
     episodes: int = 0
@@ -426,18 +438,30 @@ class LoopContext:
     stop: StopSignal
 
 
-def _prepare_run_dir(cfg: Config, options: TrainOptions) -> tuple[Path, dict[str, Any] | None]:
-    """A new run directory, or the resumed one with its checkpoint (loaded before Ray starts)."""
+@contextmanager
+def _claim_run_dir(
+    cfg: Config, options: TrainOptions
+) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+    """A new run directory, or the resumed one with its checkpoint, held for this session.
+
+    Before Ray starts: the directory is locked (:class:`RunLock`: a second session in it
+    is refused), checked to be writable, and a resumed run's checkpoint is loaded.
+    """
     if options.resume_dir is None:
-        return create_run_dir(cfg, cfg.run.logdir), None
-    run_dir = Path(options.resume_dir)
-    path = options.resume_checkpoint
-    state = (
-        load_checkpoint(path)
-        if path is not None
-        else CheckpointManager(run_dir / CHECKPOINT_DIR).load()
-    )
-    return run_dir, state
+        run_dir = create_run_dir(cfg, cfg.run.logdir)
+    else:
+        run_dir = Path(options.resume_dir)
+    with RunLock(run_dir):
+        check_writable(run_dir)
+        state = None
+        if options.resume_dir is not None:
+            path = options.resume_checkpoint
+            state = (
+                load_checkpoint(path)
+                if path is not None
+                else CheckpointManager(run_dir / CHECKPOINT_DIR).load()
+            )
+        yield run_dir, state
 
 
 def _learner_threads(cfg: Config, options: TrainOptions, local: bool) -> int:
@@ -471,32 +495,55 @@ def _check_resources(cfg: Config) -> None:
 def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
     """Run (or resume) a distributed training run; see the module docstring for exit codes.
 
-    Raises :class:`ConfigError` / :class:`CheckpointError` for bad input (before Ray starts).
+    Raises :class:`ConfigError` / :class:`CheckpointError` / :class:`RunDirError` for bad
+    input (before Ray starts).
     """
     options = options or TrainOptions()
     device = resolve_device(cfg.run.device)
     spec = _env_spec_or_config_error(cfg)
-    run_dir, state = _prepare_run_dir(cfg, options)
-    # Torch threads are set before the learner's first torch op: OpenMP sizes its thread
-    # pool then, and a spare pool thread spin-waits on a core the actors need (measured:
-    # 2x fewer env steps/s with 2 cores when the pool was made with 2 threads and cut to 1).
     local = not ray.is_initialized() and not (options.address or os.environ.get("RAY_ADDRESS"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(_learner_threads(cfg, options, local))
+    if local:
+        _check_local_cpus(cfg)
+    with _claim_run_dir(cfg, options) as (run_dir, state):
+        # Torch threads are set before the learner's first torch op: OpenMP sizes its thread
+        # pool then, and a spare pool thread spin-waits on a core the actors need (measured:
+        # 2x fewer env steps/s with 2 cores when the pool was made with 2 threads and cut
+        # to 1).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(_learner_threads(cfg, options, local))
+        try:
+            learner = _make_learner(cfg, spec, device, run_dir, state)
+            stop = StopSignal()
+            with ray_session(options.address), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
+                if options.handle_signals:
+                    stop.install()
+                try:
+                    result = _run(cfg, options, learner, run_dir, stop)
+                finally:
+                    stop.restore()
+                    _close_learner(learner)
+            return result
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _close_learner(learner: Learner) -> None:
+    """Close the run logger; a disk error here is reported, not raised over the result."""
     try:
-        learner = _make_learner(cfg, spec, device, run_dir, state)
-        stop = StopSignal()
-        with ray_session(options.address), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
-            if options.handle_signals:
-                stop.install()
-            try:
-                return _run(cfg, options, learner, run_dir, stop)
-            finally:
-                stop.restore()
-                learner.close()
-    finally:
-        torch.set_num_threads(threads)
+        learner.close()
+    except StorageError as e:
+        log.error("%s; the last log records may be missing", e)
+
+
+def _check_local_cpus(cfg: Config) -> None:
+    """On the local Ray this run starts (``os.cpu_count()`` CPUs) every actor must fit."""
+    cpus = os.cpu_count() or 1
+    if cfg.run.actor_num_cpus > cpus:
+        raise ConfigError(
+            f"run.actor_num_cpus = {cfg.run.actor_num_cpus:g} is more than the {cpus} CPUs of "
+            f"the local Ray instance this run starts: no actor could ever be placed"
+        )
 
 
 def _make_learner(
@@ -508,7 +555,6 @@ def _make_learner(
 ) -> Learner:
     """The learner, its checkpoints and its run logger; resumed from ``state`` if given."""
     seed_everything(cfg.run.seed)
-    resume_step = None if state is None else int(state["counters"]["env_steps"])
     learner = Learner(
         cfg,
         spec.observation_shape,
@@ -517,20 +563,35 @@ def _make_learner(
         state_observations=spec.state_observations,
         checkpoints=CheckpointManager(run_dir / CHECKPOINT_DIR),
     )
+    resume_step = None
     if state is not None:
         learner.load_state_dict(state)
+        resume_step = learner.counters.env_steps
         learner.counters.resumes += 1
-        write_config(run_dir, cfg)  # the resumed run's config (e.g. a larger budget)
+        # The resumed run's config (e.g. a larger budget) replaces config.json once this
+        # session has a checkpoint of its own: until then the old one still describes it.
+        learner.after_next_checkpoint = lambda: _write_config(run_dir, cfg)
     learner.run_logger = RunLogger(run_dir, resume_step=resume_step)
     learner.run_logger.add_config(cfg, learner.counters.env_steps)
     return learner
 
 
+def _write_config(run_dir: Path, cfg: Config) -> None:
+    try:
+        write_config(run_dir, cfg)
+    except OSError as e:
+        raise StorageError(
+            f"cannot write {str(run_dir / 'config.json')!r}: {e.strerror or first_line(e)}"
+        ) from None
+
+
 def _env_spec_or_config_error(cfg: Config) -> EnvSpec:
     try:
         return env_spec(cfg)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"cannot build env {cfg.env.id!r} with {cfg.env.kwargs}: {e}") from None
+    except (ValueError, TypeError, ImportError, gymnasium.error.Error) as e:
+        raise ConfigError(
+            f"cannot build env {cfg.env.id!r} with {cfg.env.kwargs}: {first_line(e)}"
+        ) from None
 
 
 def _run(
@@ -545,6 +606,7 @@ def _run(
     result = TrainResult(run_dir=run_dir, exit_code=EXIT_OK, reason="budget")
     start_steps, start = learner.counters.env_steps, time.monotonic()
     base_failures = learner.counters.actor_failures
+    resumed = learner.counters.resumes > 0
     save_on_exit = True
     try:
         from tqdm import tqdm
@@ -562,10 +624,12 @@ def _run(
     except NonFiniteLossError as e:
         save_on_exit = False
         result.exit_code, result.reason = EXIT_FAILED, "nan"
-        result.message = (
-            f"training stopped: {e}; the last good checkpoint is kept at "
-            f"{learner.checkpoints.latest if learner.checkpoints else '(none)'}"
-        )
+        result.message = f"training stopped: {e}; {_last_good(learner)}"
+        log.error(result.message)
+    except StorageError as e:
+        save_on_exit = False
+        result.exit_code, result.reason = EXIT_FAILED, "disk"
+        result.message = f"training stopped: {e}; {_last_good(learner)}"
         log.error(result.message)
     except TrainingError as e:
         result.exit_code, result.reason, result.message = EXIT_FAILED, "actors", str(e)
@@ -579,12 +643,19 @@ def _run(
         pool.shutdown()
     if stop.requested:
         result.exit_code, result.reason = EXIT_INTERRUPTED, "signal"
-    if save_on_exit:
-        if learner.has_unlogged_steps():  # one record per env-step count, never two
-            learner.log(_pool_scalars(pool))
-        result.last_log = learner.last_record
-        path = learner.checkpoint()
-        log.info("final checkpoint: %s", path)
+    # A resumed session that added no steps (e.g. a budget already reached) saves nothing:
+    # a copy of latest.pt would only push the older previous.pt out.
+    if save_on_exit and (learner.counters.env_steps > start_steps or not resumed):
+        try:
+            if learner.has_unlogged_steps():  # one record per env-step count, never two
+                learner.log(_pool_scalars(pool))
+            result.last_log = learner.last_record
+            path = learner.checkpoint()
+            log.info("final checkpoint: %s", path)
+        except StorageError as e:
+            result.exit_code, result.reason = EXIT_FAILED, "disk"
+            result.message = f"the final checkpoint failed: {e}; {_last_good(learner)}"
+            log.error(result.message)
     c = learner.counters
     result.env_steps, result.updates, result.episodes = c.env_steps, c.updates, c.episodes
     result.mean_return = learner.mean_return()
@@ -592,6 +663,14 @@ def _run(
     result.session_wall_s = time.monotonic() - start
     result.actor_failures = c.actor_failures
     return result
+
+
+def _last_good(learner: Learner) -> str:
+    """Where the last good checkpoint is, for a message about a failed run."""
+    manager = learner.checkpoints
+    if manager is not None and manager.exists():
+        return f"the last good checkpoint is kept at {manager.latest}"
+    return "no checkpoint had been saved yet"
 
 
 def _pool_scalars(pool: ActorPool) -> dict[str, float]:
@@ -683,6 +762,7 @@ __all__ = [
     "ActorPool",
     "CheckpointError",
     "LoopContext",
+    "RunDirError",
     "StopSignal",
     "TrainOptions",
     "TrainResult",
