@@ -191,6 +191,10 @@ class RunConfig:
     checkpoint_every_s: float = 60.0
     log_every_s: float = 2.0
     returns_window: int = 500  # episodes in the "mean return" shown and used for "solved"
+    # Faults: no wait is unbounded (exit 1 without a trajectory for this long; exit 2 if a
+    # cluster given by address does not answer within connect_timeout_s).
+    progress_timeout_s: float = 300.0
+    connect_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         _require(
@@ -220,6 +224,8 @@ class RunConfig:
         _one_of("run.device", self.device, DEVICES)
         _in_range("run.checkpoint_every_s", self.checkpoint_every_s, 0.0, 1e9, low_open=True)
         _in_range("run.log_every_s", self.log_every_s, 0.0, 1e9, low_open=True)
+        _in_range("run.progress_timeout_s", self.progress_timeout_s, 0.0, 1e9, low_open=True)
+        _in_range("run.connect_timeout_s", self.connect_timeout_s, 0.0, 1e9, low_open=True)
 
 
 _SECTIONS: dict[str, type] = {

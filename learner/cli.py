@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -358,7 +359,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     setup_logging()
     run_dirs: list[Path] = []
     failed = 0
-    with ray_session(args.address):
+    with ray_session(args.address, connect_timeout_s=configs[0][1].run.connect_timeout_s):
         for name, cfg in configs:
             result = run_sweep(
                 cfg,
@@ -425,10 +426,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plot(args)
         return cmd_train(args)
     except (ConfigError, CheckpointError, RunDirError, UsageError) as e:
-        return _error(str(e))
+        # (a cluster that cannot be reached is a ConfigError: ClusterConnectError)
+        return _exit_now_if_stuck(_error(str(e)))
     except KeyboardInterrupt:
         print(f"[{PROG}] interrupted", file=sys.stderr)
-        return 130
+        return _exit_now_if_stuck(130)
+
+
+def _exit_now_if_stuck(code: int) -> int:
+    """End the process at once if Ray is still stuck connecting (it would block the exit)."""
+    driver = sys.modules.get("learner.driver")
+    if driver is not None and driver.connect_stuck():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

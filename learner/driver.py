@@ -33,10 +33,18 @@ driver's machine has a GPU. Under ``ray job submit`` give the entrypoint a
 GPU with ``--entrypoint-num-gpus 1``. Actors are CPU-only.
 
 **Faults.** Actors have ``max_restarts`` (Ray restarts a dead process; the
-calls that were in flight fail with ``RayActorError``, which is logged,
-counted in ``perf/actor_failures``, and the slot gets new calls). An actor
-that died more often than its restart budget is replaced by a new one.
-An exception raised *inside* an actor (a bug in an env) stops the run.
+calls that were in flight fail with ``ActorUnavailableError``, which is logged,
+counted in ``perf/actor_failures``, and the slot gets new calls). When Ray gives
+up on an actor (``ActorDiedError``: no restart left, or its node is gone for
+good) it is replaced by a new one at once; one whose constructor raised stops
+the run (exit 1: a new one would fail the same way). An exception raised
+*inside* an actor (a bug in an env) stops the run. No wait is unbounded: with no
+unroll back for ``run.progress_timeout_s`` the run exits 1 with a message saying
+which actors it waited on; connecting to a cluster gives up after
+``run.connect_timeout_s`` (exit 2); SIGINT/SIGTERM are seen within about a second
+whatever the driver waits on (connecting included). Unrolls are accounted for:
+each one asked of an actor is consumed, lost with a dead actor
+(``perf/lost_unrolls``) or abandoned at the end of the session.
 
 **Exit codes** (see :data:`EXIT_OK` etc.): 0 budget reached (or
 ``stop_at_return`` met); 130 stopped by SIGINT/SIGTERM after a final checkpoint
@@ -54,6 +62,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -66,7 +75,7 @@ from typing import Any
 import gymnasium
 import ray
 import torch
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 
 from actors.rollout import (
     DEFAULT_MAX_RESTARTS,
@@ -110,6 +119,8 @@ INLINE_WEIGHTS_BYTES = 100 * 1024
 INLINE_RESULT_BYTES = 4 * 1024 * 1024
 #: Seconds without any trajectory before a warning (actors not placed? all dead?).
 STALL_WARNING_S = 60.0
+#: Longest single wait of the driver loop: a stop request is seen within about this.
+WAIT_SLICE_S = 0.5
 #: Seconds between calls to an actor that Ray is restarting.
 RESTART_BACKOFF_S = 0.2
 
@@ -119,6 +130,20 @@ _READ_ONLY_WARNING = "The given NumPy array is not writable"
 
 class TrainingError(RuntimeError):
     """The run cannot go on (actors keep failing, an actor raised); the message says why."""
+
+
+class ClusterConnectError(ConfigError):
+    """The Ray cluster at the given address cannot be reached (bad input: exit code 2)."""
+
+
+def remote_error(error: BaseException) -> str:
+    """``ValueError: bad kwarg`` for an exception raised in an actor (not Ray's wrapper)."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
+        return f"{type(cause).__name__}: {first_line(cause)}"
+    # A creation task's error reaches the caller as text only: its last line names it.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 # ----------------------------------------------------------------------- Ray
@@ -133,26 +158,97 @@ def local_ray_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
 
 
 @contextmanager
-def ray_session(address: str | None = None) -> Iterator[bool]:
+def ray_session(
+    address: str | None = None,
+    *,
+    connect_timeout_s: float = 60.0,
+    stop: StopSignal | None = None,
+) -> Iterator[bool]:
     """Connect to Ray for the run; yields whether this call started (and will stop) it.
 
     Already connected (tests, or a caller that ran ``ray.init``): reuse it.
     ``address`` or ``RAY_ADDRESS`` (set by ``ray job submit``): join that cluster
-    (``"auto"`` finds a local ``ray start`` one). Otherwise: a private local
-    instance with ``num_cpus = os.cpu_count()`` and no dashboard.
+    (``"auto"`` finds a local ``ray start`` one) within ``connect_timeout_s``, else
+    :class:`ClusterConnectError`; a ``stop`` request meanwhile raises ``KeyboardInterrupt``.
+    Otherwise: a private local instance with ``num_cpus = os.cpu_count()`` and no dashboard.
     """
     if ray.is_initialized():
         yield False
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        _connect(address, connect_timeout_s, stop)
     else:
         ray.init(**local_ray_init_kwargs())
     try:
         yield True
     finally:
         ray.shutdown()
+
+
+#: A ``ray.init`` that did not return in time (it cannot be cancelled): the CLI then
+#: ends the process with ``os._exit`` rather than wait for it at interpreter exit.
+_stuck_connect: threading.Thread | None = None
+
+
+def connect_stuck() -> bool:
+    """A cluster connection attempt is still blocked in Ray (see :func:`ray_session`)."""
+    return _stuck_connect is not None and _stuck_connect.is_alive()
+
+
+def _connect(address: str, timeout_s: float, stop: StopSignal | None) -> None:
+    """``ray.init(address=...)`` with a deadline, signals seen within ``WAIT_SLICE_S``.
+
+    Ray retries an unreachable GCS for minutes inside C++ code, where Python signal
+    handlers do not run; so the connection is made in a helper thread while this
+    (main) thread waits in short slices. A ``host:port`` that refuses TCP fails at once.
+    """
+    global _stuck_connect
+    _check_reachable(address, timeout_s)
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except BaseException as e:  # handed to the waiting thread
+            failure.append(e)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=connect, name="ray-connect", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not done.wait(WAIT_SLICE_S / 5):
+        if stop is not None and stop.requested:
+            _stuck_connect = thread
+            raise KeyboardInterrupt(f"stopped while connecting to the Ray cluster at {address}")
+        if time.monotonic() > deadline:
+            _stuck_connect = thread
+            raise ClusterConnectError(
+                f"no Ray cluster answered at {address!r} within {timeout_s:g} s "
+                f"(run.connect_timeout_s)"
+            )
+    if failure:
+        raise ClusterConnectError(
+            f"cannot connect to the Ray cluster at {address!r}: {first_line(failure[0])}"
+        ) from None
+
+
+def _check_reachable(address: str, timeout_s: float) -> None:
+    """A ``host:port`` address must accept a TCP connection (fails fast on a wrong port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", "ray://...": Ray resolves those itself
+    try:
+        socket.create_connection(
+            (host.strip("[]"), int(port)), timeout=min(timeout_s, 10.0)
+        ).close()
+    except OSError as e:
+        reason = e.strerror or first_line(e)
+        raise ClusterConnectError(
+            f"cannot reach the Ray cluster at {address!r}: {reason}"
+        ) from None
 
 
 # ---------------------------------------------------------------- actor pool
@@ -176,6 +272,9 @@ class _Slot:
     #: Unrolls collected since its last offer: an actor that has not started a new
     #: unroll since then has not used that offer yet, and a newer one can wait.
     collected_since_offer: int = 0
+    #: When this handle was made, and when it last returned an unroll (monotonic s).
+    created_at: float = field(default_factory=time.monotonic)
+    returned_at: float | None = None
 
 
 class ActorPool:
@@ -199,11 +298,17 @@ class ActorPool:
         self._actor_cls = make_ray_actor_class(cfg.run.actor_num_cpus, max_restarts)
         self.slots = [_Slot(self._spawn(i, 0), i) for i in range(cfg.run.num_actors)]
         self._order: list[ray.ObjectRef] = []  # in-flight calls, oldest first
-        self._origin: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref -> (slot, incarnation)
+        #: ref -> (slot, incarnation, handle): the handle is the slot's replacement count.
+        self._origin: dict[ray.ObjectRef, tuple[int, int, int]] = {}
         self._version = -1
         self._payload: Any = None
         self.failures = 0
+        #: Unroll calls made, and what became of them: collected (returned to the learner),
+        #: lost (their actor died), abandoned (still in flight at shutdown).
+        self.submitted = 0
+        self.collected = 0
         self.lost_unrolls = 0
+        self.abandoned = 0
 
     @property
     def in_flight(self) -> int:
@@ -251,8 +356,9 @@ class ActorPool:
                 else:
                     ref = slot.handle.unroll.remote()
                 self._order.append(ref)
-                self._origin[ref] = (index, slot.incarnation)
+                self._origin[ref] = (index, slot.incarnation, slot.replacements)
                 slot.inflight += 1
+                self.submitted += 1
 
     def take(self, n: int, timeout: float) -> tuple[list[Trajectory], int]:
         """Up to ``n`` finished unrolls, oldest first, waiting at most ``timeout`` seconds.
@@ -276,53 +382,61 @@ class ActorPool:
 
     def _collect(self, ref: ray.ObjectRef) -> Trajectory | None:
         self._order.remove(ref)
-        index, incarnation = self._origin.pop(ref)
+        index, incarnation, handle = self._origin.pop(ref)
         slot = self.slots[index]
         slot.inflight -= 1
         try:
             trajectory = ray.get(ref)
         except RayActorError as e:
-            self._on_actor_error(index, incarnation, e)
+            self.lost_unrolls += 1
+            self._on_actor_error(index, incarnation, handle, e)
             return None
         except ray.exceptions.RayTaskError as e:
-            raise TrainingError(f"actor {slot.actor_id} raised: {first_line(e)}") from e
+            self.lost_unrolls += 1
+            raise TrainingError(f"actor {slot.actor_id} raised {remote_error(e)}") from e
+        self.collected += 1
         if incarnation == slot.incarnation:
             slot.healthy = True
+        slot.returned_at = time.monotonic()
         slot.collected_since_offer += 1
         return trajectory
 
-    def _on_actor_error(self, index: int, incarnation: int, error: RayActorError) -> None:
+    def _on_actor_error(
+        self, index: int, incarnation: int, handle: int, error: RayActorError
+    ) -> None:
         """A call failed because its actor process died: count the death once, recover.
 
-        Ray reports one death several ways: every call in flight fails (``incarnation``
-        tells those apart), and calls made while Ray restarts the process fail with
-        ``ActorUnavailableError`` (the slot is unhealthy until an unroll comes back).
-        ``ActorDiedError`` means Ray gave up on the actor: it is replaced at once.
+        ``ActorDiedError`` means Ray gave up on the actor (its restarts are spent, however
+        many deaths this driver saw, or its node is gone for good): it is replaced at once,
+        or, if its constructor raised, the run stops. Otherwise Ray restarts the process:
+        every call in flight fails (``incarnation`` tells those apart), and calls made
+        while it restarts fail with ``ActorUnavailableError`` (the slot is unhealthy until
+        an unroll comes back): one death, counted once.
         """
         slot = self.slots[index]
-        self.lost_unrolls += 1
+        if handle != slot.replacements:
+            return  # a call to a handle already replaced: that actor was dealt with
         slot.retry_at = time.monotonic() + RESTART_BACKOFF_S
-        permanent = isinstance(error, ray.exceptions.ActorDiedError) and (
-            slot.deaths_on_handle >= self.max_restarts
-        )
-        if incarnation < slot.incarnation:
-            return  # a call to an earlier process (or a replaced handle): already handled
-        if not slot.healthy:  # a call made while Ray restarts it: the same death
-            if permanent:  # ... and Ray has given up on it
-                log.warning("actor %d did not come back: replaced by a new actor", slot.actor_id)
-                self._replace(index)
+        if isinstance(error, ActorDiedError):
+            if error.actor_init_failed:
+                raise TrainingError(
+                    f"actor {slot.actor_id} failed at start-up: {remote_error(error)}"
+                )
+            self._count_failure(slot, error)
+            log.warning(
+                "actor %d is dead for good (Ray will not restart it): replaced by a new actor",
+                slot.actor_id,
+            )
+            self._replace(index)
             return
+        if incarnation < slot.incarnation or not slot.healthy:
+            return  # a call to an earlier process, or made while Ray restarts it: same death
         slot.incarnation += 1
         slot.healthy = False
         slot.needs_weights = True
         slot.deaths_on_handle += 1
-        self.failures += 1
-        if self.failures > self.max_failures:
-            raise TrainingError(
-                f"rollout actors failed {self.failures} times (limit {self.max_failures}); "
-                f"last: actor {slot.actor_id}: {first_line(error)}"
-            )
-        if slot.deaths_on_handle > self.max_restarts or permanent:
+        self._count_failure(slot, error)
+        if slot.deaths_on_handle > self.max_restarts:
             log.warning(
                 "actor %d died %d times, more than its restart budget: replaced by a new actor",
                 slot.actor_id,
@@ -339,22 +453,51 @@ class ActorPool:
                 self.max_restarts,
             )
 
+    def _count_failure(self, slot: _Slot, error: RayActorError) -> None:
+        self.failures += 1
+        if self.failures > self.max_failures:
+            raise TrainingError(
+                f"rollout actors failed {self.failures} times (limit {self.max_failures}); "
+                f"last: actor {slot.actor_id}: {first_line(error)}"
+            )
+
+    def describe_waits(self) -> str:
+        """What the learner is waiting on, actor by actor (for a no-progress error)."""
+        now = time.monotonic()
+        parts = []
+        for slot in self.slots:
+            if slot.returned_at is None:
+                since = (
+                    f"no unroll since it was created {now - slot.created_at:.0f} s ago "
+                    f"(not placed on a node, or not starting?)"
+                )
+            else:
+                since = f"last unroll {now - slot.returned_at:.0f} s ago"
+            state = "healthy" if slot.healthy else "restarting after a death"
+            parts.append(
+                f"actor {slot.actor_id}: {slot.inflight} unroll call(s) in flight, {state}, "
+                f"{since}, {slot.replacements} replacement(s)"
+            )
+        return "; ".join(parts)
+
     def _replace(self, index: int) -> None:
         slot = self.slots[index]
         with contextlib.suppress(Exception):  # already gone
             ray.kill(slot.handle, no_restart=True)
-        slot.replacements += 1
+        slot.replacements += 1  # calls to the old handle are stale
         slot.handle = self._spawn(slot.actor_id, slot.replacements)
-        slot.incarnation += 1  # calls to the old handle are stale
+        slot.incarnation += 1
         slot.deaths_on_handle = 0
         slot.healthy, slot.retry_at = True, 0.0
         slot.needs_weights, slot.offers = True, []
+        slot.created_at, slot.returned_at = time.monotonic(), None
 
     def shutdown(self) -> None:
         """Kill the actors; unfinished calls are abandoned (never counted as trained on)."""
         for slot in self.slots:
             with contextlib.suppress(Exception):  # already dead
                 ray.kill(slot.handle, no_restart=True)
+        self.abandoned += len(self._order)
         self._order.clear()
         self._origin.clear()
 
@@ -368,10 +511,12 @@ class StopSignal:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
+        """Handle SIGINT/SIGTERM here; again after ``ray.init``, which puts in its own."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
+            previous = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, previous)  # restore() puts back the first one
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -423,6 +568,8 @@ class TrainResult:
     session_env_steps: int = 0
     session_wall_s: float = 0.0
     actor_failures: int = 0
+    #: This session's unroll calls: submitted = collected + lost + abandoned.
+    unrolls: dict[str, int] = field(default_factory=dict)
     message: str = ""
     last_log: dict[str, float] = field(default_factory=dict)
 
@@ -511,20 +658,24 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
         # to 1).
         threads = torch.get_num_threads()
         torch.set_num_threads(_learner_threads(cfg, options, local))
+        stop = StopSignal()
+        if options.handle_signals:
+            stop.install()  # before connecting: a stop while Ray connects is seen too
         try:
-            learner = _make_learner(cfg, spec, device, run_dir, state)
-            stop = StopSignal()
-            with ray_session(options.address), warnings.catch_warnings():
+            session = ray_session(
+                options.address, connect_timeout_s=cfg.run.connect_timeout_s, stop=stop
+            )
+            with session, warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
                 if options.handle_signals:
-                    stop.install()
+                    stop.install()  # over the failure-signal handler Ray's core worker set
+                learner = _make_learner(cfg, spec, device, run_dir, state)
                 try:
-                    result = _run(cfg, options, learner, run_dir, stop)
+                    return _run(cfg, options, learner, run_dir, stop)
                 finally:
-                    stop.restore()
                     _close_learner(learner)
-            return result
         finally:
+            stop.restore()
             torch.set_num_threads(threads)
 
 
@@ -662,6 +813,12 @@ def _run(
     result.session_env_steps = c.env_steps - start_steps
     result.session_wall_s = time.monotonic() - start
     result.actor_failures = c.actor_failures
+    result.unrolls = {
+        "submitted": pool.submitted,
+        "collected": pool.collected,
+        "lost": pool.lost_unrolls,
+        "abandoned": pool.abandoned,
+    }
     return result
 
 
@@ -697,25 +854,32 @@ def _loop(
     pending: list[Trajectory] = []
     flowing = False
     wait_s, last_progress = 0.0, time.monotonic()
-    interval_start = last_progress
+    interval_start = next_warning = last_progress
     while not learner.done:
         if stop.requested:
             return "signal"
         t0 = time.monotonic()
-        got, queued = pool.take(cfg.run.batches_per_update - len(pending), timeout=1.0)
+        got, queued = pool.take(cfg.run.batches_per_update - len(pending), timeout=WAIT_SLICE_S)
         wait_s += time.monotonic() - t0
         learner.counters.actor_failures = base_failures + pool.failures
         if not got:
-            if time.monotonic() - last_progress > STALL_WARNING_S:
-                log.warning("no trajectories for %.0f s; waiting for actors", STALL_WARNING_S)
-                last_progress = time.monotonic()
+            idle = time.monotonic() - last_progress
+            if idle > cfg.run.progress_timeout_s:
+                raise TrainingError(
+                    f"no progress for {idle:.0f} s (run.progress_timeout_s = "
+                    f"{cfg.run.progress_timeout_s:g}): the learner waited for unrolls from "
+                    f"{pool.describe_waits()}"
+                )
+            if time.monotonic() - next_warning > STALL_WARNING_S:
+                log.warning("no trajectories for %.0f s; waiting for actors", idle)
+                next_warning = time.monotonic()
             pool.fill()  # slots whose calls failed get new ones
             continue
         if not flowing:
             flowing = True
             learner.restart_intervals()  # actor start-up is not part of the first interval
             wait_s, interval_start = 0.0, time.monotonic()
-        last_progress = time.monotonic()
+        last_progress = next_warning = time.monotonic()
         queue.add({"perf/queue_size": queued})
         pending.extend(got)
         if len(pending) < cfg.run.batches_per_update:
@@ -761,6 +925,7 @@ __all__ = [
     "EXIT_USAGE",
     "ActorPool",
     "CheckpointError",
+    "ClusterConnectError",
     "LoopContext",
     "RunDirError",
     "StopSignal",

@@ -10,8 +10,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,108 @@ def test_a_resume_that_adds_no_steps_overwrites_nothing(ray_local, tmp_path):
         again = train(cfg, options(resume_dir=first.run_dir))
         assert again.exit_code == EXIT_OK and again.session_env_steps == 0
         assert {p: p.read_bytes() for p in files} == before
+
+
+# ------------------------------------------------------------- no run ever hangs
+@pytest.mark.ray
+def test_an_actor_ray_gave_up_on_is_replaced_however_few_deaths_the_driver_saw(ray_local, tmp_path):
+    """The same actor killed again and again while Ray restarts it: Ray runs out of
+    restarts before the driver has seen as many deaths; its ActorDiedError is final."""
+    kills: list[int] = []
+    seen_after: list[int] = []
+
+    def callback(ctx) -> None:
+        updates = ctx.learner.counters.updates
+        if 20 <= updates < 24:  # 4 kills in a row, restart budget 2
+            ray.kill(ctx.pool.slots[0].handle, no_restart=False)
+            kills.append(updates)
+        elif ctx.pool.slots[0].replacements:
+            seen_after.append(ctx.learner.trajectories_by_actor[0])
+
+    cfg = small_cfg(tmp_path, **{"run.total_env_steps": 24_000, "run.progress_timeout_s": 120})
+    result = train(cfg, options(callback=callback, max_actor_restarts=2))
+    assert len(kills) == 4 and result.exit_code == EXIT_OK, result.message
+    assert result.env_steps >= 24_000
+    assert seen_after and seen_after[-1] > seen_after[0], "the new actor 0 never delivered"
+    u = result.unrolls
+    assert u["submitted"] == u["collected"] + u["lost"] + u["abandoned"], u
+
+
+@pytest.mark.ray
+def test_an_actor_that_fails_at_start_up_stops_the_run_at_once(ray_local, tmp_path):
+    import gymnasium
+
+    # Registered in this (driver) process only: the actors' processes cannot make it.
+    gymnasium.register("DriverOnly-v0", entry_point="gymnasium.envs.classic_control:CartPoleEnv")
+    try:
+        cfg = small_cfg(tmp_path, **{"env.id": "DriverOnly-v0", "run.progress_timeout_s": 120})
+        result = train(cfg, options())
+    finally:
+        gymnasium.registry.pop("DriverOnly-v0")
+    assert result.exit_code == EXIT_FAILED and result.reason == "actors"
+    assert "failed at start-up" in result.message and "DriverOnly" in result.message
+    assert "\n" not in result.message
+
+
+@pytest.mark.ray
+def test_no_progress_for_progress_timeout_s_exits_1_saying_what_waited(ray_local, tmp_path):
+    # 3 CPUs an actor on a 2-CPU Ray: no actor is ever placed.
+    cfg = small_cfg(tmp_path, **{"run.actor_num_cpus": 3.0, "run.progress_timeout_s": 3.0})
+    result = train(cfg, options())
+    assert result.exit_code == EXIT_FAILED and result.reason == "actors"
+    message = result.message
+    assert "no progress for" in message and "run.progress_timeout_s" in message
+    assert "actor 0: 2 unroll call(s) in flight" in message  # queue_size 4 / 2 actors
+    assert "actor 1: 2 unroll call(s) in flight" in message
+    assert "no unroll since it was created" in message
+
+
+def _cli(*argv: str, **popen) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [sys.executable, "-m", "learner", *argv, "--no-progress"]
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, **popen)
+
+
+def test_a_cluster_address_that_refuses_exits_2_at_once(tmp_path):
+    process = _cli("--address", "127.0.0.1:1", "--logdir", str(tmp_path))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err
+    assert err.strip().splitlines() == [
+        "impala-frodo: error: cannot reach the Ray cluster at '127.0.0.1:1': Connection refused"
+    ]
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A TCP port that accepts connections and never says a word (not a Ray GCS)."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def test_a_cluster_that_does_not_answer_exits_2_after_connect_timeout_s(tmp_path, silent_endpoint):
+    argv = ["--address", silent_endpoint, "--set", "run.connect_timeout_s=3"]
+    process = _cli(*argv, "--logdir", str(tmp_path))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err
+    assert f"no Ray cluster answered at {silent_endpoint!r} within 3 s" in err
+    assert "Traceback" not in err
+
+
+def test_a_signal_while_connecting_stops_the_run(tmp_path, silent_endpoint):
+    process = _cli("--address", silent_endpoint, "--logdir", str(tmp_path))
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("*/run.lock")) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the run dir is claimed just before connecting
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)  # Ray alone would retry for minutes
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
