@@ -184,23 +184,21 @@ def test_a_resume_that_adds_no_steps_overwrites_nothing(ray_local, tmp_path):
 # ------------------------------------------------------------- no run ever hangs
 @pytest.mark.ray
 def test_an_actor_ray_gave_up_on_is_replaced_however_few_deaths_the_driver_saw(ray_local, tmp_path):
-    """The same actor killed again and again while Ray restarts it: Ray runs out of
-    restarts before the driver has seen as many deaths; its ActorDiedError is final."""
-    kills: list[int] = []
+    """Ray gives up on an actor while the driver believes restarts are left (in the
+    field: the same actor killed again while Ray restarts it; here, deterministically,
+    a kill Ray may not restart from): its ActorDiedError is final, the actor replaced."""
     seen_after: list[int] = []
 
     def callback(ctx) -> None:
-        updates = ctx.learner.counters.updates
-        if 20 <= updates < 24:  # 4 kills in a row, restart budget 2
-            ray.kill(ctx.pool.slots[0].handle, no_restart=False)
-            kills.append(updates)
+        if ctx.learner.counters.updates == 20:
+            ray.kill(ctx.pool.slots[0].handle, no_restart=True)
         elif ctx.pool.slots[0].replacements:
             seen_after.append(ctx.learner.trajectories_by_actor[0])
 
     cfg = small_cfg(tmp_path, **{"run.total_env_steps": 24_000, "run.progress_timeout_s": 120})
-    result = train(cfg, options(callback=callback, max_actor_restarts=2))
-    assert len(kills) == 4 and result.exit_code == EXIT_OK, result.message
-    assert result.env_steps >= 24_000
+    result = train(cfg, options(callback=callback, max_actor_restarts=3))
+    assert result.exit_code == EXIT_OK and result.env_steps >= 24_000, result.message
+    assert result.actor_failures == 1
     assert seen_after and seen_after[-1] > seen_after[0], "the new actor 0 never delivered"
     u = result.unrolls
     assert u["submitted"] == u["collected"] + u["lost"] + u["abandoned"], u

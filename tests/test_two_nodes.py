@@ -70,17 +70,9 @@ class RayNode:
         """SIGKILL every process of this node (no clean-up code runs); returns survivors."""
         if self.proc is None:
             return []
-        for _ in range(3):  # a process may start another while we kill
-            for pid in _our_processes(self.proc.pid, [str(self.temp_dir)]):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        left = _kill_session(self.proc.pid, str(self.temp_dir))
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
-        deadline = time.monotonic() + 10
-        while (left := _our_processes(self.proc.pid, [str(self.temp_dir)])) and (
-            time.monotonic() < deadline
-        ):
-            time.sleep(0.2)
         return left
 
     def stop(self) -> list[int]:
@@ -93,40 +85,22 @@ class RayNode:
 
 
 @pytest.fixture
-def two_nodes(tmp_path_factory, monkeypatch):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+def two_nodes(tmp_path_factory):
+    """A head and a worker node; yields the head's address (the nodes are stopped after)."""
     base = tmp_path_factory.mktemp("nodes")
-    # Token auth pinned off: this process's Ray read its auth mode at import (off in tests),
-    # and `ray start` would turn it on by itself where ~/.ray/auth_token exists.
-    auth = {"RAY_AUTH_MODE": "disabled"}
-    head = RayNode(base / "head", auth)
-    worker = RayNode(base / "worker", auth, head_address=head.address)
+    head = RayNode(base / "head", AUTH)
+    worker = RayNode(base / "worker", AUTH, head_address=head.address)
     try:
         head.start()
-        for name, value in auth.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("RAY_ADDRESS", raising=False)
-        deadline = time.monotonic() + 120
-        while True:  # the head's GCS takes a few seconds to listen
-            try:
-                ray.init(address=head.address, logging_level="WARNING")
-                break
-            except Exception:
-                if time.monotonic() > deadline or head.proc.poll() is not None:
-                    raise
-                time.sleep(1.0)
         worker.start()
-        while sum(n["Alive"] for n in ray.nodes()) < 2:
-            assert time.monotonic() < deadline, "the worker node never joined"
-            time.sleep(0.5)
-        yield head, worker
+        yield head.address, worker
     finally:
-        ray.shutdown()
         left = worker.stop() + head.stop()
         assert not left, f"processes left behind: {left}"
+
+
+# Token auth pinned off: `ray start` would turn it on by itself where ~/.ray/auth_token exists.
+AUTH = {"RAY_AUTH_MODE": "disabled"}
 
 
 def _node_of(handle) -> str:
@@ -135,28 +109,45 @@ def _node_of(handle) -> str:
     return state.actor_table(handle._actor_id.hex())["Address"]["NodeID"]
 
 
-def test_losing_the_worker_node_mid_run_loses_no_unroll_and_the_run_finishes(two_nodes, tmp_path):
+def scenario(address: str, logdir: str, worker_dir: str, worker_session: int) -> dict:
+    """The run with the node loss, in a fresh process (a Ray driver that ran a local Ray
+    before in the same process lost track of new actors); returns what the test checks."""
     import ray
 
-    _, worker = two_nodes
+    deadline = time.monotonic() + 120
+    while True:  # the head's GCS takes a few seconds to listen
+        try:
+            ray.init(address=address, logging_level="WARNING")
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+    while sum(n["Alive"] for n in ray.nodes()) < 2:
+        assert time.monotonic() < deadline, "the worker node never joined"
+        time.sleep(0.5)
     nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
     (head_id,) = [i for i, n in nodes.items() if "head" in n["Resources"]]
     (worker_id,) = [i for i, n in nodes.items() if "worker" in n["Resources"]]
-    # The head's CPUs are taken, so the rollout actors are placed on the worker node.
-    ballast = ray.remote(num_cpus=2, resources={"head": 1})(_Ballast).remote()
-    ray.get(ballast.ready.remote(), timeout=120)
 
-    placed: dict[str, list[str]] = {}
+    @ray.remote(num_cpus=2, resources={"head": 1})
+    class Ballast:  # holds the head's CPUs, so the rollout actors go to the worker node
+        def ready(self) -> bool:
+            return True
+
+    ballast = Ballast.remote()
+    ray.get(ballast.ready.remote(), timeout=120)
+    seen: dict = {"head": head_id, "worker": worker_id}
 
     def callback(ctx) -> None:
         updates = ctx.learner.counters.updates
         if updates == 10:
-            placed["before"] = [_node_of(slot.handle) for slot in ctx.pool.slots]
-            assert not worker.kill(), "the worker node's processes survived SIGKILL"
+            seen["before"] = [_node_of(slot.handle) for slot in ctx.pool.slots]
+            seen["survivors"] = _kill_session(worker_session, worker_dir)
             ray.kill(ballast)  # room on the surviving node
-            placed["killed_at_steps"] = [ctx.learner.counters.env_steps]
+            seen["killed_at_steps"] = ctx.learner.counters.env_steps
         elif updates > 10 and ctx.learner.done:  # the last update
-            placed["after"] = [_node_of(slot.handle) for slot in ctx.pool.slots]
+            seen["after"] = [_node_of(slot.handle) for slot in ctx.pool.slots]
 
     cfg = set_dotted(
         Config(),
@@ -169,22 +160,56 @@ def test_losing_the_worker_node_mid_run_loses_no_unroll_and_the_run_finishes(two
             "run.queue_size": 4,
             "run.actor_num_cpus": 0.5,
             "run.progress_timeout_s": 120.0,
-            "run.logdir": str(tmp_path / "runs"),
+            "run.logdir": logdir,
         },
     )
-    options = TrainOptions(progress=False, handle_signals=False, callback=callback)
-    result = train(cfg, options)
+    result = train(cfg, TrainOptions(progress=False, handle_signals=False, callback=callback))
+    ray.shutdown()
+    return seen | {
+        "exit_code": result.exit_code,
+        "message": result.message,
+        "env_steps": result.env_steps,
+        "updates": result.updates,
+        "actor_failures": result.actor_failures,
+        "unrolls": result.unrolls,
+    }
 
-    assert placed["before"] == [worker_id, worker_id], "the actors were not on the worker"
-    assert result.exit_code == EXIT_OK, result.message
-    assert result.env_steps >= 12_000 > placed["killed_at_steps"][0]
-    assert placed["after"] == [head_id, head_id], "the actors did not come back on the head"
-    assert result.actor_failures >= 2  # both actors were lost with the node
-    u = result.unrolls
+
+def _kill_session(session: int, marker: str) -> list[int]:
+    for _ in range(3):  # a process may start another while we kill
+        for pid in _our_processes(session, [marker]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while (left := _our_processes(session, [marker])) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_losing_the_worker_node_mid_run_loses_no_unroll_and_the_run_finishes(two_nodes, tmp_path):
+    address, worker = two_nodes
+    env = _clean_env(**AUTH)
+    argv = [address, str(tmp_path / "runs"), str(worker.temp_dir), str(worker.proc.pid)]
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.test_two_nodes", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["before"] == [seen["worker"]] * 2, "the actors were not on the worker node"
+    assert not seen["survivors"], "the worker node's processes survived SIGKILL"
+    assert seen["exit_code"] == EXIT_OK, seen["message"]
+    assert seen["env_steps"] >= 12_000 > seen["killed_at_steps"]
+    assert seen["after"] == [seen["head"]] * 2, "the actors did not come back on the head"
+    assert seen["actor_failures"] >= 2  # both actors were lost with the node
+    u = seen["unrolls"]
     assert u["lost"] >= 2 and u["submitted"] == u["collected"] + u["lost"] + u["abandoned"], u
-    assert u["collected"] == result.updates  # one unroll per update: every one was trained on
+    assert u["collected"] == seen["updates"]  # one unroll per update: all were trained on
 
 
-class _Ballast:
-    def ready(self) -> bool:
-        return True
+if __name__ == "__main__":
+    print(json.dumps(scenario(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))))
