@@ -42,7 +42,7 @@ from impala_frodo.networks import AgentNet
 from impala_frodo.rollout import ActingPolicy, Roller
 from impala_frodo.trajectory import Batch, Trajectory
 from impala_frodo.updater import Updater
-from learner.driver import local_ray_init_kwargs
+from learner.ray_session import local_ray_init_kwargs
 
 
 def median_s(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:

@@ -39,7 +39,8 @@ import torch
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.runlog import METRICS_FILE, read_metrics
 from impala_frodo.sync import train_sync
-from learner.driver import TrainOptions, local_ray_init_kwargs, train
+from learner.driver import TrainOptions, train
+from learner.ray_session import local_ray_init_kwargs
 
 
 def steady_rate(run_dir: Path) -> float | None:

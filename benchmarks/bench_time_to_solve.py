@@ -49,7 +49,7 @@ def solve_once(algo: str, seed: int, logdir: Path, extra: list[str]) -> dict:
         raise RuntimeError(f"seed {seed} exited {proc.returncode}: {proc.stderr[-2000:]}")
     (run_dir,) = (logdir / f"{algo}-{seed}").iterdir()
     last = read_metrics(run_dir / METRICS_FILE)[-1]
-    solved = "return: " in proc.stderr  # describe_result starts with the stop reason
+    solved = "reached the return target" in proc.stderr  # describe_result's stop reason
     return {
         "seed": seed,
         "wall_s": round(wall, 2),

@@ -5,7 +5,7 @@
 #   deploy/submit_job.sh --preset catch-frodo --num-actors 32 --logdir /runs
 #
 # It runs `ray job submit --working-dir <this checkout> -- python -m learner <options>`,
-# leaving the wheels, .git and run directories out of the uploaded working directory.
+# leaving .git, the project venv and run directories out of the uploaded working directory.
 # Without --logdir it adds `--logdir $IMPALA_FRODO_LOGDIR` (default /runs, the shared volume
 # of docker-compose.yml): a relative logdir would land inside the job's temporary copy of
 # the working directory on the head, which Ray deletes.
@@ -30,7 +30,7 @@ python_bin="${PYTHON:-python}"
 # excludes: gitignore-style patterns, relative to the working directory (Ray also honours
 # .gitignore). RAY_JOB_STOP_WAIT_TIME_S: `ray job stop` sends SIGTERM, on which the learner
 # writes a final checkpoint, then SIGKILL after this many seconds (Ray's default is 3).
-runtime_env='{"excludes": ["*.whl", ".git/", "runs/", "__pycache__/", ".pytest_cache/", ".ruff_cache/", ".benchmarks/"], "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}}'
+runtime_env='{"excludes": [".git/", ".venv/", "runs/", "__pycache__/", ".pytest_cache/", ".ruff_cache/", ".benchmarks/"], "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}}'
 
 learner_args=("$@")
 has_logdir=0

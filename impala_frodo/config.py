@@ -22,6 +22,8 @@ TASKS = ("control", "prediction")
 INNER_OPTIMIZERS = ("sgd", "rmsprop")
 BETA_MODES = ("constant", "annealed")
 DEVICES = ("auto", "cpu", "cuda")
+TARGET_FORMS = ("residual", "plain", "plain-zero-head")
+META_SCHEDULES = ("chain", "sliding")
 #: numpy seeds are 32-bit.
 MAX_SEED = 2**32 - 1
 
@@ -143,12 +145,39 @@ class OptimConfig:
 
 @dataclass
 class MetaConfig:
-    """The meta-learner: FRODO's meta-network, its optimizer, the extension and MGRL."""
+    """The meta-learner: FRODO's meta-network, its optimizer, the extension and MGRL.
+
+    FRODO's target forms (docs/design.md, "Target forms"), ``target =``:
+
+    - ``"residual"`` (the default, chosen from 10-seed evidence, docs/results.md):
+      g = sg(v_s) + G_eta(tau), a learned correction on the canonical V-trace target
+      v_s (gamma, lambda of ``[loss]``), with G_eta's output layer zero-initialised so
+      that g starts at v_s.
+    - ``"plain"``: g = G_eta(tau), the paper's form (default initialisation).
+    - ``"plain-zero-head"``: the paper's form with the output layer zero-initialised
+      (g starts at 0).
+
+    Further options:
+
+    - ``ratio_input``: G_eta also sees the clipped log importance ratio log(pi/mu).
+    - ``consistency_cost`` w: adds w 1/2 (g - sg(v_s))^2 on the held-out batch to the
+      outer loss, a guard against the target drifting away from returns.
+
+    ``schedule = "chain"``: one outer step per M inner steps, which form one
+    differentiable chain (the paper's). ``"sliding"``: an outer step after every
+    inner update, differentiated through the last M inner updates (recomputed from
+    the parameters M updates ago with the current eta): M times the meta-steps, at
+    about M times the meta-step cost.
+    """
 
     num_inner_steps: int = 5  # M
     lr: float = 1e-2  # Adam on eta
     hidden_size: int = 32  # LSTM width
     max_grad_norm: float = 0.0  # clip of the meta-gradient; 0 disables
+    target: str = "residual"
+    ratio_input: bool = False
+    consistency_cost: float = 0.0
+    schedule: str = "chain"
     # The report's extension (DESIGN section 5): beta * L_revise added to L_outer.
     ext_b1: float = 0.1
     ext_beta_mode: str = "annealed"  # "constant": beta = b1; "annealed": b1 / |sg(L_outer)|
@@ -163,6 +192,13 @@ class MetaConfig:
         _positive_int("meta.hidden_size", self.hidden_size)
         _in_range("meta.lr", self.lr, 0.0, 10.0, low_open=True)
         _in_range("meta.max_grad_norm", self.max_grad_norm, 0.0, 1e9)
+        _one_of("meta.target", self.target, TARGET_FORMS)
+        _one_of("meta.schedule", self.schedule, META_SCHEDULES)
+        _require(
+            isinstance(self.ratio_input, bool),
+            f"meta.ratio_input must be true or false, got {self.ratio_input!r}",
+        )
+        _in_range("meta.consistency_cost", self.consistency_cost, 0.0, 1e6)
         _in_range("meta.ext_b1", self.ext_b1, 0.0, 1e6)
         _one_of("meta.ext_beta_mode", self.ext_beta_mode, BETA_MODES)
         _in_range("meta.ext_beta_max", self.ext_beta_max, 0.0, 1e9, low_open=True)
@@ -185,11 +221,13 @@ class RunConfig:
     batches_per_update: int = 1  # actor batches concatenated into one learner batch
     queue_size: int = 8  # bounded trajectory queue, in actor batches
     broadcast_every: int = 1  # learner updates between weight publications
+    policy_lag: int = 0  # act with weights this many versions old, on purpose (0: newest)
     actor_num_cpus: float = 0.5
     device: str = "auto"
     logdir: str = "runs"
     checkpoint_every_s: float = 60.0
-    log_every_s: float = 2.0
+    log_every_s: float = 2.0  # a log record every log_every_s or log_every_updates,
+    log_every_updates: int = 20  # whichever comes first (and one after the first update)
     returns_window: int = 500  # episodes in the "mean return" shown and used for "solved"
     # Faults: no wait is unbounded (exit 1 without a trajectory for this long; exit 2 if a
     # cluster given by address does not answer within connect_timeout_s).
@@ -217,9 +255,16 @@ class RunConfig:
             "batches_per_update",
             "queue_size",
             "broadcast_every",
+            "log_every_updates",
             "returns_window",
         ):
             _positive_int(f"run.{name}", getattr(self, name))
+        _require(
+            isinstance(self.policy_lag, int)
+            and not isinstance(self.policy_lag, bool)
+            and self.policy_lag >= 0,
+            f"run.policy_lag must be an integer >= 0, got {self.policy_lag!r}",
+        )
         _in_range("run.actor_num_cpus", self.actor_num_cpus, 0.0, 64.0, low_open=True)
         _one_of("run.device", self.device, DEVICES)
         _in_range("run.checkpoint_every_s", self.checkpoint_every_s, 0.0, 1e9, low_open=True)

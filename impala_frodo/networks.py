@@ -51,34 +51,57 @@ class AgentNet(nn.Module):
 class MetaNet(nn.Module):
     """G_eta(tau): an LSTM run in reverse time, then Linear(hidden, 1) (DESIGN section 5).
 
-    Per step the input is u_t = [phi(x_t), r_t, d_t, V(x_{t+1})]. Running from
-    t = T-1 down to 0 lets g_t gather future rewards as a return does. The
-    recurrent state is reset where an episode ends (d_t = 0), so no target
-    sees past the end of its own episode.
+    Per step the input is u_t = [phi(x_t), r_t, d_t, d_t V(x_{t+1})], and with
+    ``ratio_input`` also the clipped log importance ratio log(pi/mu)_t. Running
+    from t = T-1 down to 0 lets g_t gather future rewards as a return does. The
+    recurrent state is reset where an episode ends (d_t = 0), and the next value
+    enters as d_t V(x_{t+1}), so no target sees past the end of its own episode
+    (after an auto-reset x_{t+1} is the next episode's first state).
+    ``zero_init_head`` starts the output layer at zero: g = 0 everywhere at first.
     """
 
-    def __init__(self, obs_shape: Sequence[int], hidden_size: int = 32) -> None:
+    def __init__(
+        self,
+        obs_shape: Sequence[int],
+        hidden_size: int = 32,
+        *,
+        ratio_input: bool = False,
+        zero_init_head: bool = False,
+    ) -> None:
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.hidden_size = hidden_size
-        self.cell = nn.LSTMCell(math.prod(self.obs_shape) + 3, hidden_size)
+        self.ratio_input = ratio_input
+        num_inputs = math.prod(self.obs_shape) + 3 + int(ratio_input)
+        self.cell = nn.LSTMCell(num_inputs, hidden_size)
         self.head = nn.Linear(hidden_size, 1)
+        if zero_init_head:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(
-        self, obs: Tensor, rewards: Tensor, discounts: Tensor, next_values: Tensor
+        self,
+        obs: Tensor,
+        rewards: Tensor,
+        discounts: Tensor,
+        next_values: Tensor,
+        log_rhos: Tensor | None = None,
     ) -> Tensor:
-        """Targets g ``[T, B]`` from ``obs [T, B, *obs_shape]`` and ``[T, B]`` rewards,
-        discounts d_t and next values V(x_{t+1}) (pass them detached: sg(V))."""
+        """Targets g ``[T, B]`` from ``obs [T, B, *obs_shape]`` (x_0 .. x_{T-1}) and ``[T, B]``
+        rewards r_t, discounts d_t, next values d_t V(x_{t+1}) and, with ``ratio_input``,
+        log importance ratios (pass values and ratios detached: sg(.))."""
         steps, batch = rewards.shape
-        inputs = torch.cat(
-            [
-                obs.reshape(steps, batch, -1),
-                rewards[..., None],
-                discounts[..., None],
-                next_values[..., None],
-            ],
-            dim=-1,
-        )
+        features = [
+            obs.reshape(steps, batch, -1),
+            rewards[..., None],
+            discounts[..., None],
+            next_values[..., None],
+        ]
+        if self.ratio_input:
+            if log_rhos is None:
+                raise ValueError("this MetaNet was built with ratio_input: pass log_rhos")
+            features.append(log_rhos[..., None])
+        inputs = torch.cat(features, dim=-1)
         continues = (discounts > 0).to(inputs.dtype).unsqueeze(-1)
         h = inputs.new_zeros(batch, self.hidden_size)
         c = inputs.new_zeros(batch, self.hidden_size)

@@ -2,10 +2,11 @@
 
 Pure functions over time-major ``[T, B]`` tensors (DESIGN sections 4 and 5).
 The agent is evaluated once per batch by :func:`evaluate_agent`; the losses
-then take its outputs. Stop-gradients are explicit and local: targets built
-from the agent's own values use ``values.detach()``; meta-parameters (the
-meta target g, MGRL's gamma and lambda) keep their graph so that the inner
-update stays a differentiable function of eta.
+then take its outputs. Stop-gradients are explicit and local: every sg(.) of
+the papers is a call of :func:`stop_gradient` (targets built from the agent's
+own values, importance weights, the meta-network's value input);
+meta-parameters (the meta target g, MGRL's gamma and lambda) keep their graph
+so that the inner update stays a differentiable function of eta.
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ from impala_frodo.config import LossConfig
 from impala_frodo.trajectory import Batch
 
 Params = Mapping[str, Tensor]
+
+#: The meta-network's importance-ratio input is log(pi/mu) clipped to [-c, c].
+LOG_RHO_INPUT_CLIP = 2.0
+
+
+def stop_gradient(x: Tensor) -> Tensor:
+    """sg(x): the value of ``x`` as a constant of every parameter (``detach``).
+
+    One named function for every stop-gradient in the losses, so that a test can
+    hold them at recorded values and check the meta-gradient by finite differences.
+    """
+    return x.detach()
 
 
 @dataclass
@@ -54,11 +67,11 @@ def evaluate_agent(agent: nn.Module, params: Params, batch: Batch) -> AgentOutpu
     all_values = values[: (steps + 1) * width].reshape(steps + 1, width)
     logits = logits[: steps * width].reshape(steps, width, -1)
 
-    sg_values = all_values.detach()
+    sg_values = stop_gradient(all_values)
     truncation_values = torch.zeros_like(sg_values[:-1])
     next_values = sg_values[1:]
     if num_truncated:
-        last = values[(steps + 1) * width :].detach()
+        last = stop_gradient(values[(steps + 1) * width :])
         truncation_values = truncation_values.flatten().index_put((batch.truncation_index,), last)
         truncation_values = truncation_values.reshape(steps, width)
         next_values = (
@@ -128,12 +141,12 @@ def vtrace_returns(
     if log_pi_a is None:
         log_rhos = torch.zeros_like(batch.rewards)
     else:
-        log_rhos = log_pi_a.detach() - batch.behaviour_log_probs
+        log_rhos = stop_gradient(log_pi_a) - batch.behaviour_log_probs
     return vtrace.from_importance_weights(
         log_rhos,
         gamma * batch.continues,
         bootstrapped_rewards(batch, out, gamma),
-        out.values.detach(),
+        stop_gradient(out.values),
         out.bootstrap_value,
         clip_rho_threshold=cfg.clip_rho_threshold,
         clip_pg_rho_threshold=cfg.clip_pg_rho_threshold,
@@ -181,19 +194,55 @@ def vtrace_loss(
 
 
 def meta_target(
-    meta_net: nn.Module, eta: Params, batch: Batch, out: AgentOutputs, gamma: float
+    meta_net: nn.Module,
+    eta: Params,
+    batch: Batch,
+    out: AgentOutputs,
+    gamma: float,
+    *,
+    canonical: Tensor | None = None,
+    log_rhos: Tensor | None = None,
 ) -> Tensor:
-    """g = G_eta(tau) ``[T, B]`` over u_t = [x_t, r_t, d_t, sg(V(x_{t+1}))] (DESIGN section 5)."""
-    return functional_call(
-        meta_net,
-        eta,
-        (
-            batch.obs[:-1],
-            bootstrapped_rewards(batch, out, gamma),
-            gamma * batch.continues,
-            out.next_values,
-        ),
-    )
+    """FRODO's target g ``[T, B]`` (DESIGN section 5).
+
+    G_eta runs over u_t = [x_t, r_t, d_t, d_t sg(V(x_{t+1}))] (and, if given, the
+    clipped sg(log pi/mu)_t), with d_t = gamma (1 - end_t): at an episode's end the
+    next value, V of the next episode's first state after an auto-reset, is zeroed.
+
+    ``canonical``: the residual form g = sg(v_s) + G_eta(tau), with v_s the
+    canonical V-trace target ``[T, B]``; ``None``: the paper's plain g = G_eta(tau).
+    """
+    discounts = gamma * batch.continues
+    inputs = [
+        batch.obs[:-1],
+        bootstrapped_rewards(batch, out, gamma),
+        discounts,
+        discounts * out.next_values,
+    ]
+    if log_rhos is not None:
+        clip = LOG_RHO_INPUT_CLIP
+        inputs.append(stop_gradient(log_rhos).clamp(-clip, clip))
+    learned = functional_call(meta_net, eta, tuple(inputs))
+    if canonical is None:
+        return learned
+    return stop_gradient(canonical) + learned
+
+
+def target_diagnostics(target: Tensor, canonical: Tensor) -> dict[str, Tensor]:
+    """How a learned target g relates to the canonical return v_s (both ``[T, B]``).
+
+    Mean and RMS of g - v_s, and their Pearson correlation over the batch.
+    """
+    target, canonical = stop_gradient(target), stop_gradient(canonical)
+    diff = target - canonical
+    centred_t, centred_c = target - target.mean(), canonical - canonical.mean()
+    denom = (centred_t.square().sum() * centred_c.square().sum()).sqrt()
+    corr = (centred_t * centred_c).sum() / denom.clamp(min=1e-12)
+    return {
+        "meta/target_minus_return_mean": diff.mean(),
+        "meta/target_minus_return_rms": diff.square().mean().sqrt(),
+        "meta/target_return_corr": corr,
+    }
 
 
 def frodo_inner_loss(
@@ -210,9 +259,9 @@ def frodo_inner_loss(
     if task == "prediction":
         return value_only_loss(out.values, target, value_cost=cfg.value_cost)
     log_pi_a, entropy = policy_terms(out.logits, batch.actions)
-    log_rhos = log_pi_a.detach() - batch.behaviour_log_probs
+    log_rhos = stop_gradient(log_pi_a) - batch.behaviour_log_probs
     pg_rhos = torch.exp(log_rhos).clamp(max=cfg.clip_pg_rho_threshold)
-    advantages = pg_rhos * (target - out.values.detach())
+    advantages = pg_rhos * (target - stop_gradient(out.values))
     return actor_critic_loss(
         log_pi_a,
         entropy,
@@ -235,4 +284,4 @@ def extension_beta(
     """
     if mode == "constant":
         return outer_loss.new_tensor(b1)
-    return torch.clamp(b1 / (eps + outer_loss.detach().abs()), max=beta_max)
+    return torch.clamp(b1 / (eps + stop_gradient(outer_loss).abs()), max=beta_max)

@@ -8,6 +8,7 @@ first of the next, and returns accumulate until the episode ends.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -43,6 +44,31 @@ class ActingPolicy:
         actions = torch.argmax(log_probs - torch.log(-torch.log(uniform)), dim=-1)
         chosen = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         return actions.numpy(), chosen.numpy()
+
+
+class DelayedWeights:
+    """Hands out acting weights ``lag`` policy versions old: a policy lag set on purpose.
+
+    ``push(version, params)`` records the learner's weights and returns the newest
+    recorded ``(version, params)`` at least ``lag`` versions older than ``version``
+    (the oldest recorded until there is one). With ``lag = 0`` it returns what it
+    was given. Versions must not decrease.
+    """
+
+    def __init__(self, lag: int) -> None:
+        if isinstance(lag, bool) or not isinstance(lag, int) or lag < 0:
+            raise ValueError(f"lag must be an integer >= 0, got {lag!r}")
+        self.lag = lag
+        self._history: deque[tuple[int, dict[str, Tensor]]] = deque()
+
+    def push(self, version: int, params: dict[str, Tensor]) -> tuple[int, dict[str, Tensor]]:
+        if self._history and version < self._history[-1][0]:
+            raise ValueError(f"versions must not decrease: {version} after {self._history[-1][0]}")
+        self._history.append((version, params))
+        # Drop snapshots once a newer one is itself old enough.
+        while len(self._history) > 1 and self._history[1][0] <= version - self.lag:
+            self._history.popleft()
+        return self._history[0]
 
 
 class Roller:

@@ -4,9 +4,12 @@ Layout of ``<logdir>/<algo>-<env>-s<seed>-<YYYYmmdd-HHMMSS>/``::
 
     config.json        Config.to_dict() of the run (rewritten on resume with the new budget,
                        once the resumed session has saved its first checkpoint)
-    events.out.tfevents.*   TensorBoard scalars (global step = env steps) and the config as text
+    events.out.tfevents.*   TensorBoard scalars (global step = env steps), the config as text
+                       and a custom-scalars layout (TENSORBOARD_LAYOUT: return, losses,
+                       policy lag, throughput, learned target, in that order)
     metrics.jsonl      one JSON object per log interval: env_steps, wall_time_s, time, scalars
-    checkpoints/       latest.pt, previous.pt (see impala_frodo.checkpoint)
+    checkpoints/       latest.pt, previous.pt (see impala_frodo.checkpoint); made by the
+                       first checkpoint (a sweep's synchronous runs have none)
     run.lock           held (``flock``) by the session training in this directory
 
 On resume the same directory is reused: records past the checkpoint's env
@@ -95,8 +98,7 @@ def create_run_dir(cfg: Config, logdir: str | Path, now: float | None = None) ->
                 path.mkdir()
             except FileExistsError:
                 continue
-            (path / CHECKPOINT_DIR).mkdir()
-            write_config(path, cfg)
+            write_config(path, cfg)  # checkpoints/ comes with the first checkpoint
             return path
     except OSError as e:
         raise RunDirError(
@@ -110,12 +112,15 @@ def check_writable(run_dir: str | Path) -> None:
 
     Run before training so that a read-only or full disk is a clear error at once,
     not a traceback at the first checkpoint minutes later. Raises :class:`RunDirError`.
+    A run dir without ``checkpoints/`` yet (it comes with the first checkpoint) is not
+    given one: the probe of the run dir stands for it (the folder is made there).
     """
     run_dir = Path(run_dir)
     path = run_dir
     try:
         for path in (run_dir, run_dir / CHECKPOINT_DIR):
-            path.mkdir(exist_ok=True)
+            if path != run_dir and not path.exists():
+                continue
             fd, name = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=path)
             try:
                 os.write(fd, bytes(_PROBE_BYTES))
@@ -230,6 +235,76 @@ def truncate_metrics(path: str | Path, max_env_steps: int) -> int:
     return len(lines) - len(kept)
 
 
+def _exactly(*tags: str) -> list[str]:
+    """Custom-scalar charts take regular expressions: these match the tags and nothing else."""
+    return [f"^{re.escape(tag)}$" for tag in tags]
+
+
+#: TensorBoard's CUSTOM SCALARS tab: what to look at first, grouped, in this order
+#: (``{category: {chart: ["Multiline", [tag regexes]]}}``). Charts of tags that a run
+#: does not write stay empty (e.g. the learned-target ones for IMPALA).
+TENSORBOARD_LAYOUT: dict[str, dict[str, list]] = {
+    "1. return": {
+        "return (mean over the interval's episodes, and over the last returns_window)": [
+            "Multiline",
+            _exactly("episode/return", "episode/return_window"),
+        ],
+        "value RMSE against the true values (random walk)": [
+            "Multiline",
+            _exactly("eval/value_rmse"),
+        ],
+        "episode length": ["Multiline", _exactly("episode/length")],
+    },
+    "2. losses": {
+        "inner and outer losses": ["Multiline", [r"^loss/(inner|outer|outer_canonical|revise)$"]],
+        "loss terms": ["Multiline", _exactly("loss/policy", "loss/value", "loss/entropy")],
+        "agent gradient norm": ["Multiline", _exactly("perf/grad_norm")],
+    },
+    "3. policy lag": {
+        "policy lag (updates between acting and learning)": [
+            "Multiline",
+            _exactly("perf/policy_lag", "perf/policy_lag_max"),
+        ],
+    },
+    "4. throughput": {
+        "env steps/s": ["Multiline", _exactly("perf/env_steps_per_s")],
+        "updates/s": ["Multiline", _exactly("perf/updates_per_s")],
+        "queue and in-flight unrolls": [
+            "Multiline",
+            _exactly("perf/queue_size", "perf/in_flight"),
+        ],
+        "fraction of time the learner waits": ["Multiline", _exactly("perf/learner_wait_frac")],
+    },
+    "5. learned target": {
+        "target minus return (mean, RMS)": [
+            "Multiline",
+            _exactly("meta/target_minus_return_mean", "meta/target_minus_return_rms"),
+        ],
+        "correlation of target and return": [
+            "Multiline",
+            _exactly("meta/target_return_corr"),
+        ],
+        "target RMSE against the true values (random walk)": [
+            "Multiline",
+            _exactly("eval/target_rmse"),
+        ],
+        "meta-gradient norm": ["Multiline", _exactly("meta/grad_norm")],
+        "target mean": ["Multiline", _exactly("meta/target_mean")],
+        "meta-parameters (MGRL's gamma, lambda; beta)": [
+            "Multiline",
+            _exactly("meta/gamma", "meta/lambda", "meta/beta"),
+        ],
+        "other meta/ scalars": [
+            "Multiline",
+            [
+                r"^meta/(?!(target_minus_return_mean|target_minus_return_rms|target_return_corr"
+                r"|grad_norm|target_mean|gamma|lambda|beta)$)"
+            ],
+        ],
+    },
+}
+
+
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -255,6 +330,8 @@ class RunLogger:
 
             purge = None if resume_step is None else resume_step + 1
             self._writer = SummaryWriter(str(self.run_dir), purge_step=purge, flush_secs=10)
+            if resume_step is None:  # a resumed run has its layout from the first session
+                self._writer.add_custom_scalars(TENSORBOARD_LAYOUT)
 
     @contextlib.contextmanager
     def _writing(self, what: Path) -> Iterator[None]:

@@ -7,10 +7,8 @@ distributed system must match, and the fast path for tests and sketches.
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +17,9 @@ import torch
 
 from impala_frodo.config import Config
 from impala_frodo.envs import make_batched_env
+from impala_frodo.intervals import IntervalLog
 from impala_frodo.networks import AgentNet
-from impala_frodo.rollout import ActingPolicy, Roller
+from impala_frodo.rollout import ActingPolicy, DelayedWeights, Roller
 from impala_frodo.trajectory import Batch
 from impala_frodo.updater import Updater
 from impala_frodo.utils import resolve_device, seed_everything
@@ -40,18 +39,6 @@ class TrainResult:
     @property
     def env_steps_per_s(self) -> float:
         return self.env_steps / max(self.wall_time_s, 1e-9)
-
-
-def steps_to_threshold(
-    returns: list[float], end_steps: list[int], threshold: float, window: int
-) -> int | None:
-    """First env step at which the mean return of the last ``window`` episodes is >= threshold."""
-    if len(returns) < window:
-        return None
-    cumulative = np.concatenate([[0.0], np.cumsum(returns)])
-    means = (cumulative[window:] - cumulative[:-window]) / window  # ends at episode window-1 ..
-    hits = np.flatnonzero(means >= threshold)
-    return None if hits.size == 0 else int(end_steps[hits[0] + window - 1])
 
 
 def value_rmse(predicted: np.ndarray, true_values: np.ndarray) -> float:
@@ -77,7 +64,13 @@ def train_sync(
     policy = ActingPolicy(
         AgentNet(env.observation_shape, env.num_actions, cfg.agent.hidden_sizes), seed=cfg.run.seed
     )
-    policy.load(updater.acting_params("cpu"), updater.num_updates)
+    delayed = DelayedWeights(cfg.run.policy_lag)  # mu = pi of policy_lag updates ago
+
+    def load_behaviour_policy() -> None:
+        version, params = delayed.push(updater.num_updates, updater.acting_params("cpu"))
+        policy.load(params, version)
+
+    load_behaviour_policy()
     roller = Roller(env, cfg.run.unroll_length, seed=cfg.run.seed)
     state_obs = None
     if hasattr(env, "state_observations"):
@@ -94,7 +87,7 @@ def train_sync(
         result.episode_end_steps.extend([result.env_steps] * len(trajectory.episode_returns))
 
         metrics = updater.update(Batch.from_trajectories([trajectory], device))
-        policy.load(updater.acting_params("cpu"), updater.num_updates)
+        load_behaviour_policy()
         if state_obs is not None and trajectory.true_values is not None:
             rmse = value_rmse(updater.values(state_obs).cpu().numpy(), trajectory.true_values)
             result.value_rmse.append((result.env_steps, rmse))
@@ -111,69 +104,6 @@ def train_sync(
     result.wall_time_s = time.perf_counter() - start
     env.close()
     return result
-
-
-class ScalarMeans:
-    """Running sums of named scalars, drained into means at each log."""
-
-    def __init__(self) -> None:
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
-
-    def add(self, scalars: Mapping[str, float]) -> None:
-        for name, value in scalars.items():
-            self._sums[name] = self._sums.get(name, 0.0) + float(value)
-            self._counts[name] = self._counts.get(name, 0) + 1
-
-    def drain(self) -> dict[str, float]:
-        means = {name: s / self._counts[name] for name, s in self._sums.items()}
-        self._sums.clear()
-        self._counts.clear()
-        return means
-
-
-class IntervalLog:
-    """Averages per-update metrics and finished episodes over a log interval.
-
-    A record holds ``episode/return`` and ``episode/length`` (means over the
-    episodes that ended in the interval), ``episode/return_window`` (mean of
-    the last ``window`` episodes), and the means of the updater's scalars
-    (and ``eval/value_rmse``). The synchronous trainer and the distributed
-    learner both log through it.
-    """
-
-    def __init__(self, window: int) -> None:
-        self.window = window
-        self._means = ScalarMeans()
-        self._returns: list[float] = []
-        self._lengths: list[int] = []
-
-    @property
-    def num_episodes(self) -> int:
-        """Episodes that ended in the interval so far."""
-        return len(self._returns)
-
-    def add(
-        self,
-        metrics: Mapping[str, float],
-        returns: Sequence[float] = (),
-        lengths: Sequence[int] = (),
-    ) -> None:
-        self._means.add(metrics)
-        self._returns.extend(returns)
-        self._lengths.extend(lengths)
-
-    def pop(self, recent_returns: Sequence[float] | deque[float]) -> dict[str, float]:
-        """The interval's record; ``recent_returns``: every episode's return so far, or the last."""
-        record = self._means.drain()
-        if self._returns:
-            record["episode/return"] = float(np.mean(self._returns))
-            record["episode/length"] = float(np.mean(self._lengths))
-        if len(recent_returns):
-            last = itertools.islice(reversed(recent_returns), self.window)
-            record["episode/return_window"] = float(np.mean(list(last)))
-        self._returns, self._lengths = [], []
-        return record
 
 
 def run_sync(

@@ -5,13 +5,17 @@ optimizer's state, eta (FRODO's meta-network or MGRL's gamma and lambda) and
 eta's optimizer. ``update(batch)`` consumes one batch:
 
 - IMPALA: one V-trace actor-critic step.
-- Meta-algorithms: an inner step that keeps its graph to eta; the inner
-  steps chain, so after M of them theta_M is a differentiable function of
-  eta. The (M+1)-th batch is held out: the outer loss on it at theta_M is
-  differentiated back to eta, eta takes one optimizer step, theta_M is
-  detached, and the same batch then starts the next chain with an inner
-  step. Every batch thus trains the agent once, and the policy improves
-  after every batch (acting uses the detached current theta).
+- Meta-algorithms, ``meta.schedule = "chain"`` (the paper's): an inner step
+  that keeps its graph to eta; the inner steps chain, so after M of them
+  theta_M is a differentiable function of eta. The (M+1)-th batch is held
+  out: the outer loss on it at theta_M is differentiated back to eta, eta
+  takes one optimizer step, theta_M is detached, and the same batch then
+  starts the next chain with an inner step. Every batch thus trains the
+  agent once, and the policy improves after every batch (acting uses the
+  detached current theta).
+- ``meta.schedule = "sliding"``: plain inner steps, and before each one an
+  outer step on the new batch, differentiated through the last M inner
+  updates, recomputed from the parameters M updates ago with the current eta.
 
 The synchronous trainer and the distributed learner both drive this class,
 so they learn by the same rule.
@@ -19,7 +23,9 @@ so they learn by the same rule.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,11 +35,13 @@ from torch.func import functional_call
 from impala_frodo import objectives as obj
 from impala_frodo.config import Config
 from impala_frodo.metagrad import (
+    OptState,
     Params,
     clip_by_global_norm,
     detach_params,
     inner_step,
     make_inner_optimizer,
+    meta_gradient,
     outer_gradient,
 )
 from impala_frodo.networks import AgentNet, MetaNet, MGRLMeta
@@ -42,6 +50,26 @@ from impala_frodo.trajectory import Batch
 
 class NonFiniteLossError(FloatingPointError):
     """A loss or gradient became NaN or infinite; training must stop."""
+
+
+@dataclass
+class _Pending:
+    """An inner update the next outer step differentiates through."""
+
+    batch: Batch
+    params: Params | None = None  # theta before the update ("sliding" only)
+    opt_state: OptState | None = None
+
+
+def true_step_values(batch: Batch) -> Tensor | None:
+    """True V(x_t) ``[T, B]`` where the batch carries true state values and one-hot
+    observations (the random walk); else ``None``."""
+    if batch.true_values is None:
+        return None
+    obs = batch.obs[:-1].flatten(2)
+    if obs.shape[-1] != batch.true_values.numel():
+        return None
+    return obs @ batch.true_values
 
 
 class Updater:
@@ -61,7 +89,12 @@ class Updater:
 
         self.meta_net: torch.nn.Module | None = None
         if cfg.algo in ("frodo", "frodo-ext"):
-            self.meta_net = MetaNet(obs_shape, cfg.meta.hidden_size)
+            self.meta_net = MetaNet(
+                obs_shape,
+                cfg.meta.hidden_size,
+                ratio_input=cfg.meta.ratio_input,
+                zero_init_head=cfg.meta.target != "plain",
+            )
         elif cfg.algo == "mgrl":
             self.meta_net = MGRLMeta(cfg.meta.mgrl_init_gamma, cfg.meta.mgrl_init_lambda)
         self.meta_optimizer: torch.optim.Optimizer | None = None
@@ -69,7 +102,9 @@ class Updater:
             self.meta_net.to(self.device)
             self.meta_optimizer = torch.optim.Adam(self.meta_net.parameters(), lr=cfg.meta.lr)
 
-        self._chain: list[Batch] = []  # inner batches since theta was last detached
+        # Inner updates the next outer step differentiates through: the chain since theta
+        # was last detached, or the sliding window of the last M updates.
+        self._pending: deque[_Pending] = deque(maxlen=cfg.meta.num_inner_steps)
         self.num_updates = 0  # inner updates = the policy version
         self.num_meta_updates = 0
 
@@ -79,19 +114,28 @@ class Updater:
         return {} if self.meta_net is None else dict(self.meta_net.named_parameters())
 
     def inner_loss(self, params: Params, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_inner(theta; tau) of the configured algorithm; a function of eta too."""
+        """L_inner(theta; tau) of the configured algorithm; a function of eta too.
+
+        The second value holds detached scalars for logging.
+        """
         cfg = self.cfg
         out = obj.evaluate_agent(self.agent, params, batch)
         stats: dict[str, Tensor] = {}
         if cfg.algo in ("frodo", "frodo-ext"):
-            target = obj.meta_target(self.meta_net, self.eta, batch, out, cfg.loss.gamma)
+            target, canonical = self.frodo_target(batch, out)
             terms = obj.frodo_inner_loss(batch, out, target, cfg.loss, task=cfg.task)
+            stats |= obj.target_diagnostics(target, canonical)
             stats["meta/target_mean"] = target.detach().mean()
+            true_values = true_step_values(batch)
+            if true_values is not None:
+                stats["eval/target_rmse"] = (target.detach() - true_values).square().mean().sqrt()
         elif cfg.algo == "mgrl":
             gamma, lambda_ = functional_call(self.meta_net, self.eta, ())
-            terms, _ = obj.vtrace_loss(
+            terms, vt = obj.vtrace_loss(
                 batch, out, cfg.loss, task=cfg.task, gamma=gamma, lambda_=lambda_
             )
+            canonical = self.canonical_returns(batch, out)
+            stats |= obj.target_diagnostics(vt.vs, canonical)
             stats["meta/gamma"], stats["meta/lambda"] = gamma.detach(), lambda_.detach()
         else:
             terms, vt = obj.vtrace_loss(batch, out, cfg.loss, task=cfg.task)
@@ -103,13 +147,50 @@ class Updater:
         }
         return terms.total, stats
 
+    def canonical_returns(self, batch: Batch, out: obj.AgentOutputs) -> Tensor:
+        """The canonical V-trace target v_s ``[T, B]`` (fixed gamma, lambda; on-policy in
+        prediction), a constant of theta and eta."""
+        log_pi_a = None
+        if self.cfg.task == "control":
+            log_pi_a, _ = obj.policy_terms(out.logits, batch.actions)
+        loss = self.cfg.loss
+        return obj.vtrace_returns(
+            batch, out, log_pi_a, loss, gamma=loss.gamma, lambda_=loss.lambda_
+        ).vs
+
+    def frodo_target(
+        self, batch: Batch, out: obj.AgentOutputs, canonical: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """FRODO's target g (graph to eta) in the configured form, and the canonical v_s
+        (computed unless given)."""
+        meta = self.cfg.meta
+        if canonical is None:
+            canonical = self.canonical_returns(batch, out)
+        log_rhos = None
+        if meta.ratio_input:
+            log_rhos = torch.zeros_like(batch.rewards)
+            if self.cfg.task == "control":
+                log_pi_a, _ = obj.policy_terms(out.logits, batch.actions)
+                log_rhos = log_pi_a - batch.behaviour_log_probs
+        target = obj.meta_target(
+            self.meta_net,
+            self.eta,
+            batch,
+            out,
+            self.cfg.loss.gamma,
+            canonical=canonical if meta.target == "residual" else None,
+            log_rhos=log_rhos,
+        )
+        return target, canonical
+
     def outer_loss(
         self, params: Params, batch: Batch, inner_batches: Sequence[Batch]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_outer(theta_M; tau'): canonical V-trace loss (+ beta L_revise for the extension)."""
+        """L_outer(theta_M; tau'): canonical V-trace loss (+ beta L_revise for the extension,
+        + the consistency term w 1/2 (g - sg(v_s))^2 on tau' when ``meta.consistency_cost``)."""
         cfg = self.cfg
         out = obj.evaluate_agent(self.agent, params, batch)
-        terms, _ = obj.vtrace_loss(
+        terms, vt = obj.vtrace_loss(
             batch, out, cfg.loss, task=cfg.task, value_cost=cfg.loss.outer_value_cost
         )
         loss, stats = terms.total, {"loss/outer_canonical": terms.total.detach()}
@@ -131,26 +212,34 @@ class Updater:
             )
             loss = loss + beta * revise
             stats |= {"meta/beta": beta.detach(), "loss/revise": revise.detach()}
+        if cfg.algo in ("frodo", "frodo-ext") and cfg.meta.consistency_cost > 0:
+            target, canonical = self.frodo_target(batch, out, canonical=vt.vs)
+            consistency = 0.5 * (target - canonical).square().mean()
+            loss = loss + cfg.meta.consistency_cost * consistency
+            stats["loss/consistency"] = consistency.detach()
         return loss, stats
 
     # ---------------------------------------------------------------- updates
     def update(self, batch: Batch) -> dict[str, float]:
         """Consume one batch (an outer step first when M inner steps are pending)."""
         stats: dict[str, Tensor] = {}
-        if self.meta_net is not None and len(self._chain) == self.cfg.meta.num_inner_steps:
+        meta = self.meta_net is not None
+        sliding = self.cfg.meta.schedule == "sliding"
+        if meta and len(self._pending) == self.cfg.meta.num_inner_steps:
             stats |= self._meta_step(batch)
+        before = _Pending(batch, self.params, self.opt_state) if sliding else _Pending(batch)
         step = inner_step(
             self.params,
             self.opt_state,
             self.optimizer,
             lambda p: self.inner_loss(p, batch),
-            create_graph=self.meta_net is not None,
+            create_graph=meta and not sliding,
             max_grad_norm=self.cfg.optim.max_grad_norm,
         )
         self._check_finite("inner loss", step.loss)
         self.params, self.opt_state = step.params, step.opt_state
-        if self.meta_net is not None:
-            self._chain.append(batch)
+        if meta:
+            self._pending.append(before)
         self.num_updates += 1
         stats |= step.aux
         stats["loss/inner"] = step.loss
@@ -161,9 +250,25 @@ class Updater:
 
     def _meta_step(self, held_out: Batch) -> dict[str, Tensor]:
         eta = self.eta
-        eta_grads, outer_loss, stats = outer_gradient(
-            self.params, eta, lambda p: self.outer_loss(p, held_out, self._chain)
-        )
+        inner_batches = [p.batch for p in self._pending]
+        if self.cfg.meta.schedule == "sliding":
+            first = self._pending[0]
+            result = meta_gradient(
+                first.params,
+                first.opt_state,
+                eta,
+                inner_batches,
+                held_out,
+                self.optimizer,
+                self.inner_loss,
+                self.outer_loss,
+                max_grad_norm=self.cfg.optim.max_grad_norm,
+            )
+            eta_grads, outer_loss, stats = result.eta_grads, result.outer_loss, result.outer_aux
+        else:
+            eta_grads, outer_loss, stats = outer_gradient(
+                self.params, eta, lambda p: self.outer_loss(p, held_out, inner_batches)
+            )
         self._check_finite("outer loss", outer_loss)
         grads, norm = clip_by_global_norm(list(eta_grads.values()), self.cfg.meta.max_grad_norm)
         self._check_finite("meta-gradient", norm)
@@ -171,9 +276,10 @@ class Updater:
             p.grad = g
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
-        self.params = detach_params(self.params)
-        self.opt_state = {k: v.detach() for k, v in self.opt_state.items()}
-        self._chain = []
+        if self.cfg.meta.schedule == "chain":
+            self.params = detach_params(self.params)
+            self.opt_state = {k: v.detach() for k, v in self.opt_state.items()}
+            self._pending.clear()
         self.num_meta_updates += 1
         return stats | {"loss/outer": outer_loss, "meta/grad_norm": norm}
 
@@ -213,6 +319,6 @@ class Updater:
         if self.meta_net is not None:
             self.meta_net.load_state_dict(state["meta_net"])
             self.meta_optimizer.load_state_dict(state["meta_optimizer"])
-        self._chain = []
+        self._pending.clear()
         self.num_updates = int(state["num_updates"])
         self.num_meta_updates = int(state["num_meta_updates"])

@@ -2,8 +2,9 @@
 
 Usage::
 
+    impala-frodo                                                    # this help
     impala-frodo train --preset catch-frodo --num-actors 2
-    impala-frodo --preset catch-impala --total-env-steps 100000     # no subcommand = train
+    impala-frodo --preset catch-impala --total-env-steps 100000     # options alone = train
     impala-frodo train --config my.toml --set meta.lr=3e-3 --set run.queue_size=4
     impala-frodo train --resume runs/frodo-catch-s0-20250101-120000 --total-env-steps 1000000
     impala-frodo presets
@@ -15,9 +16,10 @@ last). With ``--resume RUN_DIR`` the run's saved ``config.json`` replaces
 defaults and preset; flags (e.g. a larger ``--total-env-steps``) still apply.
 
 Exit codes: 0 done; 1 training failed (non-finite loss, disk full or read-only
-at a save, actors keep dying); 2 bad input (unknown env/preset/key, counts < 1,
-unreadable config or checkpoint, a run dir not writable or in use); 130 stopped
-by Ctrl-C/SIGTERM after a final checkpoint.
+at a save, actors keep dying, no progress for run.progress_timeout_s); 2 bad input
+(unknown env/preset/key, counts < 1, unreadable config or checkpoint, a run dir not
+writable or in use, a cluster that cannot be reached); 130 stopped by Ctrl-C/SIGTERM
+after a final checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 from impala_frodo.checkpoint import CheckpointError
 from impala_frodo.config import ALGOS, DEVICES, Config, ConfigError, load_file, merge
+from impala_frodo.plotting import FORMATS as FIGURE_FORMATS
 from impala_frodo.presets import load_preset, preset_names, preset_summary
 from impala_frodo.runlog import RunDirError
 from impala_frodo.utils import first_line
@@ -56,8 +59,30 @@ FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--broadcast-every", "run.broadcast_every", int, "updates between weight publications"),
     ("--actor-num-cpus", "run.actor_num_cpus", float, "Ray CPUs reserved per actor"),
     ("--checkpoint-every-s", "run.checkpoint_every_s", float, "seconds between checkpoints"),
-    ("--log-every-s", "run.log_every_s", float, "seconds between log records"),
+    ("--log-every-s", "run.log_every_s", float, "seconds between log records (at most)"),
+    ("--log-every-updates", "run.log_every_updates", int, "updates between log records (at most)"),
 )
+
+
+TRAIN_DESCRIPTION = """\
+Train a run (or resume one) on a local Ray instance, or on a cluster with --address.
+
+examples:
+  impala-frodo train                                 FRODO on Catch 10 x 5, 500k env steps
+  impala-frodo train --preset catch-impala --num-actors 4
+  impala-frodo train --config my.toml --set meta.lr=3e-3 --set run.queue_size=4
+  impala-frodo train --resume runs/frodo-catch-s0-20250101-120000 --total-env-steps 1000000
+
+Config precedence: defaults < --preset < --config FILE < flags < --set. With --resume
+RUN_DIR the run's saved config.json replaces defaults and preset; flags (e.g. a larger
+--total-env-steps) still apply.
+
+exit codes: 0 done; 1 training failed (non-finite loss, disk full or read-only at a save,
+actors keep dying, no progress for run.progress_timeout_s); 2 bad input (unknown env,
+preset or key, counts < 1, unreadable config or checkpoint, a run dir not writable or in
+use, a cluster that cannot be reached); 130 stopped by Ctrl-C or SIGTERM after a final
+checkpoint.
+"""
 
 
 class UsageError(Exception):
@@ -98,21 +123,22 @@ def _add_config_args(parser: argparse.ArgumentParser, *, many_presets: bool) -> 
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar (default: when stderr is a terminal)",
+        help="progress bar; default: a bar when stderr is a terminal, else a plain line every 10 s",
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog,
         description="FRODO meta-gradient RL on an IMPALA-style Ray actor-learner.",
-        epilog="Without a subcommand, the arguments are those of 'train'.",
+        epilog="With options but no subcommand, the options are those of 'train'. "
+        f"'{prog} COMMAND --help' tells more.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{train,sweep,plot,presets}")
     train = sub.add_parser(
         "train",
         help="train (or resume) a run",
-        description=__doc__,
+        description=TRAIN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(train, many_presets=False)
@@ -151,11 +177,22 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser(
         "plot",
         help="mean +- s.e. over seeds from run (or sweep) directories",
-        description="One line per algorithm: mean and standard error over seeds against env "
-        "steps (return for control, value RMSE for the random walk, switches marked).",
+        description="One panel per env (id and kwargs), one curve per preset (a sweep's "
+        "name) or algorithm: the mean over distinct seeds against env steps, with a band of "
+        "+- 1 standard error over seeds (return for control, value RMSE for the random "
+        "walk, reward switches marked). A directory that is not a run directory stands for "
+        "every run below it, sweeps included (e.g. `impala-frodo plot runs --out fig.png`).",
     )
-    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run or sweep directories")
-    plot.add_argument("--out", required=True, metavar="OUT.png", help="the PNG to write")
+    plot.add_argument(
+        "run_dirs", nargs="+", metavar="DIR", help="run directories, or directories of runs"
+    )
+    plot.add_argument("--out", required=True, metavar="FILE", help="the figure to write")
+    plot.add_argument(
+        "--format",
+        choices=FIGURE_FORMATS,
+        help="figure format (default: the suffix of --out, else png)",
+    )
+    plot.add_argument("--dpi", type=float, default=110.0, help="resolution (default 110)")
     plot.add_argument("--metric", help="metrics.jsonl key (default by task)")
     plot.add_argument("--title", help="figure title")
     sub.add_parser("presets", help="list the presets")
@@ -163,10 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _normalise_argv(argv: Sequence[str]) -> list[str]:
-    """No subcommand means train: ``--preset x`` -> ``train --preset x``."""
+    """Options without a subcommand are train's: ``--preset x`` -> ``train --preset x``.
+
+    Nothing at all is a request for help, as with most command-line tools.
+    """
     argv = list(argv)
-    if not argv or argv[0] in SUBCOMMANDS or argv[0] in ("-h", "--help"):
-        return argv or ["train"]
+    if not argv:
+        return ["--help"]
+    if argv[0] in SUBCOMMANDS or argv[0] in ("-h", "--help"):
+        return argv
     return ["train", *argv]
 
 
@@ -322,7 +364,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     resume_dir, resume_ckpt = resume_paths(args.resume) if args.resume else (None, None)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    if args.progress is None:  # a bar on a terminal, plain lines in a log file
+        progress = "bar" if sys.stderr.isatty() else "lines"
+    else:
+        progress = "bar" if args.progress else "off"
     options = TrainOptions(
         resume_dir=resume_dir,
         resume_checkpoint=resume_ckpt,
@@ -345,7 +390,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """One sweep per preset (or one of the plain config), then an optional plot of them all."""
     from impala_frodo.plotting import final_values, load_runs, plot_runs
-    from learner.driver import ray_session
+    from learner.ray_session import ray_session
     from learner.sweep import run_sweep
 
     if args.seeds < 1:
@@ -404,14 +449,23 @@ def _metric_of(cfg: Config) -> str:
 def cmd_plot(args: argparse.Namespace) -> int:
     from impala_frodo.plotting import expand_run_dirs, plot_runs
 
-    out = plot_runs(expand_run_dirs(args.run_dirs), args.out, metric=args.metric, title=args.title)
+    if args.dpi <= 0:
+        raise UsageError(f"--dpi must be > 0, got {args.dpi}")
+    out = plot_runs(
+        expand_run_dirs(args.run_dirs),
+        args.out,
+        metric=args.metric,
+        title=args.title,
+        fmt=args.format,
+        dpi=args.dpi,
+    )
     print(f"[{PROG}] wrote {out}", file=sys.stderr)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Entry point of ``impala-frodo`` and ``python -m learner``; returns the exit code."""
-    parser = build_parser()
+    parser = build_parser(prog)
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parser.parse_args(_normalise_argv(argv))
@@ -435,8 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _exit_now_if_stuck(code: int) -> int:
     """End the process at once if Ray is still stuck connecting (it would block the exit)."""
-    driver = sys.modules.get("learner.driver")
-    if driver is not None and driver.connect_stuck():
+    session = sys.modules.get("learner.ray_session")
+    if session is not None and session.connect_stuck():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -1,68 +1,43 @@
-"""The distributed run: Ray, N rollout actors, the learner loop, and a clean shutdown.
+"""The training loop of a distributed run: learner, actors, signals and a clean shutdown.
 
-This is the only module that knows Ray, the actors and the learner together.
-
-**Queue.** There is no queue actor. The driver keeps up to ``depth`` calls
-``actor.unroll.remote(version, weights)`` in flight per actor, with
-``depth = max(1, run.queue_size // run.num_actors)``; their result ObjectRefs
-*are* the trajectory queue. The learner ``ray.wait``\\ s on them, takes the oldest
-ready ones (FIFO), updates, and only then submits new calls for the actors it
-took from. So at most ``depth * num_actors`` (<= ``run.queue_size`` when it is
->= ``num_actors``) unrolls exist outside the learner, an actor whose calls are
-all done waits for the learner (backpressure), and nothing is dropped: every
-result is either consumed or, for calls lost with a dead actor process,
-counted in ``perf/lost_unrolls``. ``perf/queue_size`` is the number of
-finished unrolls waiting for the learner at each update (mean per log interval).
-
-**Weights.** The learner publishes ``(version, params)`` every
-``run.broadcast_every`` updates; the driver packs the params into one float32
-vector (one numpy buffer serialises ~2.5x faster than a dict of tensors) and
-*offers* it to every actor (``offer_weights``, fire and forget). The offer
-runs in the actor's own ``weights`` concurrency group, beside the unroll in
-progress, and the actor takes the newest offer when its next unroll starts:
-mu lags the learner by about one unroll plus the finished unrolls waiting in
-the queue, not by the whole queue. Up to ``INLINE_WEIGHTS_BYTES`` the vector
-goes by value (the Catch agent is 30 KB: inlined into the task spec, no
-object-store round trip); above it is ``ray.put`` once per publication. A new
-or restarted actor process gets the weights with its next ``unroll`` call.
-Actors never wait for the learner and never poll.
+:func:`train` prepares the run directory (or loads the checkpoint to resume),
+builds the :class:`~learner.learner.Learner`, opens the Ray session
+(:mod:`learner.ray_session`), starts the rollout actors
+(:class:`~learner.actor_pool.ActorPool`: the trajectory queue, weight
+publication, actor faults) and runs the loop: take batches, update, publish,
+refill, log, checkpoint.
 
 **Learner placement.** The learner runs in the driver process (no extra hop
 for trajectories): on CUDA when ``run.device`` is ``auto``/``cuda`` and the
 driver's machine has a GPU. Under ``ray job submit`` give the entrypoint a
 GPU with ``--entrypoint-num-gpus 1``. Actors are CPU-only.
 
-**Faults.** Actors have ``max_restarts`` (Ray restarts a dead process; the
-calls that were in flight fail with ``ActorUnavailableError``, which is logged,
-counted in ``perf/actor_failures``, and the slot gets new calls). When Ray gives
-up on an actor (``ActorDiedError``: no restart left, or its node is gone for
-good) it is replaced by a new one at once; one whose constructor raised stops
-the run (exit 1: a new one would fail the same way). An exception raised
-*inside* an actor (a bug in an env) stops the run. No wait is unbounded: with no
-unroll back for ``run.progress_timeout_s`` the run exits 1 with a message saying
-which actors it waited on; connecting to a cluster gives up after
-``run.connect_timeout_s`` (exit 2); SIGINT/SIGTERM are seen within about a second
-whatever the driver waits on (connecting included). Unrolls are accounted for:
-each one asked of an actor is consumed, lost with a dead actor
-(``perf/lost_unrolls``) or abandoned at the end of the session.
+**Faults.** Actor deaths are the pool's (:mod:`learner.actor_pool`). No wait
+is unbounded: with no unroll back for ``run.progress_timeout_s`` the run exits 1
+with a message saying which actors it waited on; connecting to a cluster gives up
+after ``run.connect_timeout_s`` (exit 2, :mod:`learner.ray_session`);
+SIGINT/SIGTERM are seen within about a second whatever the driver waits on
+(connecting included). The run directory is held by one session at a time
+(:class:`~impala_frodo.runlog.RunLock`) and checked to be writable before Ray
+starts. Unrolls are accounted for in :attr:`TrainResult.unrolls`: each one asked
+of an actor is consumed, lost with a dead actor (``perf/lost_unrolls``) or
+abandoned at the end of the session.
 
 **Exit codes** (see :data:`EXIT_OK` etc.): 0 budget reached (or
 ``stop_at_return`` met); 130 stopped by SIGINT/SIGTERM after a final checkpoint
 (resume with ``--resume``); 1 training failed (non-finite loss, or a checkpoint or
 log write refused by the disk: the last good checkpoint is kept, nothing is saved;
-or actors keep dying); 2 bad input (also: a run dir that is not writable, or in use
-by another session).
-A second SIGINT/SIGTERM aborts at once without a final checkpoint.
+or actors keep dying, or no progress for ``run.progress_timeout_s``); 2 bad input
+(also: a run dir that is not writable, or in use by another session; a cluster that
+cannot be reached). A second SIGINT/SIGTERM aborts at once without a final checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import signal
-import socket
 import threading
 import time
 import warnings
@@ -75,19 +50,11 @@ from typing import Any
 import gymnasium
 import ray
 import torch
-from ray.exceptions import ActorDiedError, RayActorError
 
-from actors.rollout import (
-    DEFAULT_MAX_RESTARTS,
-    WEIGHTS_GROUP,
-    EnvSpec,
-    actor_seed,
-    env_spec,
-    make_ray_actor_class,
-    pack_params,
-)
+from actors.rollout import DEFAULT_MAX_RESTARTS, EnvSpec, env_spec
 from impala_frodo.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from impala_frodo.config import Config, ConfigError
+from impala_frodo.intervals import ScalarMeans
 from impala_frodo.runlog import (
     CHECKPOINT_DIR,
     RunDirError,
@@ -98,11 +65,19 @@ from impala_frodo.runlog import (
     create_run_dir,
     write_config,
 )
-from impala_frodo.sync import ScalarMeans
 from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import NonFiniteLossError
 from impala_frodo.utils import first_line, resolve_device, seed_everything
-from learner.learner import Learner, summary_line
+from learner.actor_pool import ActorPool, TrainingError
+from learner.learner import Learner
+from learner.progress import Mode, Progress
+from learner.ray_session import (
+    WAIT_SLICE_S,
+    ClusterConnectError,
+    check_local_cpus,
+    check_resources,
+    ray_session,
+)
 
 log = logging.getLogger("impala_frodo")
 
@@ -111,395 +86,11 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-#: Weights up to this size go by value with each call; larger ones via one ray.put.
-INLINE_WEIGHTS_BYTES = 100 * 1024
-#: On a local Ray started here, task results up to this size are inlined into the reply
-#: instead of going through the shared-memory object store (measured: +50% env steps/s
-#: for 134 KB Catch unrolls on 2 cores).
-INLINE_RESULT_BYTES = 4 * 1024 * 1024
 #: Seconds without any trajectory before a warning (actors not placed? all dead?).
 STALL_WARNING_S = 60.0
-#: Longest single wait of the driver loop: a stop request is seen within about this.
-WAIT_SLICE_S = 0.5
-#: Seconds between calls to an actor that Ray is restarting.
-RESTART_BACKOFF_S = 0.2
 
 #: Trajectories from Ray are read-only numpy views; the learner only reads them.
 _READ_ONLY_WARNING = "The given NumPy array is not writable"
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (actors keep failing, an actor raised); the message says why."""
-
-
-class ClusterConnectError(ConfigError):
-    """The Ray cluster at the given address cannot be reached (bad input: exit code 2)."""
-
-
-def remote_error(error: BaseException) -> str:
-    """``ValueError: bad kwarg`` for an exception raised in an actor (not Ray's wrapper)."""
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
-        return f"{type(cause).__name__}: {first_line(cause)}"
-    # A creation task's error reaches the caller as text only: its last line names it.
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
-# ----------------------------------------------------------------------- Ray
-def local_ray_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
-    """``ray.init`` arguments for a private local instance (tests use them too)."""
-    return {
-        "num_cpus": num_cpus or os.cpu_count() or 1,
-        "include_dashboard": False,
-        "logging_level": logging.WARNING,
-        "_system_config": {"max_direct_call_object_size": INLINE_RESULT_BYTES},
-    }
-
-
-@contextmanager
-def ray_session(
-    address: str | None = None,
-    *,
-    connect_timeout_s: float = 60.0,
-    stop: StopSignal | None = None,
-) -> Iterator[bool]:
-    """Connect to Ray for the run; yields whether this call started (and will stop) it.
-
-    Already connected (tests, or a caller that ran ``ray.init``): reuse it.
-    ``address`` or ``RAY_ADDRESS`` (set by ``ray job submit``): join that cluster
-    (``"auto"`` finds a local ``ray start`` one) within ``connect_timeout_s``, else
-    :class:`ClusterConnectError`; a ``stop`` request meanwhile raises ``KeyboardInterrupt``.
-    Otherwise: a private local instance with ``num_cpus = os.cpu_count()`` and no dashboard.
-    """
-    if ray.is_initialized():
-        yield False
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        _connect(address, connect_timeout_s, stop)
-    else:
-        ray.init(**local_ray_init_kwargs())
-    try:
-        yield True
-    finally:
-        ray.shutdown()
-
-
-#: A ``ray.init`` that did not return in time (it cannot be cancelled): the CLI then
-#: ends the process with ``os._exit`` rather than wait for it at interpreter exit.
-_stuck_connect: threading.Thread | None = None
-
-
-def connect_stuck() -> bool:
-    """A cluster connection attempt is still blocked in Ray (see :func:`ray_session`)."""
-    return _stuck_connect is not None and _stuck_connect.is_alive()
-
-
-def _connect(address: str, timeout_s: float, stop: StopSignal | None) -> None:
-    """``ray.init(address=...)`` with a deadline, signals seen within ``WAIT_SLICE_S``.
-
-    Ray retries an unreachable GCS for minutes inside C++ code, where Python signal
-    handlers do not run; so the connection is made in a helper thread while this
-    (main) thread waits in short slices. A ``host:port`` that refuses TCP fails at once.
-    """
-    global _stuck_connect
-    _check_reachable(address, timeout_s)
-    done = threading.Event()
-    failure: list[BaseException] = []
-
-    def connect() -> None:
-        try:
-            ray.init(address=address, logging_level=logging.WARNING)
-        except BaseException as e:  # handed to the waiting thread
-            failure.append(e)
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=connect, name="ray-connect", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not done.wait(WAIT_SLICE_S / 5):
-        if stop is not None and stop.requested:
-            _stuck_connect = thread
-            raise KeyboardInterrupt(f"stopped while connecting to the Ray cluster at {address}")
-        if time.monotonic() > deadline:
-            _stuck_connect = thread
-            raise ClusterConnectError(
-                f"no Ray cluster answered at {address!r} within {timeout_s:g} s "
-                f"(run.connect_timeout_s)"
-            )
-    if failure:
-        raise ClusterConnectError(
-            f"cannot connect to the Ray cluster at {address!r}: {first_line(failure[0])}"
-        ) from None
-
-
-def _check_reachable(address: str, timeout_s: float) -> None:
-    """A ``host:port`` address must accept a TCP connection (fails fast on a wrong port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or "://" in address or not port.isdigit():
-        return  # "auto", "ray://...": Ray resolves those itself
-    try:
-        socket.create_connection(
-            (host.strip("[]"), int(port)), timeout=min(timeout_s, 10.0)
-        ).close()
-    except OSError as e:
-        reason = e.strerror or first_line(e)
-        raise ClusterConnectError(
-            f"cannot reach the Ray cluster at {address!r}: {reason}"
-        ) from None
-
-
-# ---------------------------------------------------------------- actor pool
-@dataclass
-class _Slot:
-    handle: Any
-    actor_id: int
-    incarnation: int = 0  # bumped at every death: results of older calls are stale
-    deaths_on_handle: int = 0
-    replacements: int = 0
-    inflight: int = 0
-    #: False from a death until the restarted process returns an unroll: calls that fail
-    #: meanwhile ("the actor is restarting") are the same death, not new ones.
-    healthy: bool = True
-    #: While unhealthy, no new call before this time (monotonic s): no busy resubmission.
-    retry_at: float = 0.0
-    #: A new or restarted process has no weights: its next unroll call carries them.
-    needs_weights: bool = True
-    #: Weight offers not yet seen to finish (their errors are read, not left to Ray's log).
-    offers: list = field(default_factory=list)
-    #: Unrolls collected since its last offer: an actor that has not started a new
-    #: unroll since then has not used that offer yet, and a newer one can wait.
-    collected_since_offer: int = 0
-    #: When this handle was made, and when it last returned an unroll (monotonic s).
-    created_at: float = field(default_factory=time.monotonic)
-    returned_at: float | None = None
-
-
-class ActorPool:
-    """N rollout actors with up to ``depth`` unroll calls each in flight: the trajectory queue."""
-
-    def __init__(
-        self,
-        cfg: Config,
-        *,
-        generation: int = 0,
-        max_restarts: int = DEFAULT_MAX_RESTARTS,
-        max_failures: int | None = None,
-    ) -> None:
-        self.cfg = cfg
-        self.generation = generation
-        self.max_restarts = max_restarts
-        self.max_failures = (
-            max_failures if max_failures is not None else 10 + 5 * cfg.run.num_actors
-        )
-        self.depth = max(1, cfg.run.queue_size // cfg.run.num_actors)
-        self._actor_cls = make_ray_actor_class(cfg.run.actor_num_cpus, max_restarts)
-        self.slots = [_Slot(self._spawn(i, 0), i) for i in range(cfg.run.num_actors)]
-        self._order: list[ray.ObjectRef] = []  # in-flight calls, oldest first
-        #: ref -> (slot, incarnation, handle): the handle is the slot's replacement count.
-        self._origin: dict[ray.ObjectRef, tuple[int, int, int]] = {}
-        self._version = -1
-        self._payload: Any = None
-        self.failures = 0
-        #: Unroll calls made, and what became of them: collected (returned to the learner),
-        #: lost (their actor died), abandoned (still in flight at shutdown).
-        self.submitted = 0
-        self.collected = 0
-        self.lost_unrolls = 0
-        self.abandoned = 0
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._order)
-
-    def _spawn(self, actor_id: int, replacement: int) -> Any:
-        seed = actor_seed(self.cfg.run.seed, actor_id, self.generation * 1000 + replacement)
-        return self._actor_cls.remote(self.cfg, actor_id, seed)
-
-    # -------------------------------------------------------------- weights
-    def publish(self, version: int, params: dict[str, torch.Tensor]) -> None:
-        """Offer ``params`` to every actor now; new and restarted ones get them with a call.
-
-        The offers run in the actors' weights concurrency group, beside the unroll in
-        progress, so each actor's next unroll acts with them: fire and forget.
-        """
-        flat = pack_params(params)
-        self._payload = flat if flat.nbytes <= INLINE_WEIGHTS_BYTES else ray.put(flat)
-        self._version = version
-        for slot in self.slots:
-            if slot.offers:  # read finished offers: an actor's death shows up in unroll calls
-                done, slot.offers = ray.wait(slot.offers, num_returns=len(slot.offers), timeout=0)
-                for ref in done:
-                    with contextlib.suppress(RayActorError):
-                        ray.get(ref)
-            if slot.healthy and not slot.needs_weights and slot.collected_since_offer:
-                offer = slot.handle.offer_weights.options(concurrency_group=WEIGHTS_GROUP)
-                slot.offers.append(offer.remote(version, self._payload))
-                slot.collected_since_offer = 0
-
-    # ---------------------------------------------------------------- calls
-    def fill(self) -> None:
-        """Top every actor up to ``depth`` calls in flight (weights only where needed)."""
-        if self._version < 0:
-            raise RuntimeError("ActorPool.fill before any weights were published")
-        now = time.monotonic()
-        for index, slot in enumerate(self.slots):
-            if not slot.healthy and now < slot.retry_at:
-                continue
-            depth = self.depth if slot.healthy else 1  # one probe call while it restarts
-            while slot.inflight < depth:
-                if slot.needs_weights or not slot.healthy:
-                    ref = slot.handle.unroll.remote(self._version, self._payload)
-                    slot.needs_weights = False
-                else:
-                    ref = slot.handle.unroll.remote()
-                self._order.append(ref)
-                self._origin[ref] = (index, slot.incarnation, slot.replacements)
-                slot.inflight += 1
-                self.submitted += 1
-
-    def take(self, n: int, timeout: float) -> tuple[list[Trajectory], int]:
-        """Up to ``n`` finished unrolls, oldest first, waiting at most ``timeout`` seconds.
-
-        Returns them with the number that were ready before waiting (the queue size).
-        Calls that failed because their actor died are handled and not returned.
-        """
-        if not self._order:  # every actor is restarting: wait a little, do not spin
-            time.sleep(min(timeout, RESTART_BACKOFF_S / 4))
-            return [], 0
-        ready, _ = ray.wait(self._order, num_returns=len(self._order), timeout=0)
-        queued = len(ready)
-        if queued < n:
-            ready, _ = ray.wait(self._order, num_returns=min(n, len(self._order)), timeout=timeout)
-        trajectories = []
-        for ref in ready[:n]:
-            trajectory = self._collect(ref)
-            if trajectory is not None:
-                trajectories.append(trajectory)
-        return trajectories, queued
-
-    def _collect(self, ref: ray.ObjectRef) -> Trajectory | None:
-        self._order.remove(ref)
-        index, incarnation, handle = self._origin.pop(ref)
-        slot = self.slots[index]
-        slot.inflight -= 1
-        try:
-            trajectory = ray.get(ref)
-        except RayActorError as e:
-            self.lost_unrolls += 1
-            self._on_actor_error(index, incarnation, handle, e)
-            return None
-        except ray.exceptions.RayTaskError as e:
-            self.lost_unrolls += 1
-            raise TrainingError(f"actor {slot.actor_id} raised {remote_error(e)}") from e
-        self.collected += 1
-        if incarnation == slot.incarnation:
-            slot.healthy = True
-        slot.returned_at = time.monotonic()
-        slot.collected_since_offer += 1
-        return trajectory
-
-    def _on_actor_error(
-        self, index: int, incarnation: int, handle: int, error: RayActorError
-    ) -> None:
-        """A call failed because its actor process died: count the death once, recover.
-
-        ``ActorDiedError`` means Ray gave up on the actor (its restarts are spent, however
-        many deaths this driver saw, or its node is gone for good): it is replaced at once,
-        or, if its constructor raised, the run stops. Otherwise Ray restarts the process:
-        every call in flight fails (``incarnation`` tells those apart), and calls made
-        while it restarts fail with ``ActorUnavailableError`` (the slot is unhealthy until
-        an unroll comes back): one death, counted once.
-        """
-        slot = self.slots[index]
-        if handle != slot.replacements:
-            return  # a call to a handle already replaced: that actor was dealt with
-        slot.retry_at = time.monotonic() + RESTART_BACKOFF_S
-        if isinstance(error, ActorDiedError):
-            if error.actor_init_failed:
-                raise TrainingError(
-                    f"actor {slot.actor_id} failed at start-up: {remote_error(error)}"
-                )
-            self._count_failure(slot, error)
-            log.warning(
-                "actor %d is dead for good (Ray will not restart it): replaced by a new actor",
-                slot.actor_id,
-            )
-            self._replace(index)
-            return
-        if incarnation < slot.incarnation or not slot.healthy:
-            return  # a call to an earlier process, or made while Ray restarts it: same death
-        slot.incarnation += 1
-        slot.healthy = False
-        slot.needs_weights = True
-        slot.deaths_on_handle += 1
-        self._count_failure(slot, error)
-        if slot.deaths_on_handle > self.max_restarts:
-            log.warning(
-                "actor %d died %d times, more than its restart budget: replaced by a new actor",
-                slot.actor_id,
-                slot.deaths_on_handle,
-            )
-            self._replace(index)
-        else:
-            log.warning(
-                "actor %d died (%s: %s); Ray restarts it (%d/%d), training goes on",
-                slot.actor_id,
-                type(error).__name__,
-                first_line(error)[:160],
-                slot.deaths_on_handle,
-                self.max_restarts,
-            )
-
-    def _count_failure(self, slot: _Slot, error: RayActorError) -> None:
-        self.failures += 1
-        if self.failures > self.max_failures:
-            raise TrainingError(
-                f"rollout actors failed {self.failures} times (limit {self.max_failures}); "
-                f"last: actor {slot.actor_id}: {first_line(error)}"
-            )
-
-    def describe_waits(self) -> str:
-        """What the learner is waiting on, actor by actor (for a no-progress error)."""
-        now = time.monotonic()
-        parts = []
-        for slot in self.slots:
-            if slot.returned_at is None:
-                since = (
-                    f"no unroll since it was created {now - slot.created_at:.0f} s ago "
-                    f"(not placed on a node, or not starting?)"
-                )
-            else:
-                since = f"last unroll {now - slot.returned_at:.0f} s ago"
-            state = "healthy" if slot.healthy else "restarting after a death"
-            parts.append(
-                f"actor {slot.actor_id}: {slot.inflight} unroll call(s) in flight, {state}, "
-                f"{since}, {slot.replacements} replacement(s)"
-            )
-        return "; ".join(parts)
-
-    def _replace(self, index: int) -> None:
-        slot = self.slots[index]
-        with contextlib.suppress(Exception):  # already gone
-            ray.kill(slot.handle, no_restart=True)
-        slot.replacements += 1  # calls to the old handle are stale
-        slot.handle = self._spawn(slot.actor_id, slot.replacements)
-        slot.incarnation += 1
-        slot.deaths_on_handle = 0
-        slot.healthy, slot.retry_at = True, 0.0
-        slot.needs_weights, slot.offers = True, []
-        slot.created_at, slot.returned_at = time.monotonic(), None
-
-    def shutdown(self) -> None:
-        """Kill the actors; unfinished calls are abandoned (never counted as trained on)."""
-        for slot in self.slots:
-            with contextlib.suppress(Exception):  # already dead
-                ray.kill(slot.handle, no_restart=True)
-        self.abandoned += len(self._order)
-        self._order.clear()
-        self._origin.clear()
 
 
 # ---------------------------------------------------------------- signals
@@ -547,7 +138,9 @@ class TrainOptions:
         None  # a specific .pt (default: <resume_dir>/checkpoints/latest.pt)
     )
     address: str | None = None
-    progress: bool = True
+    #: "bar" (a tqdm bar), "lines" (a plain line every ~10 s, for logs) or "off";
+    #: True and False mean "bar" and "off".
+    progress: bool | Mode = True
     stop_at_return: float | None = None  # stop once the return window's mean reaches it
     max_actor_restarts: int = DEFAULT_MAX_RESTARTS
     handle_signals: bool = True
@@ -572,6 +165,8 @@ class TrainResult:
     unrolls: dict[str, int] = field(default_factory=dict)
     message: str = ""
     last_log: dict[str, float] = field(default_factory=dict)
+    budget: int = 0  # run.total_env_steps
+    returns_window: int = 0  # run.returns_window: episodes in mean_return
 
     @property
     def env_steps_per_s(self) -> float:
@@ -625,32 +220,19 @@ def _learner_threads(cfg: Config, options: TrainOptions, local: bool) -> int:
     return max(1, (os.cpu_count() or 1) - actor_cpus)
 
 
-def _check_resources(cfg: Config) -> None:
-    cpus = ray.cluster_resources().get("CPU", 0.0)
-    need = cfg.run.num_actors * cfg.run.actor_num_cpus
-    if need > cpus:
-        log.warning(
-            "%d actors x %.2f CPU = %.1f CPUs but the cluster has %.1f: only %d can run at once",
-            cfg.run.num_actors,
-            cfg.run.actor_num_cpus,
-            need,
-            cpus,
-            int(cpus // cfg.run.actor_num_cpus),
-        )
-
-
 def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
     """Run (or resume) a distributed training run; see the module docstring for exit codes.
 
     Raises :class:`ConfigError` / :class:`CheckpointError` / :class:`RunDirError` for bad
-    input (before Ray starts).
+    input (before Ray starts), :class:`ClusterConnectError` for a cluster that cannot be
+    reached.
     """
     options = options or TrainOptions()
     device = resolve_device(cfg.run.device)
     spec = _env_spec_or_config_error(cfg)
     local = not ray.is_initialized() and not (options.address or os.environ.get("RAY_ADDRESS"))
     if local:
-        _check_local_cpus(cfg)
+        check_local_cpus(cfg)
     with _claim_run_dir(cfg, options) as (run_dir, state):
         # Torch threads are set before the learner's first torch op: OpenMP sizes its thread
         # pool then, and a spare pool thread spin-waits on a core the actors need (measured:
@@ -685,16 +267,6 @@ def _close_learner(learner: Learner) -> None:
         learner.close()
     except StorageError as e:
         log.error("%s; the last log records may be missing", e)
-
-
-def _check_local_cpus(cfg: Config) -> None:
-    """On the local Ray this run starts (``os.cpu_count()`` CPUs) every actor must fit."""
-    cpus = os.cpu_count() or 1
-    if cfg.run.actor_num_cpus > cpus:
-        raise ConfigError(
-            f"run.actor_num_cpus = {cfg.run.actor_num_cpus:g} is more than the {cpus} CPUs of "
-            f"the local Ray instance this run starts: no actor could ever be placed"
-        )
 
 
 def _make_learner(
@@ -748,65 +320,69 @@ def _env_spec_or_config_error(cfg: Config) -> EnvSpec:
 def _run(
     cfg: Config, options: TrainOptions, learner: Learner, run_dir: Path, stop: StopSignal
 ) -> TrainResult:
-    _check_resources(cfg)
+    check_resources(cfg)
     pool = ActorPool(
         cfg,
         generation=learner.counters.resumes,
         max_restarts=options.max_actor_restarts,
     )
-    result = TrainResult(run_dir=run_dir, exit_code=EXIT_OK, reason="budget")
+    result = TrainResult(
+        run_dir=run_dir,
+        exit_code=EXIT_OK,
+        reason="budget",
+        budget=cfg.run.total_env_steps,
+        returns_window=cfg.run.returns_window,
+    )
     start_steps, start = learner.counters.env_steps, time.monotonic()
     base_failures = learner.counters.actor_failures
     resumed = learner.counters.resumes > 0
     save_on_exit = True
+    progress = Progress(
+        _progress_mode(options.progress), cfg.run.total_env_steps, learner.counters.env_steps
+    )
     try:
-        from tqdm import tqdm
-
-        with tqdm(
-            total=cfg.run.total_env_steps,
-            initial=learner.counters.env_steps,
-            unit="step",
-            unit_scale=True,
-            dynamic_ncols=True,
-            disable=not options.progress,
-            smoothing=0.05,
-        ) as bar:
-            result.reason = _loop(cfg, options, learner, pool, stop, bar, base_failures)
-    except NonFiniteLossError as e:
-        save_on_exit = False
-        result.exit_code, result.reason = EXIT_FAILED, "nan"
-        result.message = f"training stopped: {e}; {_last_good(learner)}"
-        log.error(result.message)
-    except StorageError as e:
-        save_on_exit = False
-        result.exit_code, result.reason = EXIT_FAILED, "disk"
-        result.message = f"training stopped: {e}; {_last_good(learner)}"
-        log.error(result.message)
-    except TrainingError as e:
-        result.exit_code, result.reason, result.message = EXIT_FAILED, "actors", str(e)
-        log.error("training stopped: %s", e)
-    except KeyboardInterrupt:
-        save_on_exit = False  # a second signal: abort now, the last periodic checkpoint stays
-        result.exit_code, result.reason = EXIT_INTERRUPTED, "signal"
-        result.message = "aborted by a second signal: no final checkpoint"
-        log.error(result.message)
-    finally:
-        pool.shutdown()
-    if stop.requested:
-        result.exit_code, result.reason = EXIT_INTERRUPTED, "signal"
-    # A resumed session that added no steps (e.g. a budget already reached) saves nothing:
-    # a copy of latest.pt would only push the older previous.pt out.
-    if save_on_exit and (learner.counters.env_steps > start_steps or not resumed):
         try:
-            if learner.has_unlogged_steps():  # one record per env-step count, never two
+            result.reason = _loop(cfg, options, learner, pool, stop, progress, base_failures)
+        except NonFiniteLossError as e:
+            save_on_exit = False
+            result.exit_code, result.reason = EXIT_FAILED, "nan"
+            result.message = f"training stopped: {e}; {_last_good(learner)}"
+            log.error(result.message)
+        except StorageError as e:
+            save_on_exit = False
+            result.exit_code, result.reason = EXIT_FAILED, "disk"
+            result.message = f"training stopped: {e}; {_last_good(learner)}"
+            log.error(result.message)
+        except TrainingError as e:
+            result.exit_code, result.reason, result.message = EXIT_FAILED, "actors", str(e)
+            log.error("training stopped: %s", e)
+        except KeyboardInterrupt:
+            save_on_exit = False  # a second signal: abort now, the last periodic checkpoint stays
+            result.exit_code, result.reason = EXIT_INTERRUPTED, "signal"
+            result.message = "aborted by a second signal: no final checkpoint"
+            log.error(result.message)
+        finally:
+            pool.shutdown()
+        if stop.requested:
+            result.exit_code, result.reason = EXIT_INTERRUPTED, "signal"
+        # A resumed session that added no steps (e.g. a budget already reached) saves
+        # nothing: a copy of latest.pt would only push the older previous.pt out.
+        save_on_exit = save_on_exit and (learner.counters.env_steps > start_steps or not resumed)
+        if save_on_exit and learner.has_unlogged_steps():  # one record per env-step count
+            try:
                 learner.log(_pool_scalars(pool))
+            except StorageError as e:
+                save_on_exit = False
+                _final_save_failed(result, learner, e)
+    finally:
+        progress.close(learner.last_record)  # the bar ends on the summary's numbers
+    if save_on_exit:
+        try:
             result.last_log = learner.last_record
             path = learner.checkpoint()
             log.info("final checkpoint: %s", path)
         except StorageError as e:
-            result.exit_code, result.reason = EXIT_FAILED, "disk"
-            result.message = f"the final checkpoint failed: {e}; {_last_good(learner)}"
-            log.error(result.message)
+            _final_save_failed(result, learner, e)
     c = learner.counters
     result.env_steps, result.updates, result.episodes = c.env_steps, c.updates, c.episodes
     result.mean_return = learner.mean_return()
@@ -822,12 +398,24 @@ def _run(
     return result
 
 
+def _final_save_failed(result: TrainResult, learner: Learner, error: StorageError) -> None:
+    result.exit_code, result.reason = EXIT_FAILED, "disk"
+    result.message = f"the final checkpoint failed: {error}; {_last_good(learner)}"
+    log.error(result.message)
+
+
 def _last_good(learner: Learner) -> str:
     """Where the last good checkpoint is, for a message about a failed run."""
     manager = learner.checkpoints
     if manager is not None and manager.exists():
         return f"the last good checkpoint is kept at {manager.latest}"
     return "no checkpoint had been saved yet"
+
+
+def _progress_mode(progress: bool | Mode) -> Mode:
+    if isinstance(progress, bool):
+        return "bar" if progress else "off"
+    return progress
 
 
 def _pool_scalars(pool: ActorPool) -> dict[str, float]:
@@ -843,7 +431,7 @@ def _loop(
     learner: Learner,
     pool: ActorPool,
     stop: StopSignal,
-    bar: Any,
+    progress: Progress,
     base_failures: int,
 ) -> str:
     """Take batches, update, publish, refill; returns why it stopped."""
@@ -885,20 +473,18 @@ def _loop(
         if len(pending) < cfg.run.batches_per_update:
             pool.fill()  # keep the actors we took from busy while we wait for the rest
             continue
-        before = learner.counters.env_steps
         learner.update(pending)
         pending = []
         if learner.publish_due():
             pool.publish(*learner.weights())
         pool.fill()
-        bar.update(learner.counters.env_steps - before)
+        progress.update(learner.counters.env_steps)
         if learner.log_due():
             now = time.monotonic()
             extra = queue.drain() | _pool_scalars(pool)
             extra["perf/learner_wait_frac"] = wait_s / max(now - interval_start, 1e-9)
             wait_s, interval_start = 0.0, now
-            record = learner.log(extra)
-            bar.set_postfix(summary_line(record), refresh=False)
+            progress.show(learner.log(extra))
         learner.maybe_checkpoint()
         if options.callback is not None:
             options.callback(ctx)
@@ -907,14 +493,27 @@ def _loop(
     return "budget"
 
 
+#: What each stop reason means, for the summary line.
+_REASONS = {
+    "budget": "done: reached the budget of {total:,} env steps",
+    "return": "done: reached the return target",
+    "signal": "stopped by a signal",
+    "nan": "failed: a non-finite loss",
+    "disk": "failed: a write refused by the disk",
+    "actors": "failed: the rollout actors",
+}
+
+
 def describe_result(result: TrainResult) -> str:
     """One line for the console at the end of a run."""
+    reason = _REASONS.get(result.reason, result.reason).format(total=result.budget)
     ret = "n/a" if result.mean_return is None else f"{result.mean_return:.3f}"
+    failures = f", {result.actor_failures} actor failure(s)" if result.actor_failures else ""
     return (
-        f"{result.reason}: {result.env_steps:,} env steps, {result.updates:,} updates, "
-        f"{result.episodes:,} episodes, mean return {ret}, "
-        f"{result.env_steps_per_s:,.0f} env steps/s this session, "
-        f"{result.actor_failures} actor failure(s); run dir {result.run_dir}"
+        f"{reason}. {result.env_steps:,} env steps, {result.updates:,} updates, "
+        f"{result.episodes:,} episodes; mean return of the last {result.returns_window} "
+        f"episodes {ret}; {result.env_steps_per_s:,.0f} env steps/s over "
+        f"{result.session_wall_s:.1f} s this session{failures}. Run directory: {result.run_dir}"
     )
 
 
@@ -923,7 +522,6 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
-    "ActorPool",
     "CheckpointError",
     "ClusterConnectError",
     "LoopContext",
@@ -933,7 +531,5 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "describe_result",
-    "local_ray_init_kwargs",
-    "ray_session",
     "train",
 ]

@@ -11,7 +11,9 @@ rule of every algorithm) and everything around it that a run needs:
 - evaluation: ``eval/value_rmse`` of V on every state against the true values
   carried by the trajectories (the random walk);
 - ``maybe_log`` / ``maybe_checkpoint``: scalars to a :class:`~impala_frodo.runlog.RunLogger`
-  every ``run.log_every_s`` and checkpoints every ``run.checkpoint_every_s``;
+  after the first update, then every ``run.log_every_updates`` updates or
+  ``run.log_every_s`` seconds (whichever first), and checkpoints every
+  ``run.checkpoint_every_s``;
 - ``state_dict`` / ``load_state_dict``: updater, counters, return window and RNG states.
 
 The driver (``learner/driver.py``) feeds it trajectories from Ray actors; the
@@ -20,7 +22,6 @@ tests feed it trajectories from a :class:`~impala_frodo.rollout.Roller`.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,8 +39,10 @@ from impala_frodo.checkpoint import (
     restore_rng_state,
 )
 from impala_frodo.config import Config
+from impala_frodo.intervals import IntervalLog
+from impala_frodo.rollout import DelayedWeights
 from impala_frodo.runlog import RunLogger, StorageError
-from impala_frodo.sync import IntervalLog, value_rmse
+from impala_frodo.sync import value_rmse
 from impala_frodo.trajectory import Batch, Trajectory
 from impala_frodo.updater import NonFiniteLossError, Updater
 from impala_frodo.utils import first_line
@@ -129,6 +132,7 @@ class Learner:
         #: written then, so it never describes a session that has nothing saved yet).
         self.after_next_checkpoint: Callable[[], None] | None = None
         self._clock = clock
+        self._delayed = DelayedWeights(cfg.run.policy_lag)
         self._state_obs = None
         if state_observations is not None:
             self._state_obs = torch.as_tensor(state_observations, dtype=torch.float32).to(
@@ -145,6 +149,7 @@ class Learner:
         self._last_log_time = self._session_start
         self._last_log_steps = 0
         self._last_log_updates = 0
+        self._logged_this_session = False
         self._last_checkpoint_time = self._session_start
 
     # ------------------------------------------------------------- progress
@@ -207,8 +212,9 @@ class Learner:
         return self.version % self.cfg.run.broadcast_every == 0
 
     def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
-        """``(version, acting parameters on CPU)`` for the actors."""
-        return self.version, self.updater.acting_params("cpu")
+        """``(version, acting parameters on CPU)`` for the actors: the current ones, or
+        ``run.policy_lag`` versions old."""
+        return self._delayed.push(self.version, self.updater.acting_params("cpu"))
 
     # --------------------------------------------------------------- logging
     def restart_intervals(self) -> None:
@@ -220,6 +226,14 @@ class Learner:
         return self.counters.env_steps > self._last_log_steps
 
     def log_due(self) -> bool:
+        """A record is due after the session's first update (a first point within a few
+        thousand env steps), then every ``run.log_every_updates`` updates or
+        ``run.log_every_s`` seconds, whichever comes first."""
+        updates = self.counters.updates - self._last_log_updates
+        if updates <= 0:
+            return False
+        if not self._logged_this_session or updates >= self.cfg.run.log_every_updates:
+            return True
         return self._clock() - self._last_log_time >= self.cfg.run.log_every_s
 
     def maybe_log(self, extra: Mapping[str, float] | None = None) -> dict[str, float] | None:
@@ -236,8 +250,8 @@ class Learner:
         scalars["perf/env_steps_per_s"] = (c.env_steps - self._last_log_steps) / elapsed
         scalars["perf/updates_per_s"] = (c.updates - self._last_log_updates) / elapsed
         scalars["perf/actor_failures"] = float(c.actor_failures)
-        scalars["counters/updates"] = float(c.updates)
-        scalars["counters/episodes"] = float(c.episodes)
+        scalars["progress/updates"] = float(c.updates)
+        scalars["progress/episodes"] = float(c.episodes)
         if extra:
             scalars.update(extra)
         self._last_log_time, self._last_log_steps, self._last_log_updates = (
@@ -245,6 +259,7 @@ class Learner:
             c.env_steps,
             c.updates,
         )
+        self._logged_this_session = True
         if self.run_logger is not None:
             self.run_logger.log(c.env_steps, scalars, self.wall_time_s())
         self.last_record = scalars
@@ -338,17 +353,3 @@ class Learner:
     def close(self) -> None:
         if self.run_logger is not None:
             self.run_logger.close()
-
-
-def summary_line(scalars: Mapping[str, float]) -> dict[str, str]:
-    """Short progress-bar fields from a log record."""
-    out = {}
-    for key, name, fmt in (
-        ("episode/return_window", "ret", "{:.3f}"),
-        ("perf/policy_lag", "lag", "{:.1f}"),
-        ("eval/value_rmse", "rmse", "{:.3f}"),
-    ):
-        value = scalars.get(key)
-        if value is not None and math.isfinite(value):
-            out[name] = fmt.format(value)
-    return out

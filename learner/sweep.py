@@ -20,7 +20,8 @@ from typing import Any
 import ray
 
 from impala_frodo.config import Config, set_dotted
-from impala_frodo.runlog import METRICS_FILE, create_run_dir
+from impala_frodo.plotting import SWEEP_FILE
+from impala_frodo.runlog import METRICS_FILE, create_run_dir, write_json_atomic
 
 
 @dataclass
@@ -83,6 +84,8 @@ def run_sweep(
 
     sweep_dir = Path(logdir) / f"sweep-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    # What the runs inside have in common, for plots (their label is the preset's name).
+    write_json_atomic(sweep_dir / SWEEP_FILE, {"name": name, "seeds": [int(s) for s in seeds]})
     task = ray.remote(trainer).options(num_cpus=cpus_per_seed, max_retries=0)
     run_dirs: dict[int, Path] = {}
     pending: dict[ray.ObjectRef, int] = {}

@@ -81,7 +81,9 @@ def test_resume_errors(capsys, tmp_path):
     assert_usage_error(capsys, ["train", "--resume", str(tmp_path / "gone")], "does not exist")
     run_dir = create_run_dir(Config(), tmp_path)
     assert_usage_error(capsys, ["train", "--resume", str(run_dir)], "no checkpoint", "none yet")
-    CheckpointManager(run_dir / "checkpoints").latest.write_bytes(b"garbage")
+    latest = CheckpointManager(run_dir / "checkpoints").latest
+    latest.parent.mkdir()  # a run directory gets checkpoints/ with its first checkpoint
+    latest.write_bytes(b"garbage")
     assert_usage_error(
         capsys, ["train", "--resume", str(run_dir)], "corrupt or unreadable", "latest.pt"
     )
@@ -167,10 +169,10 @@ def test_module_entry_point_reports_bad_input_without_traceback():
 
 
 # ---------------------------------------------------------------- parsing
-def test_no_subcommand_means_train():
+def test_options_without_a_subcommand_mean_train():
     args = parse("--preset", "catch-frodo", "--num-actors", "2")
     assert args.command == "train" and args.preset == "catch-frodo"
-    assert parse().command == "train"
+    assert _normalise_argv([]) == ["--help"]
     assert parse("presets").command == "presets"
 
 
@@ -212,6 +214,46 @@ def test_help_exits_zero(capsys):
     assert "train" in capsys.readouterr().out
 
 
+def test_bare_command_prints_help_and_trains_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: impala-frodo") and "{train,sweep,plot,presets}" in out
+    assert list(tmp_path.iterdir()) == []  # no runs/ directory: nothing started
+
+
+def test_python_m_learner_names_itself_in_usage():
+    done = subprocess.run(
+        [sys.executable, "-m", "learner", "train", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: python -m learner train")
+
+
+def test_train_help_is_plain_text(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and "::" not in out and ":class:" not in out
+    assert "impala-frodo train --resume" in out and "exit codes" in out
+
+
+def test_preset_descriptions_are_whole_sentences(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(preset_names())
+    for line in lines:
+        assert line.rstrip().endswith("."), line
+
+
+def test_importing_the_package_registers_the_env_ids():
+    code = (
+        "import gymnasium, impala_frodo; "
+        "assert 'impala_frodo/Catch-v0' in gymnasium.registry; "
+        "gymnasium.make('impala_frodo/RandomWalk-v0')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # ---------------------------------------------------------------- a real run
 @pytest.mark.ray
 def test_train_then_resume_through_the_cli(ray_local, tmp_path, capsys):
@@ -220,7 +262,7 @@ def test_train_then_resume_through_the_cli(ray_local, tmp_path, capsys):
     argv = ["--preset", "catch-impala", "--total-env-steps", "4000", "--logdir", str(logdir)]
     assert main([*argv, *common]) == 0
     (run_dir,) = logdir.iterdir()
-    assert "budget: " in capsys.readouterr().err
+    assert "done: reached the budget of 4,000 env steps. " in capsys.readouterr().err
     config = json.loads((run_dir / "config.json").read_text())
     assert config["algo"] == "impala" and config["env"]["kwargs"] == {"rows": 11, "columns": 6}
     first = read_metrics(run_dir / "metrics.jsonl")[-1]["env_steps"]
@@ -251,9 +293,12 @@ def test_sweep_two_presets_then_plot_their_directories(ray_local, tmp_path, caps
     assert [p.name.split("-2")[0] for p in sweeps] == ["sweep-catch-frodo", "sweep-catch-impala"]
     for sweep in sweeps:
         seeds = sorted(
-            json.loads((d / "config.json").read_text())["run"]["seed"] for d in sweep.iterdir()
+            json.loads((d / "config.json").read_text())["run"]["seed"]
+            for d in sweep.iterdir()
+            if d.is_dir()
         )
         assert seeds == [0, 1]
+        assert json.loads((sweep / "sweep.json").read_text())["seeds"] == [0, 1]
 
     assert main(["plot", *map(str, sweeps), "--out", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")

@@ -371,7 +371,8 @@ def test_submit_script_builds_the_documented_command():
     assert argv[argv.index("--address") + 1] == "http://127.0.0.1:1"
     assert Path(argv[argv.index("--working-dir") + 1]) == REPO_ROOT
     runtime_env = json.loads(argv[argv.index("--runtime-env-json") + 1])
-    assert "*.whl" in runtime_env["excludes"]
+    # The project venv (gigabytes) and .git never go up with the code.
+    assert {".venv/", ".git/"} <= set(runtime_env["excludes"])
     # Time for the learner's final checkpoint after `ray job stop`'s SIGTERM.
     assert int(runtime_env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) >= 30
     entrypoint = argv[argv.index("--") + 1 :]

@@ -81,7 +81,7 @@ def test_two_actors_feed_the_learner_and_everything_is_logged(ray_local, tmp_pat
     assert len(records) >= 3
     steps = [r["env_steps"] for r in records]
     assert steps == sorted(steps) and steps[-1] == result.env_steps
-    versions = [r["counters/updates"] for r in records]
+    versions = [r["progress/updates"] for r in records]
     assert versions == sorted(versions) and versions[-1] > versions[0]  # versions increase
     lags = [r["perf/policy_lag"] for r in records if r.get("perf/policy_lag") is not None]
     assert lags and all(lag >= 0 for lag in lags) and max(lags) > 0  # stale by design
@@ -151,7 +151,7 @@ def test_resume_continues_counters_and_curves_without_double_counting(ray_local,
     assert steps[-1] == second.env_steps and first.env_steps in steps
     walls = [r["wall_time_s"] for r in records]
     assert walls == sorted(walls)  # wall time continues too
-    updates = scalar_tags(run_dir)["counters/updates"]
+    updates = scalar_tags(run_dir)["progress/updates"]
     assert updates[-1].value == second.updates
     assert [e.step for e in updates] == sorted({e.step for e in updates})
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")

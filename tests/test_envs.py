@@ -22,6 +22,7 @@ from impala_frodo.envs import (
     make_batched_env,
     random_walk_true_values,
 )
+from impala_frodo.rollout import Roller
 
 CATCH_SIZES = [(10, 5), (11, 6)]  # bsuite's default, and the report's 6 columns x 11 rows
 
@@ -423,6 +424,61 @@ def test_batched_catch_start_columns_vary_across_envs() -> None:
     obs = BatchedCatch(256, seed=0).reset()
     counts = np.bincount([start_column(o) for o in obs], minlength=5)
     assert counts.min() > 25
+
+
+@pytest.mark.parametrize(("rows", "columns"), CATCH_SIZES)
+def test_batched_catch_random_start_row_equals_single(rows: int, columns: int) -> None:
+    batched = BatchedCatch(1, rows, columns, random_start_row=True, seed=3)
+    single = Catch(rows, columns, random_start_row=True)
+    np.testing.assert_array_equal(batched.reset()[0], single.reset(seed=3)[0])
+    for _ in range(5 * rows):
+        step = batched.step(np.array([1]))
+        obs_s, reward, terminated, _, _ = single.step(1)
+        assert (step.rewards[0], step.terminated[0]) == (reward, terminated)
+        if terminated:
+            obs_s, _ = single.reset()
+        np.testing.assert_array_equal(step.obs[0], obs_s)
+
+
+def test_catch_random_start_row_shortens_only_the_first_episode() -> None:
+    env = Catch(11, 6, random_start_row=True)
+    first_lengths = set()
+    for seed in range(40):
+        env.reset(seed=seed)
+        lengths = []
+        for _ in range(3):
+            steps, terminated = 0, False
+            while not terminated:
+                _, _, terminated, _, _ = env.step(1)
+                steps += 1
+            lengths.append(steps)
+            env.reset()
+        first_lengths.add(lengths[0])
+        assert lengths[1:] == [10, 10]
+    assert first_lengths == set(range(1, 11))
+
+
+def terminal_positions(env: BatchedCatch, unroll_length: int, unrolls: int) -> set[int]:
+    """The steps t within [T, B] unrolls (random actions) at which episodes terminated."""
+    roller = Roller(env, unroll_length, seed=0)
+    rng = np.random.default_rng(0)
+
+    def policy(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rng.integers(3, size=len(obs)), np.zeros(len(obs), np.float32)
+
+    positions: set[int] = set()
+    for _ in range(unrolls):
+        positions |= set(np.flatnonzero((roller.unroll(policy).continues == 0).any(1)).tolist())
+    return positions
+
+
+def test_desynchronised_catch_ends_episodes_anywhere_in_an_unroll() -> None:
+    """Lockstep starts with T a multiple of the episode length end every episode at fixed steps,
+    so no target bootstraps; random start rows with T = 16 end them at every step of an unroll."""
+    lockstep = terminal_positions(BatchedCatch(32, 11, 6, seed=0), 20, 10)
+    assert lockstep == {9, 19}
+    desync = terminal_positions(BatchedCatch(32, 11, 6, random_start_row=True, seed=0), 16, 10)
+    assert desync == set(range(16))
 
 
 def test_batched_random_walk_equals_single_with_one_env_and_same_seed() -> None:

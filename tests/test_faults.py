@@ -117,6 +117,7 @@ def test_a_run_dir_that_cannot_be_written_exits_2_before_training(
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_checkpoints_folder_is_found_before_training(tmp_path):
     run_dir = create_run_dir(Config(), tmp_path)
+    (run_dir / "checkpoints").mkdir()  # a run directory gets it with its first checkpoint
     (run_dir / "checkpoints").chmod(0o555)
     try:
         with pytest.raises(RunDirError, match="checkpoints"):

@@ -159,9 +159,11 @@ def test_log_writes_metrics_jsonl_and_tensorboard(tmp_path):
     cfg = make_cfg("frodo")
     learner = make_learner(cfg, run_logger=RunLogger(tmp_path), clock=clock)
     actor = synced_actor(cfg, learner)
-    for _ in range(6):  # M = 2 inner steps: outer steps at updates 3 and 5
+    for i in range(6):  # M = 2 inner steps: outer steps at updates 3 and 5
+        clock.now += 0.5
         learner.update([actor.unroll(*learner.weights())])
-        assert learner.maybe_log() is None  # not due yet
+        first = learner.maybe_log()
+        assert (first is not None) == (i == 0)  # one record after the first update, then none
     clock.now += 5.0
     record = learner.maybe_log({"perf/queue_size": 2.0})
     learner.close()
@@ -176,13 +178,52 @@ def test_log_writes_metrics_jsonl_and_tensorboard(tmp_path):
         "perf/queue_size",
     ):
         assert tag in record, tag
-    assert record["perf/env_steps_per_s"] == pytest.approx(6 * T * B / 5.0)
-    (line,) = read_metrics(tmp_path / "metrics.jsonl")
+    assert record["perf/env_steps_per_s"] == pytest.approx(5 * T * B / 7.5)
+    first_line, line = read_metrics(tmp_path / "metrics.jsonl")
+    assert first_line["env_steps"] == T * B
     assert line["env_steps"] == 6 * T * B and line["perf/queue_size"] == 2.0
     accumulator = EventAccumulator(str(tmp_path))
     accumulator.Reload()
     assert {"loss/outer", "perf/policy_lag"} <= set(accumulator.Tags()["scalars"])
-    assert accumulator.Scalars("loss/inner")[0].step == 6 * T * B
+    assert [e.step for e in accumulator.Scalars("loss/inner")] == [T * B, 6 * T * B]
+
+
+def test_records_come_every_n_updates_or_every_log_every_s_whichever_first():
+    clock = FakeClock()
+    cfg = make_cfg(**{"run.log_every_updates": 3, "run.log_every_s": 10.0})
+    learner = make_learner(cfg, clock=clock)
+    actor = synced_actor(cfg, learner)
+    assert not learner.log_due()  # nothing to log before the first update
+    logged = []
+    for update in range(1, 9):
+        learner.update([actor.unroll(*learner.weights())])
+        if update == 6:
+            clock.now += 10.0  # a slow stretch: the time limit comes first
+        if learner.maybe_log() is not None:
+            logged.append(update)
+    # after the first update, then 3 updates later, then on time at 6, then 3 updates later
+    assert logged == [1, 4, 6]
+    learner.update([actor.unroll(*learner.weights())])
+    assert learner.maybe_log() is not None  # update 9: 3 after the last record
+
+
+def test_episode_return_is_the_mean_over_the_interval(tmp_path):
+    cfg = make_cfg(**{"run.log_every_updates": 2})
+    learner = make_learner(cfg)
+    actor = synced_actor(cfg, learner)
+    returns: list[float] = []
+    records = []
+    for _ in range(5):
+        trajectory = actor.unroll(*learner.weights())
+        learner.update([trajectory])
+        returns.extend(trajectory.episode_returns)
+        record = learner.maybe_log()
+        if record is not None:
+            assert record["episode/return"] == pytest.approx(np.mean(returns))
+            assert record["episode/count"] == len(returns)
+            records.append(record)
+            returns = []
+    assert len(records) == 3  # updates 1, 3 and 5
 
 
 def test_value_rmse_is_evaluated_on_the_random_walk():
@@ -217,7 +258,7 @@ def test_state_round_trips_through_a_checkpoint_file(tmp_path):
         assert torch.equal(a, b)
     # Both go on identically from the same batch (the meta chain restarts at the saved theta).
     batch = actor.unroll()
-    learner.updater._chain = []
+    learner.updater._pending.clear()
     assert learner.update([batch])["loss/inner"] == restored.update([batch])["loss/inner"]
 
 

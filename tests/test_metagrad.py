@@ -50,7 +50,12 @@ def random_batch(rng: np.random.Generator, with_truncation: bool = True) -> Batc
 
 
 def tiny_updater(
-    algo: str, task: str = "control", optim: str = "sgd", num_inner_steps: int = 1, **meta
+    algo: str,
+    task: str = "control",
+    optim: str = "sgd",
+    num_inner_steps: int = 1,
+    perturb_head: bool = True,
+    **meta,
 ) -> Updater:
     torch.manual_seed(0)
     cfg = Config.from_dict(
@@ -64,6 +69,11 @@ def tiny_updater(
         }
     )
     updater = Updater(cfg, OBS_SHAPE, NUM_ACTIONS)
+    if perturb_head and hasattr(updater.meta_net, "head"):
+        # Off the zero-initialised head of the default target form: at exactly zero only
+        # the head gets a meta-gradient, and the checks would not reach the LSTM.
+        with torch.no_grad():
+            updater.meta_net.head.weight.normal_(0.0, 0.3)
     updater.agent.double()
     updater.meta_net.double()
     updater.params = detach_params({k: v.double() for k, v in updater.params.items()})
@@ -153,7 +163,9 @@ def analytic(updater: Updater, inner_batches, outer_batch):
     ("algo", "task", "meta"),
     [
         ("frodo", "control", {}),
+        ("frodo", "control", {"target": "plain"}),
         ("frodo", "prediction", {}),
+        ("frodo", "prediction", {"target": "plain"}),
         ("frodo-ext", "control", {"ext_beta_mode": "constant", "ext_b1": 0.3}),
         ("mgrl", "control", {}),
     ],
@@ -232,7 +244,7 @@ def test_updater_moves_eta_every_m_batches_and_keeps_theta_detached():
     assert all(changed)
     # The new chain starts from theta_M as a leaf: one inner step of graph, not three.
     assert all(p.grad_fn is not None for p in updater.params.values())
-    assert len(updater._chain) == 1
+    assert len(updater._pending) == 1
 
 
 def test_meta_gradient_chains_m_inner_steps():

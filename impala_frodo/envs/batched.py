@@ -146,15 +146,23 @@ class BatchedCatch(_NumpyBatchedEnv):
     """B Catch games in numpy; the dynamics of ``catch.Catch`` (bsuite).
 
     Observations float32 ``[B, rows, columns]``; 3 actions (left, stay, right).
+    ``random_start_row``: each env's first episode after ``reset()`` drops its ball from its
+    own random row, so the envs end their episodes at different steps (``catch.Catch``).
     """
 
     def __init__(
-        self, num_envs: int, rows: int = 10, columns: int = 5, seed: int | None = None
+        self,
+        num_envs: int,
+        rows: int = 10,
+        columns: int = 5,
+        random_start_row: bool = False,
+        seed: int | None = None,
     ) -> None:
-        catch.validate_catch_args(rows, columns)
+        catch.validate_catch_args(rows, columns, random_start_row)
         super().__init__(num_envs, seed)
         self.rows = int(rows)
         self.columns = int(columns)
+        self.random_start_row = bool(random_start_row)
         self.observation_shape = (self.rows, self.columns)
         self.num_actions = len(catch.ACTION_DELTAS)
         self._deltas = np.asarray(catch.ACTION_DELTAS, dtype=np.int64)
@@ -182,6 +190,14 @@ class BatchedCatch(_NumpyBatchedEnv):
             truncated=np.zeros(self.num_envs, dtype=bool),
             final_obs=self._empty_final_obs(),
         )
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Reset every env; with ``random_start_row`` each ball starts on its own random row."""
+        obs = super().reset(seed)
+        if self.random_start_row:
+            self._ball_y[:] = self._rng.integers(self.rows - 1, size=self.num_envs)
+            obs = self._observations()
+        return obs
 
     def _reset_envs(self, index: np.ndarray) -> None:
         self._ball_x[index] = self._rng.integers(self.columns, size=index.size)
@@ -388,9 +404,9 @@ def make_batched_env(
 ) -> BatchedEnv:
     """Build B auto-resetting envs: the numpy versions for our ids, Gymnasium for the rest.
 
-    ``impala_frodo/Catch-v0`` takes ``rows``, ``columns``; ``impala_frodo/RandomWalk-v0`` takes
-    ``switch_every``, ``left_rewards``; any other id gets ``env_kwargs`` passed to
-    ``gymnasium.make``. Raises ``ValueError`` for an unknown id.
+    ``impala_frodo/Catch-v0`` takes ``rows``, ``columns``, ``random_start_row``;
+    ``impala_frodo/RandomWalk-v0`` takes ``switch_every``, ``left_rewards``; any other id gets
+    ``env_kwargs`` passed to ``gymnasium.make``. Raises ``ValueError`` for an unknown id.
     """
     if env_id == catch.ENV_ID:
         return BatchedCatch(num_envs, seed=seed, **env_kwargs)

@@ -12,6 +12,14 @@ The dynamics follow ``bsuite/environments/catch.py`` (DeepMind bsuite) exactly:
 - observation: a float32 ``[rows, columns]`` board, 1 at the ball and at the paddle, 0 elsewhere
   (a single 1 on the bottom row when the paddle caught the ball).
 
+Desynchronised starts (``random_start_row=True``, not bsuite's): the *first* episode after
+construction (or after ``reset(seed=...)``) drops its ball from a uniformly random row in
+``[0, rows - 2]`` instead of the top row, so it lasts 1 to ``rows - 1`` steps; every later episode
+is bsuite's. A batch of such envs then ends its episodes at different steps, and an unroll's last
+episode is usually cut, so its targets must bootstrap (with lockstep starts and an unroll length
+that is a multiple of ``rows - 1``, every unroll ends every episode and no bootstrap value is ever
+used).
+
 Differences from bsuite, all outside the dynamics: the start column is drawn from Gymnasium's
 ``self.np_random`` (so ``reset(seed=...)`` is reproducible) instead of a ``RandomState``, and
 ``step`` after the end of an episode raises instead of silently resetting.
@@ -33,13 +41,16 @@ ENV_ID = "impala_frodo/Catch-v0"
 ACTION_DELTAS: tuple[int, int, int] = (-1, 0, 1)
 
 
-def validate_catch_args(rows: int, columns: int) -> None:
-    """Raise ``ValueError`` unless ``rows >= 2`` and ``columns >= 1`` are integers."""
+def validate_catch_args(rows: int, columns: int, random_start_row: bool = False) -> None:
+    """Raise ``ValueError`` unless ``rows >= 2`` and ``columns >= 1`` are integers and
+    ``random_start_row`` is a bool."""
     for name, value, minimum in (("rows", rows, 2), ("columns", columns, 1)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ValueError(f"{name} must be an int, got {value!r}")
         if value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if not isinstance(random_start_row, bool | np.bool_):
+        raise ValueError(f"random_start_row must be true or false, got {random_start_row!r}")
 
 
 def catch_board(rows: int, columns: int, ball_xy: tuple[int, int], paddle_x: int) -> np.ndarray:
@@ -57,6 +68,8 @@ class Catch(gymnasium.Env[np.ndarray, np.int64]):
     Args:
         rows: board height (>= 2); an episode lasts ``rows - 1`` steps. bsuite default 10.
         columns: board width (>= 1). bsuite default 5.
+        random_start_row: drop the first episode's ball from a random row (desynchronised
+            starts, see the module docstring). bsuite: ``False``.
         render_mode: ``None`` or ``"ansi"`` (a text picture of the board).
 
     Observation: float32 ``[rows, columns]`` in {0, 1}. Actions: ``Discrete(3)`` =
@@ -66,8 +79,14 @@ class Catch(gymnasium.Env[np.ndarray, np.int64]):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 (Gymnasium convention)
 
-    def __init__(self, rows: int = 10, columns: int = 5, render_mode: str | None = None) -> None:
-        validate_catch_args(rows, columns)
+    def __init__(
+        self,
+        rows: int = 10,
+        columns: int = 5,
+        random_start_row: bool = False,
+        render_mode: str | None = None,
+    ) -> None:
+        validate_catch_args(rows, columns, random_start_row)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be None or one of {self.metadata['render_modes']}, "
@@ -75,7 +94,9 @@ class Catch(gymnasium.Env[np.ndarray, np.int64]):
             )
         self.rows = int(rows)
         self.columns = int(columns)
+        self.random_start_row = bool(random_start_row)
         self.render_mode = render_mode
+        self._first_episode = True
         self.action_space = spaces.Discrete(len(ACTION_DELTAS))
         self.observation_space = spaces.Box(0.0, 1.0, (self.rows, self.columns), np.float32)
         self._ball_x = 0
@@ -96,12 +117,17 @@ class Catch(gymnasium.Env[np.ndarray, np.int64]):
         Returns the ``[rows, columns]`` observation and an empty info dict.
         """
         super().reset(seed=seed)
+        if seed is not None:
+            self._first_episode = True
         start_column = (options or {}).get("start_column")
         if start_column is None:
             self._ball_x = int(self.np_random.integers(self.columns))
         else:
             self._ball_x = self._check_start_column(start_column)
         self._ball_y = 0
+        if self.random_start_row and self._first_episode:
+            self._ball_y = int(self.np_random.integers(self.paddle_y))
+        self._first_episode = False
         self._paddle_x = self.columns // 2
         self._needs_reset = False
         return self._observation(), {}

@@ -1,0 +1,54 @@
+"""Per-seed summaries behind docs/results.md."""
+
+from __future__ import annotations
+
+import pytest
+
+from impala_frodo.analysis import (
+    catch_summary,
+    curve,
+    random_walk_summary,
+    solved_cell,
+    steps_to_threshold,
+)
+
+
+def test_steps_to_threshold_is_the_first_window_at_or_above():
+    returns = [-1.0] * 4 + [1.0] * 6
+    end_steps = list(range(10, 110, 10))
+    # Windows of 4: the mean first reaches 0.5 with three 1s in the window (episode 6, 70).
+    assert steps_to_threshold(returns, end_steps, 0.5, 4) == 70
+    assert steps_to_threshold(returns, end_steps, 1.5, 4) is None
+    assert steps_to_threshold(returns[:3], end_steps[:3], 0.0, 4) is None
+
+
+def test_catch_summary_final_return_uses_the_last_tenth_of_the_budget():
+    returns = [0.0] * 90 + [1.0] * 10
+    end_steps = list(range(1, 101))
+    summary = catch_summary(returns, end_steps, total_steps=100, window=5)
+    assert summary["final_return"] == 1.0
+    assert summary["steps_to_0.8"] == 94  # four 1s in the last five episodes
+
+
+def test_random_walk_summary_separates_the_steps_after_switches():
+    switch_every, total = 100, 400
+    points = [(s, 1.0 if 0 < s % switch_every <= 20 else 0.0) for s in range(10, total + 1, 10)]
+    summary = random_walk_summary(points, switch_every, total, after=20)
+    assert summary["rmse_after_switch"] == 1.0  # only steps 110, 120, 210, 220, 310, 320
+    assert summary["rmse_all"] == pytest.approx(8 / 40)  # 10 and 20 count in "all" only
+    assert summary["rmse_second_half"] == pytest.approx(4 / 20)
+
+
+def test_curve_bins_by_step_and_leaves_empty_bins_empty():
+    assert curve([(0, 1.0), (10, 3.0), (60, 5.0)], total_steps=100, bins=4) == [
+        2.0,
+        None,
+        5.0,
+        None,
+    ]
+    assert curve([], 100, 2) == [None, None]
+
+
+def test_solved_cell():
+    assert solved_cell([1000, None, 3000]) == "2/3 (2k)"
+    assert solved_cell([None]) == "0/1"

@@ -1,0 +1,112 @@
+"""Figures: seeds counted once, envs in their own panels, curves on one step grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from impala_frodo.config import Config, ConfigError, set_dotted
+from impala_frodo.plotting import (
+    SWEEP_FILE,
+    expand_run_dirs,
+    final_values,
+    load_runs,
+    panels,
+    plot_runs,
+    seed_curves,
+)
+from impala_frodo.runlog import METRICS_FILE, create_run_dir
+from learner.cli import main
+
+METRIC = "episode/return"
+
+
+def fake_run(
+    parent: Path, algo: str, seed: int, last_step: int = 10_000, level: float = 0.0, **env
+) -> Path:
+    """A run directory with a straight-line return curve, without training."""
+    overrides = {"algo": algo, "run.seed": seed}
+    if env:
+        overrides["env.kwargs"] = env
+    cfg = set_dotted(Config(), overrides)
+    run_dir = create_run_dir(cfg, parent)
+    steps = np.arange(1_000, last_step + 1, 1_000)
+    with open(run_dir / METRICS_FILE, "w") as f:
+        for step in steps:
+            f.write(json.dumps({"env_steps": int(step), METRIC: level + step / 1e5}) + "\n")
+    return run_dir
+
+
+def test_runs_of_one_seed_count_as_one_seed(tmp_path):
+    runs = load_runs([fake_run(tmp_path, "impala", 0, level=x) for x in (0.0, 0.1, 0.2)])
+    (curve,) = seed_curves(runs, METRIC)
+    assert (curve.num_seeds, curve.num_runs) == (1, 3)
+    assert curve.legend == "IMPALA (V-trace target): 1 seed (3 runs)"
+    assert np.all(curve.stderr == 0) and curve.mean[-1] == pytest.approx(0.2)
+    assert final_values(runs, METRIC)["IMPALA (V-trace target)"][2] == 1
+
+
+def test_an_interrupted_run_does_not_shorten_the_curve(tmp_path):
+    dirs = [fake_run(tmp_path, "frodo", seed, level=0.1 * seed) for seed in range(3)]
+    dirs.append(fake_run(tmp_path, "frodo", 3, last_step=2_000, level=0.3))
+    (curve,) = seed_curves(load_runs(dirs), METRIC)
+    assert curve.steps[0] == 1_000 and curve.steps[-1] == 10_000
+    assert (curve.num_seeds, curve.seeds_at_end) == (4, 3)
+    assert curve.legend == "FRODO: 4 seeds (1 stop early)"
+    # At the end: the mean and s.e. of the three seeds that got there.
+    ends = np.array([0.0, 0.1, 0.2]) + 0.1
+    assert curve.mean[-1] == pytest.approx(ends.mean())
+    assert curve.stderr[-1] == pytest.approx(ends.std(ddof=1) / np.sqrt(3))
+    assert np.isfinite(curve.mean).all()
+
+
+def test_different_envs_go_to_different_panels(tmp_path):
+    small = [fake_run(tmp_path, "impala", s, rows=10, columns=5) for s in (0, 1)]
+    large = [fake_run(tmp_path, "impala", s, rows=11, columns=6) for s in (0, 1)]
+    runs = load_runs(small + large)
+    groups = panels(runs)
+    assert [len(g) for g in groups] == [2, 2]
+    assert {g[0].env_title for g in groups} == {
+        "Catch-v0 columns=5, rows=10",
+        "Catch-v0 columns=6, rows=11",
+    }
+    with pytest.raises(ConfigError, match="different envs"):
+        seed_curves(runs, METRIC)
+    out = plot_runs(small + large, tmp_path / "two.png")
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_sweeps_inside_runs_are_found_and_labelled_by_preset(tmp_path):
+    sweep = tmp_path / "runs" / "sweep-catch-frodo-20250101-000000"
+    sweep.mkdir(parents=True)
+    (sweep / SWEEP_FILE).write_text(json.dumps({"name": "catch-frodo", "seeds": [0, 1]}))
+    inside = [fake_run(sweep, "frodo", s) for s in (0, 1)]
+    alone = fake_run(tmp_path / "runs", "frodo", 0)
+    found = expand_run_dirs([tmp_path / "runs"])
+    assert sorted(found) == sorted([*inside, alone])
+    labels = {c.label: c.num_seeds for c in seed_curves(load_runs(found), METRIC)}
+    assert labels == {"FRODO (catch-frodo)": 2, "FRODO": 1}
+    assert not (alone / "checkpoints").exists()  # made by the first checkpoint only
+
+
+def test_plot_formats_and_resolution(tmp_path):
+    run = fake_run(tmp_path, "impala", 0)
+    assert plot_runs([run], tmp_path / "f.svg").read_text().lstrip().startswith("<?xml")
+    assert plot_runs([run], tmp_path / "f", fmt="pdf").read_bytes().startswith(b"%PDF")
+    small = plot_runs([run], tmp_path / "small.png", dpi=50).stat().st_size
+    large = plot_runs([run], tmp_path / "large.png", dpi=200).stat().st_size
+    assert large > 2 * small
+    with pytest.raises(ConfigError, match=r"does not end in \.svg"):
+        plot_runs([run], tmp_path / "f.png", fmt="svg")
+
+
+def test_plot_command(tmp_path, capsys):
+    fake_run(tmp_path / "runs", "impala", 0)
+    out = tmp_path / "fig.svg"
+    assert main(["plot", str(tmp_path / "runs"), "--out", str(out), "--format", "svg"]) == 0
+    assert out.is_file() and str(out) in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
