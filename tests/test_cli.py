@@ -191,7 +191,8 @@ def test_precedence_defaults_preset_file_flags_set(tmp_path):
     assert cfg.run.num_actors == 4  # flag over file
     assert cfg.meta.lr == 3e-3 and cfg.agent.hidden_sizes == (32, 32)
     assert cfg.env.id == "impala_frodo/Catch-v0"  # --set over file
-    assert cfg.env.kwargs == {"rows": 7, "columns": 6}  # merged into the preset's kwargs
+    # merged into the preset's kwargs
+    assert cfg.env.kwargs == {"rows": 7, "columns": 6, "random_start_row": True}
 
 
 def test_parse_value():
@@ -264,7 +265,8 @@ def test_train_then_resume_through_the_cli(ray_local, tmp_path, capsys):
     (run_dir,) = logdir.iterdir()
     assert "done: reached the budget of 4,000 env steps. " in capsys.readouterr().err
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["algo"] == "impala" and config["env"]["kwargs"] == {"rows": 11, "columns": 6}
+    assert config["algo"] == "impala"
+    assert config["env"]["kwargs"] == {"rows": 11, "columns": 6, "random_start_row": True}
     first = read_metrics(run_dir / "metrics.jsonl")[-1]["env_steps"]
 
     resume = ["train", "--resume", str(run_dir), "--total-env-steps", "8000", *common]
