@@ -16,15 +16,18 @@ Config precedence: defaults < ``--preset`` < ``--config FILE`` < flags (``--set`
 last). With ``--resume RUN_DIR`` the run's saved ``config.json`` replaces
 defaults and preset; flags (e.g. a larger ``--total-env-steps``) still apply.
 
-Exit codes: 0 done; 1 training failed (non-finite loss, actors keep dying);
-2 bad input (unknown env/preset/key, counts < 1, unreadable config or
-checkpoint); 130 stopped by Ctrl-C/SIGTERM after a final checkpoint.
+Exit codes: 0 done; 1 training failed (non-finite loss, disk full or read-only
+at a save, actors keep dying, no progress for run.progress_timeout_s); 2 bad input
+(unknown env/preset/key, counts < 1, unreadable config or checkpoint, a run dir not
+writable or in use, a cluster that cannot be reached); 130 stopped by Ctrl-C/SIGTERM
+after a final checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -35,6 +38,8 @@ from impala_frodo.checkpoint import CheckpointError
 from impala_frodo.config import ALGOS, DEVICES, Config, ConfigError, load_file, merge
 from impala_frodo.plotting import FORMATS as FIGURE_FORMATS
 from impala_frodo.presets import load_preset, preset_names, preset_summary
+from impala_frodo.runlog import RunDirError
+from impala_frodo.utils import first_line
 
 PROG = "impala-frodo"
 SUBCOMMANDS = ("train", "sweep", "plot", "presets")
@@ -73,9 +78,11 @@ Config precedence: defaults < --preset < --config FILE < flags < --set. With --r
 RUN_DIR the run's saved config.json replaces defaults and preset; flags (e.g. a larger
 --total-env-steps) still apply.
 
-exit codes: 0 done; 1 training failed (non-finite loss, actors keep dying); 2 bad input
-(unknown env, preset or key, counts < 1, unreadable config or checkpoint); 130 stopped by
-Ctrl-C or SIGTERM after a final checkpoint.
+exit codes: 0 done; 1 training failed (non-finite loss, disk full or read-only at a save,
+actors keep dying, no progress for run.progress_timeout_s); 2 bad input (unknown env,
+preset or key, counts < 1, unreadable config or checkpoint, a run dir not writable or in
+use, a cluster that cannot be reached); 130 stopped by Ctrl-C or SIGTERM after a final
+checkpoint.
 """
 
 
@@ -300,7 +307,7 @@ def config_from_args(args: argparse.Namespace, preset: str | None = None) -> Con
         cfg = merge(cfg, load_file(args.config))
     cfg = merge(cfg, _nested(_flag_overrides(args), cfg))
     cfg = merge(cfg, _nested(_set_overrides(args.set), cfg))
-    check_env_id(cfg.env.id)
+    check_env(cfg)
     return cfg
 
 
@@ -315,6 +322,22 @@ def check_env_id(env_id: str) -> None:
             f"unknown env id {env_id!r}: not registered with gymnasium "
             f"(ours: {', '.join(sorted(ours))}; any registered id with discrete actions works)"
         )
+
+
+def check_env(cfg: Config) -> None:
+    """The env id is registered and one env can be built (extra dependencies installed,
+    kwargs accepted, discrete actions); :class:`ConfigError` otherwise."""
+    import gymnasium
+
+    from actors.rollout import env_spec
+
+    check_env_id(cfg.env.id)
+    try:
+        env_spec(cfg)
+    except (ValueError, TypeError, ImportError, gymnasium.error.Error) as e:
+        raise ConfigError(
+            f"cannot build env {cfg.env.id!r} with {cfg.env.kwargs}: {first_line(e)}"
+        ) from None
 
 
 # ------------------------------------------------------------------ logging
@@ -405,7 +428,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     setup_logging()
     run_dirs: list[Path] = []
     failed = 0
-    with ray_session(args.address):
+    with ray_session(args.address, connect_timeout_s=configs[0][1].run.connect_timeout_s):
         for name, cfg in configs:
             result = run_sweep(
                 cfg,
@@ -484,11 +507,22 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         if args.command == "plot":
             return cmd_plot(args)
         return cmd_train(args)
-    except (ConfigError, CheckpointError, UsageError) as e:
-        return _error(str(e))
+    except (ConfigError, CheckpointError, RunDirError, UsageError) as e:
+        # (a cluster that cannot be reached is a ConfigError: ClusterConnectError)
+        return _exit_now_if_stuck(_error(str(e)))
     except KeyboardInterrupt:
         print(f"[{PROG}] interrupted", file=sys.stderr)
-        return 130
+        return _exit_now_if_stuck(130)
+
+
+def _exit_now_if_stuck(code: int) -> int:
+    """End the process at once if Ray is still stuck connecting (it would block the exit)."""
+    session = sys.modules.get("learner.ray_session")
+    if session is not None and session.connect_stuck():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
