@@ -131,6 +131,10 @@ def plot(path: Path, names: list[str], out: Path, title: str = "") -> None:
     for name in names:
         seeds = results[name]
         curves = np.array([[np.nan if v is None else v for v in s["curve"]] for s in seeds])
+        if seeds[0]["config"]["task"] == "prediction":
+            # A bin is one reward period; alternate periods have different error levels,
+            # so average pairs of bins: one whole cycle of the left reward each.
+            curves = curves.reshape(len(seeds), -1, 2).mean(-1)
         total = seeds[0]["config"]["run"]["total_env_steps"]
         x = (np.arange(curves.shape[1]) + 0.5) * total / curves.shape[1]
         mean = np.nanmean(curves, axis=0)

@@ -34,7 +34,7 @@ def test_distributed_sweep_of_two_seeds_writes_run_dirs_with_the_policy_lag(
 ):
     logdir = tmp_path / "runs"
     argv = ["sweep", "--distributed", "--preset", "catch-frodo", "--seeds", "2", *SMALL]
-    assert main([*argv, "--no-progress", "--seed-timeout", "120", "--logdir", str(logdir)]) == 0
+    assert main([*argv, "--no-progress", "--seed-timeout", "600", "--logdir", str(logdir)]) == 0
     err = capsys.readouterr().err
     assert "2/2 seeds done" in err and "final" in err and "mean policy lag" in err
 
@@ -67,7 +67,7 @@ def test_a_seed_past_its_deadline_is_stopped_and_the_next_one_runs(ray_local, tm
 
     def hangs_on_seed_0(config, run_dir):
         if config["run"]["seed"] == 0:
-            time.sleep(30)  # longer than the deadline, short enough if it is missed
+            time.sleep(120)  # far past the deadline, short enough if it is missed
         return {"env_steps": 0, "perf/policy_lag": 1.5}
 
     cfg = set_dotted(Config(), {"run.num_actors": 2, "run.actor_num_cpus": 0.5})
@@ -79,11 +79,11 @@ def test_a_seed_past_its_deadline_is_stopped_and_the_next_one_runs(ray_local, tm
         name="deadline",
         progress=False,
         distributed=True,
-        seed_timeout_s=3.0,
+        seed_timeout_s=10.0,  # seed 1's task must start within it, even on a loaded machine
         trainer=hangs_on_seed_0,
     )
-    assert time.monotonic() - start < 20
-    assert list(result.failures) == [0] and "timed out after 3 s" in result.failures[0]
+    assert time.monotonic() - start < 60
+    assert list(result.failures) == [0] and "timed out after 10 s" in result.failures[0]
     assert list(result.summaries) == [1] and result.mean_policy_lag() == 1.5
 
 
