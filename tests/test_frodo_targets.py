@@ -21,6 +21,7 @@ from impala_frodo.trajectory import Batch, Trajectory
 from tests.test_metagrad import (
     OBS_SHAPE,
     analytic,
+    central_differences,
     random_batch,
     theta_after_inner,
     tiny_updater,
@@ -78,18 +79,7 @@ def finite_difference_m_steps(updater, inner_batches, outer_batch, monkeypatch, 
         sg.paused = False
         return through_theta + direct.item()
 
-    expected = {}
-    for name, p in updater.meta_net.named_parameters():
-        flat, g = p.data.view(-1), torch.zeros(p.numel(), dtype=p.dtype)
-        for i in range(flat.numel()):
-            old = flat[i].item()
-            flat[i] = old + eps
-            plus = linearised()
-            flat[i] = old - eps
-            minus = linearised()
-            flat[i] = old
-            g[i] = (plus - minus) / (2 * eps)
-        expected[name] = g.view_as(p)
+    expected = central_differences(updater.meta_net, linearised, eps)
     monkeypatch.undo()
     return expected
 

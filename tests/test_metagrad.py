@@ -130,16 +130,22 @@ def finite_difference(updater: Updater, inner_batches, outer_batch, optimizer_fa
         theta = theta_after_inner(updater, inner_batches, optimizer_factory())
         return sum((outer_grad[k] * v.detach()).sum().item() for k, v in theta.items())
 
+    return central_differences(updater.meta_net, linearised, eps)
+
+
+def central_differences(module, f, eps: float) -> dict[str, torch.Tensor]:
+    """(f(p + eps e_i) - f(p - eps e_i)) / 2 eps for every entry of every parameter of
+    ``module``, perturbed in place and restored."""
     grads = {}
-    for name, p in updater.meta_net.named_parameters():
+    for name, p in module.named_parameters():
         flat = p.data.view(-1)
         g = torch.zeros_like(flat)
         for i in range(flat.numel()):
             old = flat[i].item()
             flat[i] = old + eps
-            plus = linearised()
+            plus = f()
             flat[i] = old - eps
-            minus = linearised()
+            minus = f()
             flat[i] = old
             g[i] = (plus - minus) / (2 * eps)
         grads[name] = g.view_as(p)
