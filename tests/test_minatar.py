@@ -11,7 +11,7 @@ import torch
 from gymnasium import spaces
 
 from actors.rollout import RolloutActor
-from impala_frodo.config import Config, set_dotted
+from impala_frodo.config import Config, ConfigError, set_dotted
 from impala_frodo.envs import make_batched_env
 from impala_frodo.envs.minatar_envs import GAMES, minatar_installed
 from impala_frodo.metagrad import DifferentiableSGD, detach_params
@@ -20,6 +20,7 @@ from impala_frodo.presets import load_preset, preset_names
 from impala_frodo.torsos import ConvTorso, resolve_torso
 from impala_frodo.trajectory import Batch, Trajectory
 from impala_frodo.updater import Updater
+from learner.cli import check_env_id
 from tests.test_frodo_targets import finite_difference_m_steps
 from tests.test_metagrad import analytic, finite_difference
 
@@ -120,6 +121,8 @@ def test_minatar_ids_without_the_package_say_how_to_install(monkeypatch):
     monkeypatch.setattr(gymnasium, "registry", {})
     with pytest.raises(ValueError, match=r"impala-frodo\[minatar\]"):
         make_batched_env("MinAtar/Breakout-v0", 1)
+    with pytest.raises(ConfigError, match=r"impala-frodo\[minatar\]"):
+        check_env_id("MinAtar/Breakout-v0")  # the CLI's check: a usage error, not a crash
 
 
 def test_every_minatar_preset_builds_a_conv_agent_on_a_minatar_game():
@@ -130,6 +133,8 @@ def test_every_minatar_preset_builds_a_conv_agent_on_a_minatar_game():
         assert {f"minatar-{game}-impala", f"minatar-{game}-frodo"} <= set(names)
     for name in names:
         cfg = load_preset(name)
+        if minatar_installed():
+            check_env_id(cfg.env.id)
         assert cfg.env.id.removeprefix("MinAtar/").removesuffix("-v0") in GAMES
         assert cfg.env.kwargs["sticky_action_prob"] == 0.1
         assert cfg.agent.torso == "conv" and cfg.agent.hidden_sizes == (128,)
