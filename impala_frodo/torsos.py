@@ -4,8 +4,8 @@ An observation of rank 3 is an image, channels last ``[H, W, C]`` as Gymnasium's
 spaces are (MinAtar's ``10 x 10 x C``); any other rank is flattened into a vector for an
 MLP. Images keep their layout from the env to the network: :class:`ConvTorso` views a
 channels-last batch ``[N, H, W, C]`` as ``[N, C, H, W]`` with ``permute``, which copies
-nothing (the view is in PyTorch's ``channels_last`` memory format, which ``conv2d``
-takes as it is).
+nothing (the view is in PyTorch's ``channels_last`` memory format, a layout ``conv2d``
+supports directly).
 
 :class:`ConvTorso` is MinAtar's network (Young & Tian 2019): one 3x3 convolution, stride 1,
 no padding, with 16 channels and a ReLU, then dense ReLU layers (MinAtar's: one of 128).
