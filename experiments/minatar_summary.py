@@ -9,6 +9,8 @@ game and algorithm:
   over seeds;
 - early: that mean over the first third of the budget; late: the mean return of the last
   ``run.returns_window`` episodes at the end of the run; both mean +- s.e. over seeds;
+- for FRODO, how far its learned target g is from the canonical V-trace return v_s: the RMS
+  of g - v_s and the mean of g (``meta/target_mean``) in the last log record;
 - FRODO / IMPALA: the ratio of the seed means, early and late, and its median over games
   (the FRODO paper's Atari claim, in miniature).
 
@@ -48,6 +50,8 @@ def summarise(run_dir: Path) -> dict | None:
         "curve": curve(points, budget, BINS),
         "early": float(np.mean(early)) if early else float("nan"),
         "late": records[-1]["episode/return_window"],
+        "target_rms": records[-1].get("meta/target_minus_return_rms", float("nan")),
+        "target_mean": records[-1].get("meta/target_mean", float("nan")),
     }
 
 
@@ -61,15 +65,24 @@ def main() -> None:
     for run in runs:
         groups[(run["game"], run["algo"])].append(run)
 
-    print("| game | algo | seeds | env steps | return by fifth of the budget | early | late |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| game | algo | seeds | env steps | return by fifth of the budget | early | late "
+        "| RMS(g - v_s) / mean g, last update |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for (game, algo), group in sorted(groups.items()):
         curves = np.array([[np.nan if v is None else v for v in g["curve"]] for g in group])
         fifths = " / ".join(f"{v:.2f}" for v in np.nanmean(curves, axis=0))
         steps = min(g["env_steps"] for g in group)
         print(
             f"| {game} | {algo} | {len(group)} | {steps:,} | {fifths} | "
-            f"{mean_se([g['early'] for g in group])} | {mean_se([g['late'] for g in group])} |"
+            f"{mean_se([g['early'] for g in group])} | {mean_se([g['late'] for g in group])} | "
+            + (
+                f"{np.mean([g['target_rms'] for g in group]):.3f} / "
+                f"{np.mean([g['target_mean'] for g in group]):.2f} |"
+                if algo != "impala"
+                else "- |"
+            )
         )
 
     print("\n| game | FRODO / IMPALA early | FRODO / IMPALA late |")
