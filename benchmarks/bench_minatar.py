@@ -76,7 +76,7 @@ def env_rate(cfg: Config, num_steps: int = 2000) -> float:
     return rate
 
 
-def learner_seconds_per_update(cfg: Config, cycles: int = 4) -> float:
+def learner_seconds_per_update(cfg: Config, cycles: int = 8) -> float:
     """Median seconds per update over whole meta cycles (M + 1 updates each; IMPALA: 6)."""
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=0, **cfg.env.kwargs)
     agent = AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent)
