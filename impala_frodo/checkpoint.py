@@ -6,7 +6,9 @@ pickled code). :class:`CheckpointManager` keeps ``latest.pt`` and the one
 before it, ``previous.pt``, in a run's ``checkpoints/`` folder:
 
 1. the new state goes to a temp file in the same folder, flushed and fsync'ed;
-2. ``latest.pt`` is hard-linked (or copied) to ``previous.pt`` (atomically, via a temp name);
+2. ``latest.pt`` is hard-linked (or copied) to ``previous.pt`` (atomically, via a temp
+   name), but only if it loads: a corrupt ``latest.pt`` never replaces a good
+   ``previous.pt`` (a run resumed from ``previous.pt`` after ``latest.pt`` went bad keeps it);
 3. the temp file replaces ``latest.pt`` with ``os.replace`` (atomic on POSIX), and the
    folder is fsync'ed.
 
@@ -21,9 +23,11 @@ lists by :func:`capture_rng_state` and put back by :func:`restore_rng_state`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import random
+import re
 import shutil
 import tempfile
 import zipfile
@@ -40,6 +44,8 @@ FORMAT_VERSION = 1
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
 _TMP_SUFFIX = ".tmp"
+
+log = logging.getLogger("impala_frodo")
 
 
 class CheckpointError(RuntimeError):
@@ -133,15 +139,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        ValueError,
-        KeyError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-    ) as e:
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or unreadable ({_unpickling_reason(e)})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt or unreadable ({first_line(e)})"
         ) from None
@@ -150,6 +152,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{str(path)!r} is not an impala_frodo checkpoint (format {FORMAT_VERSION})"
         )
     return state
+
+
+def _unpickling_reason(error: pickle.UnpicklingError) -> str:
+    """Why a weights-only load refused a file, without torch's advice to load it unsafely."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if "Weights only load failed" in text:
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"it holds Python objects{what} that a safe weights-only load refuses; "
+            "impala_frodo checkpoints hold only tensors, numbers and strings"
+        )
+    return first_line(error)
 
 
 def _copy_aside(src: Path, dst: Path) -> None:
@@ -190,13 +205,22 @@ class CheckpointManager:
         tmp = _write_temp(payload, self.latest)
         try:
             if self.latest.is_file():
-                _copy_aside(self.latest, self.previous)
+                self._rotate_latest()
             os.replace(tmp, self.latest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(self.directory)
         return self.latest
+
+    def _rotate_latest(self) -> None:
+        """``latest.pt`` becomes ``previous.pt`` if it loads; a corrupt one is dropped instead."""
+        try:
+            load_checkpoint(self.latest)
+        except CheckpointError as e:
+            log.warning("%s: it is overwritten, and previous.pt is left as it is", e)
+            return
+        _copy_aside(self.latest, self.previous)
 
     def load(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """Load ``latest.pt``; on failure the message points at ``previous.pt`` if there is one."""

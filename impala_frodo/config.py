@@ -25,6 +25,8 @@ DEVICES = ("auto", "cpu", "cuda")
 TARGET_FORMS = ("residual", "plain", "plain-zero-head")
 META_SCHEDULES = ("chain", "sliding")
 TORSOS = ("auto", "mlp", "conv")  # impala_frodo.torsos
+#: numpy seeds are 32-bit.
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,15 @@ def _in_range(name: str, value: Any, low: float, high: float, *, low_open: bool 
     ok = ok and (low < value if low_open else low <= value) and value <= high
     bracket = "(" if low_open else "["
     _require(ok, f"{name} must be a number in {bracket}{low}, {high}], got {value!r}")
+
+
+def _is_utf8(text: str) -> bool:
+    """False for names with undecodable bytes (``surrogateescape``d from a non-UTF-8 argv)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -86,6 +97,11 @@ class AgentConfig:
     conv_channels: int = 16
 
     def __post_init__(self) -> None:
+        _require(
+            isinstance(self.hidden_sizes, list | tuple),
+            f"agent.hidden_sizes must be a list of layer widths (e.g. [64, 64], or [] for a "
+            f"linear agent), got {self.hidden_sizes!r}",
+        )
         self.hidden_sizes = tuple(self.hidden_sizes)
         for i, h in enumerate(self.hidden_sizes):
             _positive_int(f"agent.hidden_sizes[{i}]", h)
@@ -231,11 +247,22 @@ class RunConfig:
     log_every_s: float = 2.0  # a log record every log_every_s or log_every_updates,
     log_every_updates: int = 20  # whichever comes first (and one after the first update)
     returns_window: int = 500  # episodes in the "mean return" shown and used for "solved"
+    # Faults: no wait is unbounded (exit 1 without a trajectory for this long; exit 2 if a
+    # cluster given by address does not answer within connect_timeout_s).
+    progress_timeout_s: float = 300.0
+    connect_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         _require(
-            isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
-            f"run.seed must be an integer >= 0, got {self.seed!r}",
+            isinstance(self.seed, int)
+            and not isinstance(self.seed, bool)
+            and 0 <= self.seed <= MAX_SEED,
+            f"run.seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}",
+        )
+        _require(
+            isinstance(self.logdir, str) and self.logdir != "" and _is_utf8(self.logdir),
+            f"run.logdir must be a non-empty path in UTF-8 text (it is saved in config.json), "
+            f"got {self.logdir!r}",
         )
         for name in (
             "total_env_steps",
@@ -260,6 +287,8 @@ class RunConfig:
         _one_of("run.device", self.device, DEVICES)
         _in_range("run.checkpoint_every_s", self.checkpoint_every_s, 0.0, 1e9, low_open=True)
         _in_range("run.log_every_s", self.log_every_s, 0.0, 1e9, low_open=True)
+        _in_range("run.progress_timeout_s", self.progress_timeout_s, 0.0, 1e9, low_open=True)
+        _in_range("run.connect_timeout_s", self.connect_timeout_s, 0.0, 1e9, low_open=True)
 
 
 _SECTIONS: dict[str, type] = {
@@ -315,6 +344,10 @@ class Config:
 
 def merge(config: Config, overrides: Mapping[str, Any]) -> Config:
     """Return ``config`` with ``overrides`` (nested, like the TOML file) applied and validated."""
+    _require(
+        isinstance(overrides, Mapping),
+        f"a config must be a table of sections, got {type(overrides).__name__}",
+    )
     top_fields = {f.name for f in fields(Config)}
     unknown = sorted(set(overrides) - top_fields)
     _require(not unknown, f"unknown config key(s) {unknown}; known: {sorted(top_fields)}")
@@ -349,18 +382,25 @@ def set_dotted(config: Config, dotted: Mapping[str, Any]) -> Config:
 def load_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML or JSON config file into nested dicts; a clear error if it cannot be read."""
     path = Path(path)
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
-    try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise ConfigError(
-            f"config file {str(path)!r} is not valid {path.suffix[1:] or 'TOML'}: {e}"
+            f"config file {str(path)!r} is not UTF-8 text (byte {e.start}); {kind} must be"
         ) from None
+    try:
+        data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid {kind.lower()}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a JSON object of sections, "
+            f"got {type(data).__name__}"
+        )
+    return data
 
 
 def load_config(path: str | Path) -> Config:

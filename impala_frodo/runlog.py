@@ -2,28 +2,38 @@
 
 Layout of ``<logdir>/<algo>-<env>-s<seed>-<YYYYmmdd-HHMMSS>/``::
 
-    config.json        Config.to_dict() of the run (rewritten on resume with the new budget)
+    config.json        Config.to_dict() of the run (rewritten on resume with the new budget,
+                       once the resumed session has saved its first checkpoint)
     events.out.tfevents.*   TensorBoard scalars (global step = env steps), the config as text
                        and a custom-scalars layout (TENSORBOARD_LAYOUT: return, losses,
                        policy lag, throughput, learned target, in that order)
     metrics.jsonl      one JSON object per log interval: env_steps, wall_time_s, time, scalars
     checkpoints/       latest.pt, previous.pt (see impala_frodo.checkpoint); made by the
                        first checkpoint (a sweep's synchronous runs have none)
+    run.lock           held (``flock``) by the session training in this directory
 
 On resume the same directory is reused: records past the checkpoint's env
 steps are dropped from ``metrics.jsonl`` and purged from TensorBoard (they
 belong to steps the resumed run does again), so no env step is counted twice.
+Only one session at a time may train in a directory (:class:`RunLock`): a second
+``--resume`` of a run that is still going is refused instead of interleaving two
+histories. The lock is an ``flock``, so the kernel drops it when its process dies,
+however it dies: there is never a stale lock to clear by hand.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
 import re
+import socket
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +42,17 @@ from impala_frodo.config import Config, ConfigError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = "run.lock"
+#: Bytes written (and fsync'ed) by the writability probe: enough to hit a full disk.
+_PROBE_BYTES = 64 * 1024
+
+
+class RunDirError(RuntimeError):
+    """A run directory cannot be used: not writable, or in use by another session."""
+
+
+class StorageError(RuntimeError):
+    """A write into the run directory failed mid-run (disk full, read-only); one line."""
 
 
 def env_short_name(env_id: str) -> str:
@@ -58,20 +79,109 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _os_reason(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
+
+
 def create_run_dir(cfg: Config, logdir: str | Path, now: float | None = None) -> Path:
-    """Make a fresh run directory (suffix ``-1``, ``-2``... if the name is taken), save config."""
+    """Make a fresh run directory (suffix ``-1``, ``-2``... if the name is taken), save config.
+
+    Raises :class:`RunDirError` (one line) if ``logdir`` cannot hold one.
+    """
     logdir = Path(logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
     base = run_name(cfg, now)
-    for i in range(1000):
-        path = logdir / (base if i == 0 else f"{base}-{i}")
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            path = logdir / (base if i == 0 else f"{base}-{i}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            write_config(path, cfg)  # checkpoints/ comes with the first checkpoint
+            return path
+    except OSError as e:
+        raise RunDirError(
+            f"cannot create a run directory under logdir {str(logdir)!r}: {_os_reason(e)}"
+        ) from None
+    raise RunDirError(f"could not create a run directory for {base!r} under {str(logdir)!r}")
+
+
+def check_writable(run_dir: str | Path) -> None:
+    """Write, fsync and remove a probe file in the run dir and its checkpoints folder.
+
+    Run before training so that a read-only or full disk is a clear error at once,
+    not a traceback at the first checkpoint minutes later. Raises :class:`RunDirError`.
+    A run dir without ``checkpoints/`` yet (it comes with the first checkpoint) is not
+    given one: the probe of the run dir stands for it (the folder is made there).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir
+    try:
+        for path in (run_dir, run_dir / CHECKPOINT_DIR):
+            if path != run_dir and not path.exists():
+                continue
+            fd, name = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=path)
+            try:
+                os.write(fd, bytes(_PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(name)
+        path = run_dir / METRICS_FILE
+        if path.exists():  # appended to at every log record
+            open(path, "a").close()
+    except OSError as e:
+        raise RunDirError(f"cannot write to {str(path)!r}: {_os_reason(e)}") from None
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run_dir>/run.lock`` for the session training there.
+
+    ``acquire`` raises :class:`RunDirError` if another live process holds it (the
+    message names its pid and host). The kernel releases the lock when the holder
+    exits or is killed, so a crash never leaves a stale lock. The file itself stays.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
         try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        write_config(path, cfg)  # checkpoints/ comes with the first checkpoint
-        return path
-    raise OSError(f"could not create a run directory for {base!r} under {str(logdir)!r}")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(f"cannot write to {str(self.path)!r}: {_os_reason(e)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunDirError(f"cannot lock {str(self.path)!r}: {_os_reason(e)}") from None
+            raise RunDirError(
+                f"run directory {str(self.path.parent)!r} is in use by another training "
+                f"session ({holder}); stop it first, or wait for it to end"
+            ) from None
+        note = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%F %T')}"
+        with contextlib.suppress(OSError):  # the note is informative only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{note}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 def write_config(run_dir: str | Path, cfg: Config) -> None:
@@ -223,8 +333,20 @@ class RunLogger:
             if resume_step is None:  # a resumed run has its layout from the first session
                 self._writer.add_custom_scalars(TENSORBOARD_LAYOUT)
 
+    @contextlib.contextmanager
+    def _writing(self, what: Path) -> Iterator[None]:
+        """OSError (disk full, read-only, also from TensorBoard's writer thread) -> StorageError."""
+        try:
+            yield
+        except OSError as e:
+            raise StorageError(f"cannot write to {str(what)!r}: {_os_reason(e)}") from None
+
     def log(self, env_steps: int, scalars: Mapping[str, float], wall_time_s: float) -> None:
         """One record: every scalar to TensorBoard, and one JSON line to ``metrics.jsonl``."""
+        with self._writing(self.run_dir):
+            self._log(env_steps, scalars, wall_time_s)
+
+    def _log(self, env_steps: int, scalars: Mapping[str, float], wall_time_s: float) -> None:
         record: dict[str, Any] = {
             "env_steps": int(env_steps),
             "wall_time_s": round(float(wall_time_s), 3),
@@ -238,7 +360,8 @@ class RunLogger:
 
     def add_text(self, tag: str, text: str, env_steps: int = 0) -> None:
         if self._writer is not None:
-            self._writer.add_text(tag, text, global_step=int(env_steps))
+            with self._writing(self.run_dir):
+                self._writer.add_text(tag, text, global_step=int(env_steps))
 
     def add_config(self, cfg: Config, env_steps: int = 0) -> None:
         """The config as a JSON code block (TensorBoard renders text as markdown)."""
@@ -246,16 +369,21 @@ class RunLogger:
         self.add_text("config", "\n".join(f"    {line}" for line in text.splitlines()), env_steps)
 
     def flush(self) -> None:
-        self._metrics.flush()
-        if self._writer is not None:
-            self._writer.flush()
+        with self._writing(self.run_dir):
+            self._metrics.flush()
+            if self._writer is not None:
+                self._writer.flush()
 
     def close(self) -> None:
-        with contextlib.suppress(ValueError):
-            self._metrics.close()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        """Close both sinks; raises :class:`StorageError` if unflushed data could not be written."""
+        writer, self._writer = self._writer, None
+        with self._writing(self.run_dir):
+            try:
+                with contextlib.suppress(ValueError):  # already closed
+                    self._metrics.close()
+            finally:
+                if writer is not None:
+                    writer.close()
 
     def __enter__(self) -> RunLogger:
         return self

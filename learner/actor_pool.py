@@ -26,10 +26,15 @@ or restarted actor process gets the weights with its next ``unroll`` call.
 Actors never wait for the learner and never poll.
 
 **Faults.** Actors have ``max_restarts`` (Ray restarts a dead process; the
-calls that were in flight fail with ``RayActorError``, which is logged,
-counted in ``perf/actor_failures``, and the slot gets new calls). An actor
-that died more often than its restart budget is replaced by a new one.
-An exception raised *inside* an actor (a bug in an env) stops the run.
+calls that were in flight fail with ``ActorUnavailableError``, which is logged,
+counted in ``perf/actor_failures``, and the slot gets new calls). When Ray gives
+up on an actor (``ActorDiedError``: no restart left, or its node is gone for
+good) it is replaced by a new one at once; one whose constructor raised stops
+the run (exit 1: a new one would fail the same way). An exception raised
+*inside* an actor (a bug in an env) stops the run. :meth:`ActorPool.describe_waits`
+says what the learner waits on, for the driver's no-progress deadline. Unrolls are
+accounted for: each one asked of an actor is consumed, lost with a dead actor
+(``perf/lost_unrolls``) or abandoned at the end of the session.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 
 from actors.rollout import (
     DEFAULT_MAX_RESTARTS,
@@ -67,6 +72,16 @@ class TrainingError(RuntimeError):
     """The run cannot go on (actors keep failing, an actor raised); the message says why."""
 
 
+def remote_error(error: BaseException) -> str:
+    """``ValueError: bad kwarg`` for an exception raised in an actor (not Ray's wrapper)."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
+        return f"{type(cause).__name__}: {first_line(cause)}"
+    # A creation task's error reaches the caller as text only: its last line names it.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 @dataclass
 class _Slot:
     handle: Any
@@ -87,6 +102,9 @@ class _Slot:
     #: Unrolls collected since its last offer: an actor that has not started a new
     #: unroll since then has not used that offer yet, and a newer one can wait.
     collected_since_offer: int = 0
+    #: When this handle was made, and when it last returned an unroll (monotonic s).
+    created_at: float = field(default_factory=time.monotonic)
+    returned_at: float | None = None
 
 
 class ActorPool:
@@ -110,11 +128,17 @@ class ActorPool:
         self._actor_cls = make_ray_actor_class(cfg.run.actor_num_cpus, max_restarts)
         self.slots = [_Slot(self._spawn(i, 0), i) for i in range(cfg.run.num_actors)]
         self._order: list[ray.ObjectRef] = []  # in-flight calls, oldest first
-        self._origin: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref -> (slot, incarnation)
+        #: ref -> (slot, incarnation, handle): the handle is the slot's replacement count.
+        self._origin: dict[ray.ObjectRef, tuple[int, int, int]] = {}
         self._version = -1
         self._payload: Any = None
         self.failures = 0
+        #: Unroll calls made, and what became of them: collected (returned to the learner),
+        #: lost (their actor died), abandoned (still in flight at shutdown).
+        self.submitted = 0
+        self.collected = 0
         self.lost_unrolls = 0
+        self.abandoned = 0
 
     @property
     def in_flight(self) -> int:
@@ -162,8 +186,9 @@ class ActorPool:
                 else:
                     ref = slot.handle.unroll.remote()
                 self._order.append(ref)
-                self._origin[ref] = (index, slot.incarnation)
+                self._origin[ref] = (index, slot.incarnation, slot.replacements)
                 slot.inflight += 1
+                self.submitted += 1
 
     def take(self, n: int, timeout: float) -> tuple[list[Trajectory], int]:
         """Up to ``n`` finished unrolls, oldest first, waiting at most ``timeout`` seconds.
@@ -187,53 +212,61 @@ class ActorPool:
 
     def _collect(self, ref: ray.ObjectRef) -> Trajectory | None:
         self._order.remove(ref)
-        index, incarnation = self._origin.pop(ref)
+        index, incarnation, handle = self._origin.pop(ref)
         slot = self.slots[index]
         slot.inflight -= 1
         try:
             trajectory = ray.get(ref)
         except RayActorError as e:
-            self._on_actor_error(index, incarnation, e)
+            self.lost_unrolls += 1
+            self._on_actor_error(index, incarnation, handle, e)
             return None
         except ray.exceptions.RayTaskError as e:
-            raise TrainingError(f"actor {slot.actor_id} raised: {first_line(e)}") from e
+            self.lost_unrolls += 1
+            raise TrainingError(f"actor {slot.actor_id} raised {remote_error(e)}") from e
+        self.collected += 1
         if incarnation == slot.incarnation:
             slot.healthy = True
+        slot.returned_at = time.monotonic()
         slot.collected_since_offer += 1
         return trajectory
 
-    def _on_actor_error(self, index: int, incarnation: int, error: RayActorError) -> None:
+    def _on_actor_error(
+        self, index: int, incarnation: int, handle: int, error: RayActorError
+    ) -> None:
         """A call failed because its actor process died: count the death once, recover.
 
-        Ray reports one death several ways: every call in flight fails (``incarnation``
-        tells those apart), and calls made while Ray restarts the process fail with
-        ``ActorUnavailableError`` (the slot is unhealthy until an unroll comes back).
-        ``ActorDiedError`` means Ray gave up on the actor: it is replaced at once.
+        ``ActorDiedError`` means Ray gave up on the actor (its restarts are spent, however
+        many deaths this driver saw, or its node is gone for good): it is replaced at once,
+        or, if its constructor raised, the run stops. Otherwise Ray restarts the process:
+        every call in flight fails (``incarnation`` tells those apart), and calls made
+        while it restarts fail with ``ActorUnavailableError`` (the slot is unhealthy until
+        an unroll comes back): one death, counted once.
         """
         slot = self.slots[index]
-        self.lost_unrolls += 1
+        if handle != slot.replacements:
+            return  # a call to a handle already replaced: that actor was dealt with
         slot.retry_at = time.monotonic() + RESTART_BACKOFF_S
-        permanent = isinstance(error, ray.exceptions.ActorDiedError) and (
-            slot.deaths_on_handle >= self.max_restarts
-        )
-        if incarnation < slot.incarnation:
-            return  # a call to an earlier process (or a replaced handle): already handled
-        if not slot.healthy:  # a call made while Ray restarts it: the same death
-            if permanent:  # ... and Ray has given up on it
-                log.warning("actor %d did not come back: replaced by a new actor", slot.actor_id)
-                self._replace(index)
+        if isinstance(error, ActorDiedError):
+            if error.actor_init_failed:
+                raise TrainingError(
+                    f"actor {slot.actor_id} failed at start-up: {remote_error(error)}"
+                )
+            self._count_failure(slot, error)
+            log.warning(
+                "actor %d is dead for good (Ray will not restart it): replaced by a new actor",
+                slot.actor_id,
+            )
+            self._replace(index)
             return
+        if incarnation < slot.incarnation or not slot.healthy:
+            return  # a call to an earlier process, or made while Ray restarts it: same death
         slot.incarnation += 1
         slot.healthy = False
         slot.needs_weights = True
         slot.deaths_on_handle += 1
-        self.failures += 1
-        if self.failures > self.max_failures:
-            raise TrainingError(
-                f"rollout actors failed {self.failures} times (limit {self.max_failures}); "
-                f"last: actor {slot.actor_id}: {first_line(error)}"
-            )
-        if slot.deaths_on_handle > self.max_restarts or permanent:
+        self._count_failure(slot, error)
+        if slot.deaths_on_handle > self.max_restarts:
             log.warning(
                 "actor %d died %d times, more than its restart budget: replaced by a new actor",
                 slot.actor_id,
@@ -250,21 +283,50 @@ class ActorPool:
                 self.max_restarts,
             )
 
+    def _count_failure(self, slot: _Slot, error: RayActorError) -> None:
+        self.failures += 1
+        if self.failures > self.max_failures:
+            raise TrainingError(
+                f"rollout actors failed {self.failures} times (limit {self.max_failures}); "
+                f"last: actor {slot.actor_id}: {first_line(error)}"
+            )
+
+    def describe_waits(self) -> str:
+        """What the learner is waiting on, actor by actor (for a no-progress error)."""
+        now = time.monotonic()
+        parts = []
+        for slot in self.slots:
+            if slot.returned_at is None:
+                since = (
+                    f"no unroll since it was created {now - slot.created_at:.0f} s ago "
+                    f"(not placed on a node, or not starting?)"
+                )
+            else:
+                since = f"last unroll {now - slot.returned_at:.0f} s ago"
+            state = "healthy" if slot.healthy else "restarting after a death"
+            parts.append(
+                f"actor {slot.actor_id}: {slot.inflight} unroll call(s) in flight, {state}, "
+                f"{since}, {slot.replacements} replacement(s)"
+            )
+        return "; ".join(parts)
+
     def _replace(self, index: int) -> None:
         slot = self.slots[index]
         with contextlib.suppress(Exception):  # already gone
             ray.kill(slot.handle, no_restart=True)
-        slot.replacements += 1
+        slot.replacements += 1  # calls to the old handle are stale
         slot.handle = self._spawn(slot.actor_id, slot.replacements)
-        slot.incarnation += 1  # calls to the old handle are stale
+        slot.incarnation += 1
         slot.deaths_on_handle = 0
         slot.healthy, slot.retry_at = True, 0.0
         slot.needs_weights, slot.offers = True, []
+        slot.created_at, slot.returned_at = time.monotonic(), None
 
     def shutdown(self) -> None:
         """Kill the actors; unfinished calls are abandoned (never counted as trained on)."""
         for slot in self.slots:
             with contextlib.suppress(Exception):  # already dead
                 ray.kill(slot.handle, no_restart=True)
+        self.abandoned += len(self._order)
         self._order.clear()
         self._origin.clear()

@@ -9,21 +9,25 @@ Usage::
     impala-frodo train --resume runs/frodo-catch-s0-20250101-120000 --total-env-steps 1000000
     impala-frodo presets
     impala-frodo sweep --preset catch-frodo --preset catch-impala --seeds 10 --plot fig3.png
+    impala-frodo sweep --distributed --preset catch-frodo --seeds 10  # seeds via the actor-learner
     impala-frodo plot runs/sweep-catch-frodo-* runs/sweep-catch-impala-* --out fig3.png
 
 Config precedence: defaults < ``--preset`` < ``--config FILE`` < flags (``--set``
 last). With ``--resume RUN_DIR`` the run's saved ``config.json`` replaces
 defaults and preset; flags (e.g. a larger ``--total-env-steps``) still apply.
 
-Exit codes: 0 done; 1 training failed (non-finite loss, actors keep dying);
-2 bad input (unknown env/preset/key, counts < 1, unreadable config or
-checkpoint); 130 stopped by Ctrl-C/SIGTERM after a final checkpoint.
+Exit codes: 0 done; 1 training failed (non-finite loss, disk full or read-only
+at a save, actors keep dying, no progress for run.progress_timeout_s); 2 bad input
+(unknown env/preset/key, counts < 1, unreadable config or checkpoint, a run dir not
+writable or in use, a cluster that cannot be reached); 130 stopped by Ctrl-C/SIGTERM
+after a final checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -34,6 +38,8 @@ from impala_frodo.checkpoint import CheckpointError
 from impala_frodo.config import ALGOS, DEVICES, Config, ConfigError, load_file, merge
 from impala_frodo.plotting import FORMATS as FIGURE_FORMATS
 from impala_frodo.presets import load_preset, preset_names, preset_summary
+from impala_frodo.runlog import RunDirError
+from impala_frodo.utils import first_line
 
 PROG = "impala-frodo"
 SUBCOMMANDS = ("train", "sweep", "plot", "presets")
@@ -72,10 +78,16 @@ Config precedence: defaults < --preset < --config FILE < flags < --set. With --r
 RUN_DIR the run's saved config.json replaces defaults and preset; flags (e.g. a larger
 --total-env-steps) still apply.
 
-exit codes: 0 done; 1 training failed (non-finite loss, actors keep dying); 2 bad input
-(unknown env, preset or key, counts < 1, unreadable config or checkpoint); 130 stopped by
-Ctrl-C or SIGTERM after a final checkpoint.
+exit codes: 0 done; 1 training failed (non-finite loss, disk full or read-only at a save,
+actors keep dying, no progress for run.progress_timeout_s); 2 bad input (unknown env,
+preset or key, counts < 1, unreadable config or checkpoint, a run dir not writable or in
+use, a cluster that cannot be reached); 130 stopped by Ctrl-C or SIGTERM after a final
+checkpoint.
 """
+
+
+#: ``sweep --seed-timeout`` default: far above a Catch seed (minutes), below forever.
+DEFAULT_SEED_TIMEOUT_S = 4 * 3600.0
 
 
 class UsageError(Exception):
@@ -154,16 +166,33 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     sweep = sub.add_parser(
         "sweep",
-        help="run seeds of one or more presets in parallel (synchronous trainer per seed)",
+        help="run seeds of one or more presets in parallel (synchronous trainer per seed, "
+        "or the actor-learner with --distributed)",
         description="Run --seeds seeds of each --preset as parallel Ray tasks, each seed its "
         "own run directory under LOGDIR/sweep-<name>-<time>/. A failed seed is reported and "
-        "the others go on (exit code 1 at the end).",
+        "the others go on (exit code 1 at the end). With --distributed each seed runs "
+        "the Ray actor-learner of 'train' and logs its measured policy lag.",
     )
     _add_config_args(sweep, many_presets=True)
     sweep.add_argument("--seeds", type=int, default=10, metavar="N", help="seeds per preset")
     sweep.add_argument("--first-seed", type=int, default=0, metavar="S", help="seeds S..S+N-1")
     sweep.add_argument(
         "--cpus-per-seed", type=float, default=1.0, metavar="C", help="Ray CPUs per seed task"
+    )
+    sweep.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train each seed on the Ray actor-learner (a learner of --cpus-per-seed CPUs and "
+        "run.num_actors actors; seeds run side by side only as far as the CPUs hold whole "
+        "seeds) instead of the synchronous trainer",
+    )
+    sweep.add_argument(
+        "--seed-timeout",
+        type=float,
+        default=DEFAULT_SEED_TIMEOUT_S,
+        metavar="S",
+        help="a seed still running S seconds after it started is stopped and counted failed "
+        f"(default {DEFAULT_SEED_TIMEOUT_S:g})",
     )
     sweep.add_argument("--plot", metavar="OUT.png", help="plot all the sweeps' runs into OUT.png")
 
@@ -278,7 +307,7 @@ def config_from_args(args: argparse.Namespace, preset: str | None = None) -> Con
         cfg = merge(cfg, load_file(args.config))
     cfg = merge(cfg, _nested(_flag_overrides(args), cfg))
     cfg = merge(cfg, _nested(_set_overrides(args.set), cfg))
-    check_env_id(cfg.env.id)
+    check_env(cfg)
     return cfg
 
 
@@ -299,6 +328,22 @@ def check_env_id(env_id: str) -> None:
             f"unknown env id {env_id!r}: not registered with gymnasium "
             f"(ours: {', '.join(sorted(ours))}; any registered id with discrete actions works)"
         )
+
+
+def check_env(cfg: Config) -> None:
+    """The env id is registered and one env can be built (extra dependencies installed,
+    kwargs accepted, discrete actions); :class:`ConfigError` otherwise."""
+    import gymnasium
+
+    from actors.rollout import env_spec
+
+    check_env_id(cfg.env.id)
+    try:
+        env_spec(cfg)
+    except (ValueError, TypeError, ImportError, gymnasium.error.Error) as e:
+        raise ConfigError(
+            f"cannot build env {cfg.env.id!r} with {cfg.env.kwargs}: {first_line(e)}"
+        ) from None
 
 
 # ------------------------------------------------------------------ logging
@@ -380,6 +425,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.cpus_per_seed <= 0:
         raise UsageError(f"--cpus-per-seed must be > 0, got {args.cpus_per_seed}")
+    if args.seed_timeout <= 0:
+        raise UsageError(f"--seed-timeout must be > 0, got {args.seed_timeout}")
     presets = args.preset or [None]
     configs = [(name or "config", config_from_args(args, name)) for name in presets]
     seeds = range(args.first_seed, args.first_seed + args.seeds)
@@ -387,7 +434,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     setup_logging()
     run_dirs: list[Path] = []
     failed = 0
-    with ray_session(args.address):
+    with ray_session(args.address, connect_timeout_s=configs[0][1].run.connect_timeout_s):
         for name, cfg in configs:
             result = run_sweep(
                 cfg,
@@ -396,6 +443,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 name=name,
                 cpus_per_seed=args.cpus_per_seed,
                 progress=progress,
+                distributed=args.distributed,
+                seed_timeout_s=args.seed_timeout,
             )
             done = [result.run_dirs[s] for s in sorted(result.summaries)]
             run_dirs.extend(done)
@@ -405,10 +454,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 f"{label}: final {mean:.3f} +- {se:.3f} (s.e., {n} seeds)"
                 for label, (mean, se, n) in finals.items()
             )
+            lag = result.mean_policy_lag()
+            lag_text = "" if lag is None else f"; mean policy lag {lag:.2f} updates"
             print(
                 f"[{PROG}] sweep {name}: {len(done)}/{len(seeds)} seeds done in "
                 f"{result.wall_time_s:.0f} s, {cfg.run.total_env_steps:,} env steps each; "
-                f"{final_text or 'no finished seed'}; dir {result.sweep_dir}",
+                f"{final_text or 'no finished seed'}{lag_text}; dir {result.sweep_dir}",
                 file=sys.stderr,
             )
             for seed, message in sorted(result.failures.items()):
@@ -462,11 +513,22 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         if args.command == "plot":
             return cmd_plot(args)
         return cmd_train(args)
-    except (ConfigError, CheckpointError, UsageError) as e:
-        return _error(str(e))
+    except (ConfigError, CheckpointError, RunDirError, UsageError) as e:
+        # (a cluster that cannot be reached is a ConfigError: ClusterConnectError)
+        return _exit_now_if_stuck(_error(str(e)))
     except KeyboardInterrupt:
         print(f"[{PROG}] interrupted", file=sys.stderr)
-        return 130
+        return _exit_now_if_stuck(130)
+
+
+def _exit_now_if_stuck(code: int) -> int:
+    """End the process at once if Ray is still stuck connecting (it would block the exit)."""
+    session = sys.modules.get("learner.ray_session")
+    if session is not None and session.connect_stuck():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

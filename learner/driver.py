@@ -12,11 +12,24 @@ for trajectories): on CUDA when ``run.device`` is ``auto``/``cuda`` and the
 driver's machine has a GPU. Under ``ray job submit`` give the entrypoint a
 GPU with ``--entrypoint-num-gpus 1``. Actors are CPU-only.
 
+**Faults.** Actor deaths are the pool's (:mod:`learner.actor_pool`). No wait
+is unbounded: with no unroll back for ``run.progress_timeout_s`` the run exits 1
+with a message saying which actors it waited on; connecting to a cluster gives up
+after ``run.connect_timeout_s`` (exit 2, :mod:`learner.ray_session`);
+SIGINT/SIGTERM are seen within about a second whatever the driver waits on
+(connecting included). The run directory is held by one session at a time
+(:class:`~impala_frodo.runlog.RunLock`) and checked to be writable before Ray
+starts. Unrolls are accounted for in :attr:`TrainResult.unrolls`: each one asked
+of an actor is consumed, lost with a dead actor (``perf/lost_unrolls``) or
+abandoned at the end of the session.
+
 **Exit codes** (see :data:`EXIT_OK` etc.): 0 budget reached (or
 ``stop_at_return`` met); 130 stopped by SIGINT/SIGTERM after a final checkpoint
-(resume with ``--resume``); 1 training failed (non-finite loss: the last good
-checkpoint is kept, nothing is saved; or actors keep dying); 2 bad input.
-A second SIGINT/SIGTERM aborts at once without a final checkpoint.
+(resume with ``--resume``); 1 training failed (non-finite loss, or a checkpoint or
+log write refused by the disk: the last good checkpoint is kept, nothing is saved;
+or actors keep dying, or no progress for ``run.progress_timeout_s``); 2 bad input
+(also: a run dir that is not writable, or in use by another session; a cluster that
+cannot be reached). A second SIGINT/SIGTERM aborts at once without a final checkpoint.
 """
 
 from __future__ import annotations
@@ -28,11 +41,13 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import ray
 import torch
 
@@ -40,14 +55,29 @@ from actors.rollout import DEFAULT_MAX_RESTARTS, EnvSpec, env_spec
 from impala_frodo.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from impala_frodo.config import Config, ConfigError
 from impala_frodo.intervals import ScalarMeans
-from impala_frodo.runlog import CHECKPOINT_DIR, RunLogger, create_run_dir, write_config
+from impala_frodo.runlog import (
+    CHECKPOINT_DIR,
+    RunDirError,
+    RunLock,
+    RunLogger,
+    StorageError,
+    check_writable,
+    create_run_dir,
+    write_config,
+)
 from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import NonFiniteLossError
-from impala_frodo.utils import resolve_device, seed_everything
+from impala_frodo.utils import first_line, resolve_device, seed_everything
 from learner.actor_pool import ActorPool, TrainingError
 from learner.learner import Learner
 from learner.progress import Mode, Progress
-from learner.ray_session import check_resources, ray_session
+from learner.ray_session import (
+    WAIT_SLICE_S,
+    ClusterConnectError,
+    check_local_cpus,
+    check_resources,
+    ray_session,
+)
 
 log = logging.getLogger("impala_frodo")
 
@@ -72,10 +102,12 @@ class StopSignal:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
+        """Handle SIGINT/SIGTERM here; again after ``ray.init``, which puts in its own."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
+            previous = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, previous)  # restore() puts back the first one
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -102,6 +134,9 @@ class TrainOptions:
     """How to run (not what to learn: that is the Config)."""
 
     resume_dir: Path | None = None  # continue this run directory from its checkpoint
+    #: A new run's directory, already made with its config.json (a sweep makes its seeds'
+    #: directories up front); default: a new one under ``run.logdir``.
+    run_dir: Path | None = None
     resume_checkpoint: Path | None = (
         None  # a specific .pt (default: <resume_dir>/checkpoints/latest.pt)
     )
@@ -121,7 +156,7 @@ class TrainOptions:
 class TrainResult:
     run_dir: Path
     exit_code: int
-    reason: str  # "budget", "return", "signal", "nan", "actors"
+    reason: str  # "budget", "return", "signal", "nan", "disk", "actors"
     env_steps: int = 0
     updates: int = 0
     episodes: int = 0
@@ -129,6 +164,8 @@ class TrainResult:
     session_env_steps: int = 0
     session_wall_s: float = 0.0
     actor_failures: int = 0
+    #: This session's unroll calls: submitted = collected + lost + abandoned.
+    unrolls: dict[str, int] = field(default_factory=dict)
     message: str = ""
     last_log: dict[str, float] = field(default_factory=dict)
     budget: int = 0  # run.total_env_steps
@@ -146,18 +183,33 @@ class LoopContext:
     stop: StopSignal
 
 
-def _prepare_run_dir(cfg: Config, options: TrainOptions) -> tuple[Path, dict[str, Any] | None]:
-    """A new run directory, or the resumed one with its checkpoint (loaded before Ray starts)."""
+@contextmanager
+def _claim_run_dir(
+    cfg: Config, options: TrainOptions
+) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+    """A new run directory, or the resumed one with its checkpoint, held for this session.
+
+    Before Ray starts: the directory is locked (:class:`RunLock`: a second session in it
+    is refused), checked to be writable, and a resumed run's checkpoint is loaded.
+    """
     if options.resume_dir is None:
-        return create_run_dir(cfg, cfg.run.logdir), None
-    run_dir = Path(options.resume_dir)
-    path = options.resume_checkpoint
-    state = (
-        load_checkpoint(path)
-        if path is not None
-        else CheckpointManager(run_dir / CHECKPOINT_DIR).load()
-    )
-    return run_dir, state
+        if options.run_dir is not None:  # made by a sweep for this seed
+            run_dir = Path(options.run_dir)
+        else:
+            run_dir = create_run_dir(cfg, cfg.run.logdir)
+    else:
+        run_dir = Path(options.resume_dir)
+    with RunLock(run_dir):
+        check_writable(run_dir)
+        state = None
+        if options.resume_dir is not None:
+            path = options.resume_checkpoint
+            state = (
+                load_checkpoint(path)
+                if path is not None
+                else CheckpointManager(run_dir / CHECKPOINT_DIR).load()
+            )
+        yield run_dir, state
 
 
 def _learner_threads(cfg: Config, options: TrainOptions, local: bool) -> int:
@@ -177,32 +229,50 @@ def _learner_threads(cfg: Config, options: TrainOptions, local: bool) -> int:
 def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
     """Run (or resume) a distributed training run; see the module docstring for exit codes.
 
-    Raises :class:`ConfigError` / :class:`CheckpointError` for bad input (before Ray starts).
+    Raises :class:`ConfigError` / :class:`CheckpointError` / :class:`RunDirError` for bad
+    input (before Ray starts), :class:`ClusterConnectError` for a cluster that cannot be
+    reached.
     """
     options = options or TrainOptions()
     device = resolve_device(cfg.run.device)
     spec = _env_spec_or_config_error(cfg)
-    run_dir, state = _prepare_run_dir(cfg, options)
-    # Torch threads are set before the learner's first torch op: OpenMP sizes its thread
-    # pool then, and a spare pool thread spin-waits on a core the actors need (measured:
-    # 2x fewer env steps/s with 2 cores when the pool was made with 2 threads and cut to 1).
     local = not ray.is_initialized() and not (options.address or os.environ.get("RAY_ADDRESS"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(_learner_threads(cfg, options, local))
-    try:
-        learner = _make_learner(cfg, spec, device, run_dir, state)
+    if local:
+        check_local_cpus(cfg)
+    with _claim_run_dir(cfg, options) as (run_dir, state):
+        # Torch threads are set before the learner's first torch op: OpenMP sizes its thread
+        # pool then, and a spare pool thread spin-waits on a core the actors need (measured:
+        # 2x fewer env steps/s with 2 cores when the pool was made with 2 threads and cut
+        # to 1).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(_learner_threads(cfg, options, local))
         stop = StopSignal()
-        with ray_session(options.address), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
-            if options.handle_signals:
-                stop.install()
-            try:
-                return _run(cfg, options, learner, run_dir, stop)
-            finally:
-                stop.restore()
-                learner.close()
-    finally:
-        torch.set_num_threads(threads)
+        if options.handle_signals:
+            stop.install()  # before connecting: a stop while Ray connects is seen too
+        try:
+            session = ray_session(
+                options.address, connect_timeout_s=cfg.run.connect_timeout_s, stop=stop
+            )
+            with session, warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
+                if options.handle_signals:
+                    stop.install()  # over the failure-signal handler Ray's core worker set
+                learner = _make_learner(cfg, spec, device, run_dir, state)
+                try:
+                    return _run(cfg, options, learner, run_dir, stop)
+                finally:
+                    _close_learner(learner)
+        finally:
+            stop.restore()
+            torch.set_num_threads(threads)
+
+
+def _close_learner(learner: Learner) -> None:
+    """Close the run logger; a disk error here is reported, not raised over the result."""
+    try:
+        learner.close()
+    except StorageError as e:
+        log.error("%s; the last log records may be missing", e)
 
 
 def _make_learner(
@@ -214,7 +284,6 @@ def _make_learner(
 ) -> Learner:
     """The learner, its checkpoints and its run logger; resumed from ``state`` if given."""
     seed_everything(cfg.run.seed)
-    resume_step = None if state is None else int(state["counters"]["env_steps"])
     learner = Learner(
         cfg,
         spec.observation_shape,
@@ -223,20 +292,35 @@ def _make_learner(
         state_observations=spec.state_observations,
         checkpoints=CheckpointManager(run_dir / CHECKPOINT_DIR),
     )
+    resume_step = None
     if state is not None:
         learner.load_state_dict(state)
+        resume_step = learner.counters.env_steps
         learner.counters.resumes += 1
-        write_config(run_dir, cfg)  # the resumed run's config (e.g. a larger budget)
+        # The resumed run's config (e.g. a larger budget) replaces config.json once this
+        # session has a checkpoint of its own: until then the old one still describes it.
+        learner.after_next_checkpoint = lambda: _write_config(run_dir, cfg)
     learner.run_logger = RunLogger(run_dir, resume_step=resume_step)
     learner.run_logger.add_config(cfg, learner.counters.env_steps)
     return learner
 
 
+def _write_config(run_dir: Path, cfg: Config) -> None:
+    try:
+        write_config(run_dir, cfg)
+    except OSError as e:
+        raise StorageError(
+            f"cannot write {str(run_dir / 'config.json')!r}: {e.strerror or first_line(e)}"
+        ) from None
+
+
 def _env_spec_or_config_error(cfg: Config) -> EnvSpec:
     try:
         return env_spec(cfg)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"cannot build env {cfg.env.id!r} with {cfg.env.kwargs}: {e}") from None
+    except (ValueError, TypeError, ImportError, gymnasium.error.Error) as e:
+        raise ConfigError(
+            f"cannot build env {cfg.env.id!r} with {cfg.env.kwargs}: {first_line(e)}"
+        ) from None
 
 
 def _run(
@@ -257,6 +341,7 @@ def _run(
     )
     start_steps, start = learner.counters.env_steps, time.monotonic()
     base_failures = learner.counters.actor_failures
+    resumed = learner.counters.resumes > 0
     save_on_exit = True
     progress = Progress(
         _progress_mode(options.progress), cfg.run.total_env_steps, learner.counters.env_steps
@@ -267,10 +352,12 @@ def _run(
         except NonFiniteLossError as e:
             save_on_exit = False
             result.exit_code, result.reason = EXIT_FAILED, "nan"
-            result.message = (
-                f"training stopped: {e}; the last good checkpoint is kept at "
-                f"{learner.checkpoints.latest if learner.checkpoints else '(none)'}"
-            )
+            result.message = f"training stopped: {e}; {_last_good(learner)}"
+            log.error(result.message)
+        except StorageError as e:
+            save_on_exit = False
+            result.exit_code, result.reason = EXIT_FAILED, "disk"
+            result.message = f"training stopped: {e}; {_last_good(learner)}"
             log.error(result.message)
         except TrainingError as e:
             result.exit_code, result.reason, result.message = EXIT_FAILED, "actors", str(e)
@@ -284,21 +371,51 @@ def _run(
             pool.shutdown()
         if stop.requested:
             result.exit_code, result.reason = EXIT_INTERRUPTED, "signal"
+        # A resumed session that added no steps (e.g. a budget already reached) saves
+        # nothing: a copy of latest.pt would only push the older previous.pt out.
+        save_on_exit = save_on_exit and (learner.counters.env_steps > start_steps or not resumed)
         if save_on_exit and learner.has_unlogged_steps():  # one record per env-step count
-            learner.log(_pool_scalars(pool))
+            try:
+                learner.log(_pool_scalars(pool))
+            except StorageError as e:
+                save_on_exit = False
+                _final_save_failed(result, learner, e)
     finally:
         progress.close(learner.last_record)  # the bar ends on the summary's numbers
     if save_on_exit:
-        result.last_log = learner.last_record
-        path = learner.checkpoint()
-        log.info("final checkpoint: %s", path)
+        try:
+            result.last_log = learner.last_record
+            path = learner.checkpoint()
+            log.info("final checkpoint: %s", path)
+        except StorageError as e:
+            _final_save_failed(result, learner, e)
     c = learner.counters
     result.env_steps, result.updates, result.episodes = c.env_steps, c.updates, c.episodes
     result.mean_return = learner.mean_return()
     result.session_env_steps = c.env_steps - start_steps
     result.session_wall_s = time.monotonic() - start
     result.actor_failures = c.actor_failures
+    result.unrolls = {
+        "submitted": pool.submitted,
+        "collected": pool.collected,
+        "lost": pool.lost_unrolls,
+        "abandoned": pool.abandoned,
+    }
     return result
+
+
+def _final_save_failed(result: TrainResult, learner: Learner, error: StorageError) -> None:
+    result.exit_code, result.reason = EXIT_FAILED, "disk"
+    result.message = f"the final checkpoint failed: {error}; {_last_good(learner)}"
+    log.error(result.message)
+
+
+def _last_good(learner: Learner) -> str:
+    """Where the last good checkpoint is, for a message about a failed run."""
+    manager = learner.checkpoints
+    if manager is not None and manager.exists():
+        return f"the last good checkpoint is kept at {manager.latest}"
+    return "no checkpoint had been saved yet"
 
 
 def _progress_mode(progress: bool | Mode) -> Mode:
@@ -331,25 +448,32 @@ def _loop(
     pending: list[Trajectory] = []
     flowing = False
     wait_s, last_progress = 0.0, time.monotonic()
-    interval_start = last_progress
+    interval_start = next_warning = last_progress
     while not learner.done:
         if stop.requested:
             return "signal"
         t0 = time.monotonic()
-        got, queued = pool.take(cfg.run.batches_per_update - len(pending), timeout=1.0)
+        got, queued = pool.take(cfg.run.batches_per_update - len(pending), timeout=WAIT_SLICE_S)
         wait_s += time.monotonic() - t0
         learner.counters.actor_failures = base_failures + pool.failures
         if not got:
-            if time.monotonic() - last_progress > STALL_WARNING_S:
-                log.warning("no trajectories for %.0f s; waiting for actors", STALL_WARNING_S)
-                last_progress = time.monotonic()
+            idle = time.monotonic() - last_progress
+            if idle > cfg.run.progress_timeout_s:
+                raise TrainingError(
+                    f"no progress for {idle:.0f} s (run.progress_timeout_s = "
+                    f"{cfg.run.progress_timeout_s:g}): the learner waited for unrolls from "
+                    f"{pool.describe_waits()}"
+                )
+            if time.monotonic() - next_warning > STALL_WARNING_S:
+                log.warning("no trajectories for %.0f s; waiting for actors", idle)
+                next_warning = time.monotonic()
             pool.fill()  # slots whose calls failed get new ones
             continue
         if not flowing:
             flowing = True
             learner.restart_intervals()  # actor start-up is not part of the first interval
             wait_s, interval_start = 0.0, time.monotonic()
-        last_progress = time.monotonic()
+        last_progress = next_warning = time.monotonic()
         queue.add({"perf/queue_size": queued})
         pending.extend(got)
         if len(pending) < cfg.run.batches_per_update:
@@ -381,6 +505,7 @@ _REASONS = {
     "return": "done: reached the return target",
     "signal": "stopped by a signal",
     "nan": "failed: a non-finite loss",
+    "disk": "failed: a write refused by the disk",
     "actors": "failed: the rollout actors",
 }
 
@@ -404,7 +529,9 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "CheckpointError",
+    "ClusterConnectError",
     "LoopContext",
+    "RunDirError",
     "StopSignal",
     "TrainOptions",
     "TrainResult",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from impala_frodo.checkpoint import (
 from impala_frodo.config import Config
 from impala_frodo.intervals import IntervalLog
 from impala_frodo.rollout import DelayedWeights
-from impala_frodo.runlog import RunLogger
+from impala_frodo.runlog import RunLogger, StorageError
 from impala_frodo.sync import value_rmse
 from impala_frodo.trajectory import Batch, Trajectory
 from impala_frodo.updater import NonFiniteLossError, Updater
@@ -67,12 +67,31 @@ class Counters:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _all_finite(tensors: Iterable[Any]) -> bool:
-    return all(
-        bool(torch.isfinite(t).all())
-        for t in tensors
-        if isinstance(t, torch.Tensor) and t.is_floating_point()
-    )
+def _float_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every floating-point tensor in nested dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            yield obj
+    elif isinstance(obj, Mapping):
+        for value in obj.values():
+            yield from _float_tensors(value)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            yield from _float_tensors(value)
+
+
+def _all_finite(obj: Any) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in _float_tensors(obj))
+
+
+def _check_state(state: Mapping[str, Any]) -> None:
+    """The parts of a checkpoint every resume reads exist (else :class:`CheckpointError`)."""
+    counters, updater = state.get("counters"), state.get("updater")
+    steps = counters.get("env_steps") if isinstance(counters, Mapping) else None
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise CheckpointError("the checkpoint has no valid counters (counters.env_steps)")
+    if not isinstance(updater, Mapping) or not isinstance(updater.get("params"), Mapping):
+        raise CheckpointError("the checkpoint has no learner state (updater.params)")
 
 
 def _check_shapes(saved: Mapping[str, Any], current: Mapping[str, torch.Tensor]) -> None:
@@ -109,6 +128,9 @@ class Learner:
         self.counters = Counters()
         self.run_logger = run_logger
         self.checkpoints = checkpoints
+        #: Called once, after the next checkpoint is saved (a resumed run's config.json is
+        #: written then, so it never describes a session that has nothing saved yet).
+        self.after_next_checkpoint: Callable[[], None] | None = None
         self._clock = clock
         self._delayed = DelayedWeights(cfg.run.policy_lag)
         self._state_obs = None
@@ -251,16 +273,34 @@ class Learner:
         return self.checkpoint() if self.checkpoint_due() else None
 
     def checkpoint(self) -> Path | None:
-        """Save the state now (if a manager is set); refuses a non-finite state."""
+        """Save the state now (if a manager is set); refuses a non-finite state.
+
+        Raises :class:`~impala_frodo.updater.NonFiniteLossError` if any tensor of the learner
+        (agent, meta-network, optimizer states) is not finite, and
+        :class:`~impala_frodo.runlog.StorageError` if the disk refuses the write; either
+        way the last good checkpoint is left as it was.
+        """
         self._last_checkpoint_time = self._clock()
         if self.checkpoints is None:
             return None
         state = self.state_dict()
-        if not _all_finite(state["updater"]["params"].values()):
-            raise NonFiniteLossError("the agent's parameters are not finite: checkpoint refused")
-        path = self.checkpoints.save(state)
+        if not _all_finite(state["updater"]):
+            raise NonFiniteLossError(
+                "the learner's state (agent, meta-network or optimizer) is not finite: "
+                "checkpoint refused"
+            )
+        try:
+            path = self.checkpoints.save(state)
+        except OSError as e:
+            raise StorageError(
+                f"cannot save a checkpoint in {str(self.checkpoints.directory)!r}: "
+                f"{e.strerror or first_line(e)}"
+            ) from None
         if self.run_logger is not None:
             self.run_logger.flush()
+        if self.after_next_checkpoint is not None:
+            hook, self.after_next_checkpoint = self.after_next_checkpoint, None
+            hook()
         return path
 
     def state_dict(self) -> dict[str, Any]:
@@ -279,7 +319,9 @@ class Learner:
 
         Raises :class:`~impala_frodo.checkpoint.CheckpointError` if it does not fit this config.
         """
-        saved_algo = state.get("config", {}).get("algo")
+        _check_state(state)
+        saved_config = state.get("config")
+        saved_algo = saved_config.get("algo") if isinstance(saved_config, Mapping) else None
         if saved_algo is not None and saved_algo != self.cfg.algo:
             raise CheckpointError(
                 f"the checkpoint is from algo {saved_algo!r}, this run is {self.cfg.algo!r}"

@@ -1,16 +1,28 @@
-"""The Ray session of a run: join a cluster, or start (and stop) a private local instance."""
+"""The Ray session of a run: join a cluster, or start (and stop) a private local instance.
+
+Joining a cluster has a deadline (``run.connect_timeout_s``, then
+:class:`ClusterConnectError`: exit 2), and a stop request (SIGINT/SIGTERM) is seen
+within about ``WAIT_SLICE_S`` while Ray connects.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
-from impala_frodo.config import Config
+from impala_frodo.config import Config, ConfigError
+from impala_frodo.utils import first_line
+
+if TYPE_CHECKING:
+    from learner.driver import StopSignal
 
 log = logging.getLogger("impala_frodo")
 
@@ -20,6 +32,12 @@ log = logging.getLogger("impala_frodo")
 INLINE_RESULT_BYTES = 4 * 1024 * 1024
 #: The logger of Ray's token authentication set-up.
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+#: Longest single wait of the driver: a stop request is seen within about this.
+WAIT_SLICE_S = 0.5
+
+
+class ClusterConnectError(ConfigError):
+    """The Ray cluster at the given address cannot be reached (bad input: exit code 2)."""
 
 
 def local_ray_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
@@ -33,21 +51,27 @@ def local_ray_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
 
 
 @contextmanager
-def ray_session(address: str | None = None) -> Iterator[bool]:
+def ray_session(
+    address: str | None = None,
+    *,
+    connect_timeout_s: float = 60.0,
+    stop: StopSignal | None = None,
+) -> Iterator[bool]:
     """Connect to Ray for the run; yields whether this call started (and will stop) it.
 
     Already connected (tests, or a caller that ran ``ray.init``): reuse it.
     ``address`` or ``RAY_ADDRESS`` (set by ``ray job submit``): join that cluster
-    (``"auto"`` finds a local ``ray start`` one). Otherwise: a private local
-    instance with ``num_cpus = os.cpu_count()``, no dashboard, and Ray's default
-    token authentication.
+    (``"auto"`` finds a local ``ray start`` one) within ``connect_timeout_s``, else
+    :class:`ClusterConnectError`; a ``stop`` request meanwhile raises ``KeyboardInterrupt``.
+    Otherwise: a private local instance with ``num_cpus = os.cpu_count()``, no
+    dashboard, and Ray's default token authentication.
     """
     if ray.is_initialized():
         yield False
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        _connect(address, connect_timeout_s, stop)
     else:
         with _quiet_default_token_auth():
             ray.init(**local_ray_init_kwargs())
@@ -55,6 +79,71 @@ def ray_session(address: str | None = None) -> Iterator[bool]:
         yield True
     finally:
         ray.shutdown()
+
+
+#: A ``ray.init`` that did not return in time (it cannot be cancelled): the CLI then
+#: ends the process with ``os._exit`` rather than wait for it at interpreter exit.
+_stuck_connect: threading.Thread | None = None
+
+
+def connect_stuck() -> bool:
+    """A cluster connection attempt is still blocked in Ray (see :func:`ray_session`)."""
+    return _stuck_connect is not None and _stuck_connect.is_alive()
+
+
+def _connect(address: str, timeout_s: float, stop: StopSignal | None) -> None:
+    """``ray.init(address=...)`` with a deadline, signals seen within ``WAIT_SLICE_S``.
+
+    Ray retries an unreachable GCS for minutes inside C++ code, where Python signal
+    handlers do not run; so the connection is made in a helper thread while this
+    (main) thread waits in short slices. A ``host:port`` that refuses TCP fails at once.
+    """
+    global _stuck_connect
+    _check_reachable(address, timeout_s)
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except BaseException as e:  # handed to the waiting thread
+            failure.append(e)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=connect, name="ray-connect", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not done.wait(WAIT_SLICE_S / 5):
+        if stop is not None and stop.requested:
+            _stuck_connect = thread
+            raise KeyboardInterrupt(f"stopped while connecting to the Ray cluster at {address}")
+        if time.monotonic() > deadline:
+            _stuck_connect = thread
+            raise ClusterConnectError(
+                f"no Ray cluster answered at {address!r} within {timeout_s:g} s "
+                f"(run.connect_timeout_s)"
+            )
+    if failure:
+        raise ClusterConnectError(
+            f"cannot connect to the Ray cluster at {address!r}: {first_line(failure[0])}"
+        ) from None
+
+
+def _check_reachable(address: str, timeout_s: float) -> None:
+    """A ``host:port`` address must accept a TCP connection (fails fast on a wrong port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", "ray://...": Ray resolves those itself
+    try:
+        socket.create_connection(
+            (host.strip("[]"), int(port)), timeout=min(timeout_s, 10.0)
+        ).close()
+    except OSError as e:
+        reason = e.strerror or first_line(e)
+        raise ClusterConnectError(
+            f"cannot reach the Ray cluster at {address!r}: {reason}"
+        ) from None
 
 
 class _DropMessage(logging.Filter):
@@ -80,6 +169,16 @@ def _quiet_default_token_auth() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(drop)
+
+
+def check_local_cpus(cfg: Config) -> None:
+    """On the local Ray a run starts (``os.cpu_count()`` CPUs) every actor must fit."""
+    cpus = os.cpu_count() or 1
+    if cfg.run.actor_num_cpus > cpus:
+        raise ConfigError(
+            f"run.actor_num_cpus = {cfg.run.actor_num_cpus:g} is more than the {cpus} CPUs of "
+            f"the local Ray instance this run starts: no actor could ever be placed"
+        )
 
 
 def check_resources(cfg: Config) -> None:

@@ -1,15 +1,38 @@
 """Multi-seed sweeps: one Ray task per seed, each its own run directory.
 
-Each seed runs the synchronous trainer (``impala_frodo.sync.run_sync``) in
-a Ray task of ``cpus_per_seed`` CPUs, so a sweep fills a workstation's cores
-or a cluster's. Seeds run in parallel as far as the CPUs allow; one view
-shows the progress of the whole sweep; a seed that fails is reported and the
-others go on.
+Each seed runs in a Ray task of ``cpus_per_seed`` CPUs, so a sweep fills a
+workstation's cores or a cluster's; one view shows the progress of the whole
+sweep; a seed that fails, or runs past ``seed_timeout_s``, is reported and the
+others go on. A seed trains in one of two ways:
+
+- **synchronous** (default, :func:`train_seed`): ``impala_frodo.sync.run_sync``,
+  on-policy, in the task itself.
+- **distributed** (:func:`train_seed_distributed`): the Ray actor-learner of
+  ``impala-frodo train`` (:func:`learner.driver.train`): the task is the learner
+  (``cpus_per_seed`` CPUs) and starts ``run.num_actors`` rollout actors of
+  ``run.actor_num_cpus`` each, which act with a stale policy mu; the run logs
+  the measured ``perf/policy_lag``. Each seed gets one placement group that
+  holds the learner and its actors together (one bundle of ``cpus_per_seed +
+  num_actors * actor_num_cpus`` CPUs, child tasks captured), so a seed starts
+  only when all of it fits: seeds never hold a learner's CPU while waiting for
+  actors another seed holds. On 2 cores (learner 1 + 2 actors x 0.5) the seeds
+  therefore run one after another, each with the whole machine, which is also
+  what keeps the measured lag that of the configured system rather than of
+  seeds competing for cores. On more CPUs they run side by side.
+
+Both write the same run directory (``config.json``, ``metrics.jsonl``,
+TensorBoard events), so ``impala-frodo plot`` and the sweep summary read either.
+At most as many seeds as the cluster's CPUs hold are submitted at a time, so a
+seed's deadline counts from when it can start, not from the start of the sweep.
+A seed past its deadline is cancelled (its process killed, its placement group
+and actors removed) and reported as failed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -19,9 +42,14 @@ from typing import Any
 
 import ray
 
-from impala_frodo.config import Config, set_dotted
+from impala_frodo.config import Config, ConfigError, set_dotted
 from impala_frodo.plotting import SWEEP_FILE
 from impala_frodo.runlog import METRICS_FILE, create_run_dir, write_json_atomic
+
+#: The metrics.jsonl key of the measured policy lag (updates between acting and learning).
+POLICY_LAG_KEY = "perf/policy_lag"
+#: Seconds between checks of the running seeds (progress, deadlines).
+POLL_S = 1.0
 
 
 @dataclass
@@ -31,6 +59,13 @@ class SweepResult:
     failures: dict[int, str] = field(default_factory=dict)  # seed -> error message
     summaries: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> summary
     wall_time_s: float = 0.0
+
+    def mean_policy_lag(self) -> float | None:
+        """The mean over finished seeds of their mean measured policy lag (None: not logged)."""
+        lags = [
+            s[POLICY_LAG_KEY] for s in self.summaries.values() if s.get(POLICY_LAG_KEY) is not None
+        ]
+        return sum(lags) / len(lags) if lags else None
 
 
 def train_seed(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
@@ -46,6 +81,52 @@ def train_seed(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
         "wall_time_s": result.wall_time_s,
         "episodes": len(result.episode_returns),
     }
+
+
+def train_seed_distributed(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """One seed, in a Ray worker: the actor-learner (this task is the learner) into ``run_dir``.
+
+    Raises ``RuntimeError`` if the run does not reach its budget (non-finite loss,
+    actors that keep failing), so that the sweep reports the seed as failed.
+    """
+    from learner.driver import EXIT_OK, TrainOptions, train
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    options = TrainOptions(
+        run_dir=Path(run_dir),
+        progress=False,
+        handle_signals=False,  # the sweep's driver handles Ctrl-C and cancels the seeds
+        learner_threads=max(1, math.floor(cpus)),
+    )
+    result = train(Config.from_dict(config), options)
+    if result.exit_code != EXIT_OK:
+        raise RuntimeError(
+            f"{result.reason}: {result.message or 'exit code ' + str(result.exit_code)}"
+        )
+    return {
+        "env_steps": result.env_steps,
+        "wall_time_s": result.session_wall_s,
+        "episodes": result.episodes,
+        "updates": result.updates,
+        "actor_failures": result.actor_failures,
+        POLICY_LAG_KEY: mean_logged(Path(run_dir), POLICY_LAG_KEY),
+    }
+
+
+def mean_logged(run_dir: Path, key: str) -> float | None:
+    """The mean of ``key`` over a run's metrics.jsonl records that have it (None if none).
+
+    Records of the distributed learner are every ``run.log_every_updates`` updates
+    (or ``run.log_every_s``), so this is close to the mean over updates.
+    """
+    values = []
+    with contextlib.suppress(OSError), open(run_dir / METRICS_FILE) as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                value = json.loads(line).get(key)
+                if isinstance(value, int | float):
+                    values.append(float(value))
+    return sum(values) / len(values) if values else None
 
 
 def _last_env_steps(run_dir: Path) -> int:
@@ -65,6 +146,20 @@ def _last_env_steps(run_dir: Path) -> int:
     return 0
 
 
+def seed_cpus(cfg: Config, cpus_per_seed: float, distributed: bool) -> float:
+    """The CPUs one seed holds: its task, plus its actors when distributed."""
+    actors = cfg.run.num_actors * cfg.run.actor_num_cpus if distributed else 0.0
+    return cpus_per_seed + actors
+
+
+@dataclass
+class _Running:
+    seed: int
+    ref: ray.ObjectRef
+    started: float
+    placement_group: Any = None
+
+
 def run_sweep(
     cfg: Config,
     seeds: Sequence[int],
@@ -73,49 +168,114 @@ def run_sweep(
     name: str,
     cpus_per_seed: float = 1.0,
     progress: bool = True,
-    trainer: Callable[[dict[str, Any], str], dict[str, Any]] = train_seed,
+    distributed: bool = False,
+    seed_timeout_s: float | None = None,
+    trainer: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
 ) -> SweepResult:
-    """Run ``cfg`` once per seed as parallel Ray tasks (Ray must be initialised).
+    """Run ``cfg`` once per seed as Ray tasks (Ray must be initialised); see the module doc.
 
     ``trainer(config_dict, run_dir) -> summary`` is what each task runs:
-    :func:`train_seed` unless a caller (a test) substitutes another.
+    :func:`train_seed` (or :func:`train_seed_distributed` with ``distributed``)
+    unless a caller (a test) substitutes another. ``seed_timeout_s``: a seed
+    still running that long after it was submitted is cancelled and fails.
     """
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     from tqdm import tqdm
 
+    if trainer is None:
+        trainer = train_seed_distributed if distributed else train_seed
     sweep_dir = Path(logdir) / f"sweep-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir.mkdir(parents=True, exist_ok=True)
     # What the runs inside have in common, for plots (their label is the preset's name).
-    write_json_atomic(sweep_dir / SWEEP_FILE, {"name": name, "seeds": [int(s) for s in seeds]})
-    task = ray.remote(trainer).options(num_cpus=cpus_per_seed, max_retries=0)
+    info = {
+        "name": name,
+        "seeds": [int(s) for s in seeds],
+        "trainer": "distributed" if distributed else "sync",
+    }
+    write_json_atomic(sweep_dir / SWEEP_FILE, info)
+    remote_trainer = ray.remote(trainer)
+    per_seed = seed_cpus(cfg, cpus_per_seed, distributed)
+    cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
+    if distributed and per_seed > cluster_cpus + 1e-9:
+        raise ConfigError(
+            f"a distributed seed needs {per_seed:g} CPUs (learner {cpus_per_seed:g} + "
+            f"{cfg.run.num_actors} actors x {cfg.run.actor_num_cpus:g}) but the Ray cluster "
+            f"has {cluster_cpus:g}: lower --cpus-per-seed, run.num_actors or run.actor_num_cpus"
+        )
+    # Seeds submitted at a time: as many as the CPUs hold (at least one, which Ray
+    # queues if it does not fit yet); the deadline of each counts from its submission.
+    parallel = max(1, math.floor(cluster_cpus / per_seed + 1e-9))
+    configs: dict[int, Config] = {}
     run_dirs: dict[int, Path] = {}
-    pending: dict[ray.ObjectRef, int] = {}
     for seed in seeds:
-        seed_cfg = set_dotted(cfg, {"run.seed": int(seed)})
-        run_dirs[seed] = create_run_dir(seed_cfg, sweep_dir)
-        pending[task.remote(seed_cfg.to_dict(), str(run_dirs[seed]))] = seed
+        configs[seed] = set_dotted(cfg, {"run.seed": int(seed)})
+        run_dirs[seed] = create_run_dir(configs[seed], sweep_dir)
+
+    def submit(seed: int) -> _Running:
+        run_dir = str(run_dirs[seed])
+        options: dict[str, Any] = {"num_cpus": cpus_per_seed, "max_retries": 0}
+        pg = None
+        if distributed:
+            pg = placement_group([{"CPU": per_seed}])
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                pg, placement_group_capture_child_tasks=True
+            )
+        ref = remote_trainer.options(**options).remote(configs[seed].to_dict(), run_dir)
+        return _Running(seed, ref, time.monotonic(), pg)
+
+    def finish(run: _Running) -> None:
+        if run.placement_group is not None:  # also ends any actor of the seed still alive
+            with contextlib.suppress(Exception):
+                remove_placement_group(run.placement_group)
 
     result = SweepResult(sweep_dir, run_dirs)
+    waiting = list(seeds)
+    running: dict[ray.ObjectRef, _Running] = {}
     total = cfg.run.total_env_steps * len(run_dirs)
     start = time.perf_counter()
     with tqdm(
         total=total, unit="step", unit_scale=True, disable=not progress, desc=f"sweep {name}"
     ) as bar:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                seed = pending.pop(ref)
-                try:
-                    result.summaries[seed] = ray.get(ref)
-                except Exception as e:  # a failed seed is reported; the others go on
-                    message = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
-                    result.failures[seed] = message
-                    bar.write(f"seed {seed} failed: {message}")
-            done = sum(
-                cfg.run.total_env_steps if s in result.summaries else _last_env_steps(d)
-                for s, d in run_dirs.items()
-            )
-            bar.n = min(done, total)
-            bar.set_postfix(done=len(result.summaries), failed=len(result.failures), refresh=False)
-            bar.refresh()
+        try:
+            while waiting or running:
+                while waiting and len(running) < parallel:
+                    run = submit(waiting.pop(0))
+                    running[run.ref] = run
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+                for ref in ready:
+                    run = running.pop(ref)
+                    try:
+                        result.summaries[run.seed] = ray.get(ref)
+                    except Exception as e:  # a failed seed is reported; the others go on
+                        text = str(e).strip()
+                        message = text.splitlines()[-1] if text else repr(e)
+                        result.failures[run.seed] = message
+                        bar.write(f"seed {run.seed} failed: {message}")
+                    finally:
+                        finish(run)
+                now = time.monotonic()
+                for ref, run in list(running.items()):
+                    if seed_timeout_s is not None and now - run.started > seed_timeout_s:
+                        ray.cancel(ref, force=True)
+                        finish(run)
+                        del running[ref]
+                        message = f"timed out after {seed_timeout_s:g} s"
+                        result.failures[run.seed] = message
+                        bar.write(f"seed {run.seed} failed: {message}")
+                done = sum(
+                    cfg.run.total_env_steps if s in result.summaries else _last_env_steps(d)
+                    for s, d in run_dirs.items()
+                )
+                bar.n = min(done, total)
+                bar.set_postfix(
+                    done=len(result.summaries), failed=len(result.failures), refresh=False
+                )
+                bar.refresh()
+        finally:  # Ctrl-C or an error here: no seed outlives the sweep
+            for ref, run in running.items():
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+                finish(run)
     result.wall_time_s = time.perf_counter() - start
     return result

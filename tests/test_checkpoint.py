@@ -150,3 +150,28 @@ def test_checkpoint_files_are_fsynced(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     CheckpointManager(tmp_path).save(_state(1))
     assert synced, "the checkpoint was not fsync'ed before os.replace"
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage", "truncate"], ids=["empty", "garbage", "torn"])
+def test_a_corrupt_latest_is_never_rotated_into_previous(tmp_path, damage):
+    """The route the error message recommends: resume from previous.pt, then save."""
+    manager = CheckpointManager(tmp_path)
+    manager.save(_state(1))
+    manager.save(_state(2))
+    data = manager.latest.read_bytes()
+    manager.latest.write_bytes(data[: len(data) // 2] if damage == "truncate" else damage)
+    resumed = load_checkpoint(manager.previous)  # what --resume .../previous.pt loads
+    manager.save(_state(resumed["counters"]["env_steps"] + 10))
+    assert manager.load()["counters"]["env_steps"] == 11
+    assert load_checkpoint(manager.previous)["counters"]["env_steps"] == 1, "good one lost"
+    manager.save(_state(12))  # a good latest is rotated as before
+    assert load_checkpoint(manager.previous)["counters"]["env_steps"] == 11
+
+
+def test_the_refusal_of_foreign_objects_does_not_advise_an_unsafe_load(tmp_path):
+    torch.save({"format_version": ckpt.FORMAT_VERSION, "x": _Arbitrary()}, tmp_path / "obj.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "obj.pt")
+    message = str(info.value)
+    assert "weights_only" not in message.replace("weights-only", "") and "\n" not in message
+    assert "_Arbitrary" in message and "refuses" in message

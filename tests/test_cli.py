@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -94,6 +95,67 @@ def test_resume_errors(capsys, tmp_path):
     assert not (run_dir / "metrics.jsonl").exists()  # nothing written on a failed resume
 
 
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
+
+
+def _run_dir_with(tmp_path, state: dict) -> str:
+    run_dir = create_run_dir(Config(), tmp_path / "runs")
+    CheckpointManager(run_dir / "checkpoints").save(state)
+    return str(run_dir)
+
+
+def _write(tmp_path, name: str, data: bytes) -> str:
+    (tmp_path / name).write_bytes(data)
+    return str(tmp_path / name)
+
+
+NO_BOX2D = None if _missing("Box2D") else "Box2D is installed here"
+TOO_MANY_CPUS = str(min(64, (os.cpu_count() or 1) + 1))  # 64: the config's own limit
+
+#: (id, argv builder, fragments of the one-line message, skip reason or None): the bad
+#: inputs that once crashed or hung (issue 13), each an exit code 2 with one line now.
+BAD_INPUTS = [
+    ("hidden-sizes-number", lambda t: ["--set", "agent.hidden_sizes=32"],
+     ["agent.hidden_sizes must be a list"], None),
+    ("logdir-number", lambda t: ["--set", "run.logdir=3"], ["run.logdir must be"], None),
+    ("logdir-not-utf8", lambda t: ["--logdir", str(t / "runs-\udcff")],
+     ["run.logdir must be", "UTF-8"], None),
+    ("seed-2**32", lambda t: ["--seed", str(2**32)], ["run.seed must be an integer in"], None),
+    ("config-not-utf8", lambda t: ["--config", _write(t, "c.toml", b"[run]\nseed = 1 # \xff\n")],
+     ["is not UTF-8"], None),
+    ("config-json-number", lambda t: ["--config", _write(t, "c.json", b"3")],
+     ["must hold a JSON object"], None),
+    ("env-needs-box2d", lambda t: ["--env", "LunarLander-v3"],
+     ["cannot build env 'LunarLander-v3'", "Box2D"], NO_BOX2D),
+    ("env-needs-box2d-car", lambda t: ["--env", "CarRacing-v3"],
+     ["cannot build env 'CarRacing-v3'"], NO_BOX2D),
+    ("actor-cpus-above-local", lambda t: ["--actor-num-cpus", TOO_MANY_CPUS],
+     ["actor_num_cpus"], None),
+    ("checkpoint-without-counters",
+     lambda t: ["--resume", _run_dir_with(t, {})], ["no valid counters"], None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("build", "fragments"),
+    [
+        pytest.param(build, fragments, id=name, marks=[pytest.mark.skip(reason=skip)] * bool(skip))
+        for name, build, fragments, skip in BAD_INPUTS
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, monkeypatch, build, fragments):
+    import ray
+
+    # As from a shell: no cluster to join, so a run would start its own local Ray.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    argv = ["train", "--logdir", str(tmp_path / "runs"), *build(tmp_path), "--no-progress"]
+    assert_usage_error(capsys, argv, *fragments)
+
+
 def test_module_entry_point_reports_bad_input_without_traceback():
     done = subprocess.run(
         [sys.executable, "-m", "learner", "--env", "NoSuchEnv-v9"],
@@ -129,7 +191,8 @@ def test_precedence_defaults_preset_file_flags_set(tmp_path):
     assert cfg.run.num_actors == 4  # flag over file
     assert cfg.meta.lr == 3e-3 and cfg.agent.hidden_sizes == (32, 32)
     assert cfg.env.id == "impala_frodo/Catch-v0"  # --set over file
-    assert cfg.env.kwargs == {"rows": 7, "columns": 6}  # merged into the preset's kwargs
+    # merged into the preset's kwargs
+    assert cfg.env.kwargs == {"rows": 7, "columns": 6, "random_start_row": True}
 
 
 def test_parse_value():
@@ -202,7 +265,8 @@ def test_train_then_resume_through_the_cli(ray_local, tmp_path, capsys):
     (run_dir,) = logdir.iterdir()
     assert "done: reached the budget of 4,000 env steps. " in capsys.readouterr().err
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["algo"] == "impala" and config["env"]["kwargs"] == {"rows": 11, "columns": 6}
+    assert config["algo"] == "impala"
+    assert config["env"]["kwargs"] == {"rows": 11, "columns": 6, "random_start_row": True}
     first = read_metrics(run_dir / "metrics.jsonl")[-1]["env_steps"]
 
     resume = ["train", "--resume", str(run_dir), "--total-env-steps", "8000", *common]

@@ -312,3 +312,66 @@ def test_wall_time_and_counters_continue_after_resume(tmp_path):
     assert resumed.wall_time_s() == pytest.approx(15.0)
     resumed.update([actor.unroll()])
     assert resumed.counters.env_steps == 2 * T * B and resumed.counters.updates == 2
+
+
+@pytest.mark.parametrize("part", ["meta_net", "opt_state"])
+def test_a_non_finite_meta_network_or_optimizer_state_is_never_saved(tmp_path, part):
+    cfg = make_cfg("frodo")
+    manager = CheckpointManager(tmp_path)
+    learner = make_learner(cfg, checkpoints=manager)
+    learner.checkpoint()
+    good = manager.latest.read_bytes()
+    if part == "meta_net":
+        with torch.no_grad():
+            next(learner.updater.meta_net.parameters()).fill_(float("nan"))
+    else:
+        name = next(iter(learner.updater.opt_state))
+        learner.updater.opt_state[name] = learner.updater.opt_state[name] + float("inf")
+    with pytest.raises(NonFiniteLossError, match="checkpoint refused"):
+        learner.checkpoint()
+    assert manager.latest.read_bytes() == good
+
+
+def test_a_hook_runs_once_after_the_next_checkpoint_only(tmp_path):
+    calls = []
+    learner = make_learner(make_cfg(), checkpoints=CheckpointManager(tmp_path))
+    learner.after_next_checkpoint = lambda: calls.append(learner.checkpoints.exists())
+    assert calls == []
+    learner.checkpoint()
+    learner.checkpoint()
+    assert calls == [True]
+
+
+def test_a_disk_error_at_a_save_is_a_storage_error_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch
+):
+    from impala_frodo import checkpoint as ckpt
+    from impala_frodo.runlog import StorageError
+
+    manager = CheckpointManager(tmp_path)
+    learner = make_learner(make_cfg(), checkpoints=manager)
+    learner.checkpoint()
+    good = manager.latest.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    with pytest.raises(StorageError, match="No space left on device") as info:
+        learner.checkpoint()
+    assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
+    assert manager.latest.read_bytes() == good
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"format_version": 1},
+        {"format_version": 1, "counters": {"env_steps": "x"}, "updater": {"params": {}}},
+        {"format_version": 1, "counters": {"env_steps": 5}},
+    ],
+    ids=["nothing", "bad-counters", "no-updater"],
+)
+def test_a_checkpoint_without_its_parts_is_a_checkpoint_error(state):
+    with pytest.raises(CheckpointError, match="the checkpoint has no"):
+        make_learner(make_cfg()).load_state_dict(state)
