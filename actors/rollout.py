@@ -111,7 +111,7 @@ class RolloutActor:
         self.actor_id = actor_id
         seed = actor_seed(cfg.run.seed, actor_id) if seed is None else seed
         self.env = make_batched_env(cfg.env.id, cfg.run.envs_per_actor, seed=seed, **cfg.env.kwargs)
-        agent = AgentNet(self.env.observation_shape, self.env.num_actions, cfg.agent.hidden_sizes)
+        agent = AgentNet.from_config(self.env.observation_shape, self.env.num_actions, cfg.agent)
         self._template = dict(agent.named_parameters())
         self.policy = ActingPolicy(agent, seed=seed)
         self.policy.version = -1  # no weights yet: the first set_weights always loads

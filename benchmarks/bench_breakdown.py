@@ -82,7 +82,7 @@ def main() -> None:
     per_k = 1000 / steps_per_unroll  # unrolls per 1,000 env steps
 
     env = make_batched_env(cfg.env.id, args.envs, seed=0, **cfg.env.kwargs)
-    agent = AgentNet(env.observation_shape, env.num_actions, cfg.agent.hidden_sizes)
+    agent = AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent)
     policy = ActingPolicy(agent)
     roller = Roller(env, cfg.run.unroll_length, seed=0)
     obs = env.reset(seed=0)

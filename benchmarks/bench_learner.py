@@ -29,7 +29,7 @@ from impala_frodo.utils import resolve_device
 
 def make_batches(cfg: Config, count: int, device: torch.device) -> list[Batch]:
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=0, **cfg.env.kwargs)
-    policy = ActingPolicy(AgentNet(env.observation_shape, env.num_actions, cfg.agent.hidden_sizes))
+    policy = ActingPolicy(AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent))
     roller = Roller(env, cfg.run.unroll_length, seed=0)
     return [Batch.from_trajectories([roller.unroll(policy)], device) for _ in range(count)]
 

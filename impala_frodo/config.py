@@ -24,6 +24,7 @@ BETA_MODES = ("constant", "annealed")
 DEVICES = ("auto", "cpu", "cuda")
 TARGET_FORMS = ("residual", "plain", "plain-zero-head")
 META_SCHEDULES = ("chain", "sliding")
+TORSOS = ("auto", "mlp", "conv")  # impala_frodo.torsos
 #: numpy seeds are 32-bit.
 MAX_SEED = 2**32 - 1
 
@@ -83,9 +84,17 @@ class EnvConfig:
 
 @dataclass
 class AgentConfig:
-    """The agent network: an MLP torso (no hidden layer = linear) with policy and value heads."""
+    """The agent network: a torso with policy and value heads.
+
+    ``torso``: ``"mlp"`` (the flat observation into ``hidden_sizes``; none = linear),
+    ``"conv"`` (MinAtar's: a 3x3 convolution with ``conv_channels`` channels on
+    ``[H, W, C]`` images, then ``hidden_sizes``; MinAtar's dense layer is ``[128]``),
+    ``"auto"`` (conv for image observations, else mlp).
+    """
 
     hidden_sizes: tuple[int, ...] = (64, 64)
+    torso: str = "auto"
+    conv_channels: int = 16
 
     def __post_init__(self) -> None:
         _require(
@@ -96,6 +105,8 @@ class AgentConfig:
         self.hidden_sizes = tuple(self.hidden_sizes)
         for i, h in enumerate(self.hidden_sizes):
             _positive_int(f"agent.hidden_sizes[{i}]", h)
+        _one_of("agent.torso", self.torso, TORSOS)
+        _positive_int("agent.conv_channels", self.conv_channels)
 
 
 @dataclass
@@ -162,6 +173,9 @@ class MetaConfig:
     - ``ratio_input``: G_eta also sees the clipped log importance ratio log(pi/mu).
     - ``consistency_cost`` w: adds w 1/2 (g - sg(v_s))^2 on the held-out batch to the
       outer loss, a guard against the target drifting away from returns.
+    - ``embed_size``, ``embed_channels``: G_eta's embedding phi(x) of image observations
+      (a 3x3 convolution with ``embed_channels`` channels, then ``embed_size`` ReLU
+      units, learned with eta); flat observations enter G_eta as they are.
 
     ``schedule = "chain"``: one outer step per M inner steps, which form one
     differentiable chain (the paper's). ``"sliding"``: an outer step after every
@@ -178,6 +192,8 @@ class MetaConfig:
     ratio_input: bool = False
     consistency_cost: float = 0.0
     schedule: str = "chain"
+    embed_size: int = 32
+    embed_channels: int = 16
     # The report's extension (DESIGN section 5): beta * L_revise added to L_outer.
     ext_b1: float = 0.1
     ext_beta_mode: str = "annealed"  # "constant": beta = b1; "annealed": b1 / |sg(L_outer)|
@@ -194,6 +210,8 @@ class MetaConfig:
         _in_range("meta.max_grad_norm", self.max_grad_norm, 0.0, 1e9)
         _one_of("meta.target", self.target, TARGET_FORMS)
         _one_of("meta.schedule", self.schedule, META_SCHEDULES)
+        _positive_int("meta.embed_size", self.embed_size)
+        _positive_int("meta.embed_channels", self.embed_channels)
         _require(
             isinstance(self.ratio_input, bool),
             f"meta.ratio_input must be true or false, got {self.ratio_input!r}",

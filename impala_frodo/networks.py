@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+from impala_frodo.torsos import ConvTorso, is_image_shape, resolve_torso
+
+if TYPE_CHECKING:
+    from impala_frodo.config import AgentConfig
 
 
 def _mlp(in_features: int, hidden_sizes: Sequence[int]) -> tuple[nn.Sequential, int]:
@@ -23,28 +29,58 @@ def _mlp(in_features: int, hidden_sizes: Sequence[int]) -> tuple[nn.Sequential, 
 
 
 class AgentNet(nn.Module):
-    """MLP torso with a policy head (logits) and a value head.
+    """A torso with a policy head (logits) and a value head.
 
-    With ``hidden_sizes = ()`` both heads are linear in the flat observation
-    (the random walk's linear V on one-hot states).
+    ``torso`` (:mod:`impala_frodo.torsos`): ``"mlp"`` flattens the observation into
+    ``hidden_sizes`` ReLU layers (none: both heads linear in it, the random walk's
+    linear V on one-hot states); ``"conv"`` is MinAtar's network for ``[H, W, C]``
+    images, a 3x3 convolution with ``conv_channels`` channels, then ``hidden_sizes``;
+    ``"auto"`` takes conv for images and the MLP otherwise.
     """
 
     def __init__(
-        self, obs_shape: Sequence[int], num_actions: int, hidden_sizes: Sequence[int] = (64, 64)
+        self,
+        obs_shape: Sequence[int],
+        num_actions: int,
+        hidden_sizes: Sequence[int] = (64, 64),
+        *,
+        torso: str = "auto",
+        conv_channels: int = 16,
     ) -> None:
         super().__init__()
         if num_actions < 1:
             raise ValueError(f"num_actions must be >= 1, got {num_actions}")
         self.obs_shape = tuple(obs_shape)
         self.num_actions = num_actions
-        self.torso, width = _mlp(math.prod(self.obs_shape), hidden_sizes)
+        self.torso_kind = resolve_torso(torso, self.obs_shape)
+        if self.torso_kind == "conv":
+            self.torso = ConvTorso(self.obs_shape, conv_channels, hidden_sizes)
+            width = self.torso.out_features
+        else:
+            self.torso, width = _mlp(math.prod(self.obs_shape), hidden_sizes)
         self.policy = nn.Linear(width, num_actions)
         self.value = nn.Linear(width, 1)
+
+    @classmethod
+    def from_config(
+        cls, obs_shape: Sequence[int], num_actions: int, agent: AgentConfig
+    ) -> AgentNet:
+        """The agent an :class:`~impala_frodo.config.AgentConfig` describes."""
+        return cls(
+            obs_shape,
+            num_actions,
+            agent.hidden_sizes,
+            torso=agent.torso,
+            conv_channels=agent.conv_channels,
+        )
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """``obs [..., *obs_shape]`` to ``(logits [..., A], values [...])``."""
         lead = obs.shape[: obs.dim() - len(self.obs_shape)]
-        x = self.torso(obs.reshape(*lead, -1))
+        if self.torso_kind == "conv":
+            x = self.torso(obs.reshape(-1, *self.obs_shape)).reshape(*lead, -1)
+        else:
+            x = self.torso(obs.reshape(*lead, -1))
         return self.policy(x), self.value(x).squeeze(-1)
 
 
@@ -58,6 +94,10 @@ class MetaNet(nn.Module):
     enters as d_t V(x_{t+1}), so no target sees past the end of its own episode
     (after an auto-reset x_{t+1} is the next episode's first state).
     ``zero_init_head`` starts the output layer at zero: g = 0 everywhere at first.
+
+    phi(x) is the flat observation, except for images ``[H, W, C]``: there it is a
+    learned embedding (part of eta), MinAtar's convolution with ``embed_channels``
+    channels, then one ReLU layer of ``embed_size`` units (:class:`ConvTorso`).
     """
 
     def __init__(
@@ -67,12 +107,19 @@ class MetaNet(nn.Module):
         *,
         ratio_input: bool = False,
         zero_init_head: bool = False,
+        embed_size: int = 32,
+        embed_channels: int = 16,
     ) -> None:
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.hidden_size = hidden_size
         self.ratio_input = ratio_input
-        num_inputs = math.prod(self.obs_shape) + 3 + int(ratio_input)
+        self.embed: ConvTorso | None = None
+        phi_size = math.prod(self.obs_shape)
+        if is_image_shape(self.obs_shape):
+            self.embed = ConvTorso(self.obs_shape, embed_channels, (embed_size,))
+            phi_size = embed_size
+        num_inputs = phi_size + 3 + int(ratio_input)
         self.cell = nn.LSTMCell(num_inputs, hidden_size)
         self.head = nn.Linear(hidden_size, 1)
         if zero_init_head:
@@ -91,8 +138,12 @@ class MetaNet(nn.Module):
         rewards r_t, discounts d_t, next values d_t V(x_{t+1}) and, with ``ratio_input``,
         log importance ratios (pass values and ratios detached: sg(.))."""
         steps, batch = rewards.shape
+        if self.embed is None:
+            phi = obs.reshape(steps, batch, -1)
+        else:
+            phi = self.embed(obs.reshape(-1, *self.obs_shape)).reshape(steps, batch, -1)
         features = [
-            obs.reshape(steps, batch, -1),
+            phi,
             rewards[..., None],
             discounts[..., None],
             next_values[..., None],

@@ -62,7 +62,7 @@ def train_sync(
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=cfg.run.seed, **cfg.env.kwargs)
     updater = Updater(cfg, env.observation_shape, env.num_actions, device=device)
     policy = ActingPolicy(
-        AgentNet(env.observation_shape, env.num_actions, cfg.agent.hidden_sizes), seed=cfg.run.seed
+        AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent), seed=cfg.run.seed
     )
     delayed = DelayedWeights(cfg.run.policy_lag)  # mu = pi of policy_lag updates ago
 

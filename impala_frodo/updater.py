@@ -82,7 +82,7 @@ class Updater:
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
-        self.agent = AgentNet(obs_shape, num_actions, cfg.agent.hidden_sizes).to(self.device)
+        self.agent = AgentNet.from_config(obs_shape, num_actions, cfg.agent).to(self.device)
         self.params: Params = detach_params(dict(self.agent.named_parameters()))
         self.optimizer = make_inner_optimizer(cfg.optim)
         self.opt_state = self.optimizer.init(self.params)
@@ -94,6 +94,8 @@ class Updater:
                 cfg.meta.hidden_size,
                 ratio_input=cfg.meta.ratio_input,
                 zero_init_head=cfg.meta.target != "plain",
+                embed_size=cfg.meta.embed_size,
+                embed_channels=cfg.meta.embed_channels,
             )
         elif cfg.algo == "mgrl":
             self.meta_net = MGRLMeta(cfg.meta.mgrl_init_gamma, cfg.meta.mgrl_init_lambda)

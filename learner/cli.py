@@ -315,7 +315,13 @@ def check_env_id(env_id: str) -> None:
     import gymnasium
 
     import impala_frodo.envs  # noqa: F401 (registers our ids)
+    from impala_frodo.envs import minatar_envs
 
+    if minatar_envs.is_minatar_id(env_id):
+        try:
+            minatar_envs.register_minatar_envs()  # on first use; says how to install minatar
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if env_id not in gymnasium.registry:
         ours = [k for k in gymnasium.registry if k.startswith("impala_frodo/")]
         raise ConfigError(

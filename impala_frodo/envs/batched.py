@@ -14,7 +14,10 @@ Seeding, for every implementation: ``seed`` at construction seeds the first ``re
   single env's random draws exactly (one shared ``np.random.Generator``, drawn with
   ``size=n`` where the single env draws scalars).
 - ``GymnasiumBatchedEnv``: B ``gymnasium.make`` instances stepped in a loop, for any env with a
-  ``Discrete`` action space; observations flattened to float32 1-D.
+  ``Discrete`` action space; observations flattened to float32 1-D, except images (a ``Box`` of
+  rank 3, ``[H, W, C]``), which keep their shape (float32; uint8 pixels scaled to [0, 1]).
+  MinAtar's ids (``MinAtar/Breakout-v0`` ...) are registered on first use when the
+  ``minatar`` package is installed (the ``minatar`` extra).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from impala_frodo.envs import catch, random_walk
+from impala_frodo.envs import catch, minatar_envs, random_walk
 
 
 @dataclass(frozen=True)
@@ -291,9 +294,12 @@ class BatchedRandomWalk(_NumpyBatchedEnv):
 class GymnasiumBatchedEnv(BatchedEnv):
     """B instances of any Gymnasium env with a ``Discrete`` action space, stepped in a loop.
 
-    Observations are flattened (``gymnasium.spaces.flatten``) to float32 ``[flatdim]``; image
-    observations are flattened too, unscaled. An action ``a`` in ``[0, n)`` is passed to the env
-    as ``space.start + a``. A step that is both terminated and truncated counts as terminated.
+    Observations are flattened (``gymnasium.spaces.flatten``) to float32 ``[flatdim]``, except
+    images: a ``Box`` of rank 3 (``[H, W, C]``, channels last) keeps its shape, as float32,
+    written straight into the batch array (no flattening copy); uint8 pixels in [0, 255] are
+    scaled to [0, 1], other images (MinAtar's bool channels) are taken as they are. An action
+    ``a`` in ``[0, n)`` is passed to the env as ``space.start + a``. A step that is both
+    terminated and truncated counts as terminated.
 
     Args:
         env_id: a registered Gymnasium id (e.g. ``"CartPole-v1"``).
@@ -329,6 +335,13 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self.num_actions = int(action_space.n)
         self._action_start = int(action_space.start)
         self._obs_space = env.observation_space
+        self._image = _is_image_space(self._obs_space)
+        self._pixel_scale: float | None = None
+        if self._image:
+            self.observation_shape = tuple(int(s) for s in self._obs_space.shape)
+            if self._obs_space.dtype == np.uint8 and int(self._obs_space.high.max()) == 255:
+                self._pixel_scale = 1.0 / 255.0
+            return
         try:
             flat_dim = spaces.flatdim(self._obs_space)
         except (ValueError, NotImplementedError, TypeError) as exc:
@@ -339,16 +352,18 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self.observation_shape = (int(flat_dim),)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset every env; float32 ``[B, flatdim]``."""
+        """Reset every env; float32 ``[B, *observation_shape]``."""
         if seed is None:
             seed, self._pending_seed = self._pending_seed, None
         seeds: list[int | None] = [None] * self.num_envs
         if seed is not None:
             state = np.random.SeedSequence(seed).generate_state(self.num_envs)
             seeds = [int(s) for s in state]
-        obs = [env.reset(seed=s)[0] for env, s in zip(self._envs, seeds, strict=True)]
+        obs = np.empty((self.num_envs, *self.observation_shape), dtype=np.float32)
+        for i, (env, s) in enumerate(zip(self._envs, seeds, strict=True)):
+            obs[i] = self._convert(env.reset(seed=s)[0])
         self._started = True
-        return np.stack([self._flatten(o) for o in obs])
+        return self._scaled(obs)
 
     def step(self, actions: np.ndarray) -> BatchStep:
         """Step every env; reset the ones that ended; keep truncated episodes' last obs."""
@@ -366,16 +381,16 @@ class GymnasiumBatchedEnv(BatchedEnv):
             terminated[i] = bool(term)
             truncated[i] = bool(trunc) and not terminated[i]
             if truncated[i]:
-                final_obs.append(self._flatten(ob))
+                final_obs.append(np.asarray(self._convert(ob), dtype=np.float32))
             if term or trunc:
                 ob, _ = env.reset()
-            obs[i] = self._flatten(ob)
+            obs[i] = self._convert(ob)
         return BatchStep(
-            obs=obs,
+            obs=self._scaled(obs),
             rewards=rewards,
             terminated=terminated,
             truncated=truncated,
-            final_obs=np.stack(final_obs) if final_obs else self._empty_final_obs(),
+            final_obs=self._scaled(np.stack(final_obs)) if final_obs else self._empty_final_obs(),
         )
 
     def close(self) -> None:
@@ -384,14 +399,34 @@ class GymnasiumBatchedEnv(BatchedEnv):
             env.close()
         self._envs = []
 
-    def _flatten(self, obs: Any) -> np.ndarray:
+    def _convert(self, obs: Any) -> np.ndarray:
+        """One observation as an array of ``observation_shape`` (an image: as it is, no copy)."""
+        if self._image:
+            return np.asarray(obs)
         return np.asarray(spaces.flatten(self._obs_space, obs), dtype=np.float32)
+
+    def _scaled(self, obs: np.ndarray) -> np.ndarray:
+        """Float32 observations, pixels scaled to [0, 1] in place."""
+        if self._pixel_scale is not None:
+            obs *= self._pixel_scale
+        return obs
+
+
+def _is_image_space(space: spaces.Space) -> bool:
+    """A ``Box`` of rank 3: an image ``[H, W, C]``, channels last."""
+    return isinstance(space, spaces.Box) and len(space.shape) == 3
 
 
 def _check_registered(env_id: Any) -> str:
-    """Return ``env_id`` if Gymnasium knows it, else raise a one-line ``ValueError``."""
+    """Return ``env_id`` if Gymnasium knows it, else raise a one-line ``ValueError``.
+
+    MinAtar's ids are registered here on first use (``minatar`` itself registers them only
+    when asked); without the package the error says how to install it.
+    """
     if not isinstance(env_id, str):
         raise ValueError(f"env id must be a string, got {env_id!r}")
+    if minatar_envs.is_minatar_id(env_id):
+        minatar_envs.register_minatar_envs()
     try:
         gymnasium.spec(env_id)
     except gymnasium.error.Error as exc:

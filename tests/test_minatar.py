@@ -1,0 +1,282 @@
+"""Image observations end to end: the conv torso, G_eta's image embedding, image envs through
+the actors and the actor-learner, and the conv agent's meta-gradient against finite
+differences (float64). Tests that need the ``minatar`` package skip without it."""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from actors.rollout import RolloutActor
+from impala_frodo.config import Config, ConfigError, set_dotted
+from impala_frodo.envs import make_batched_env
+from impala_frodo.envs.minatar_envs import GAMES, minatar_installed
+from impala_frodo.metagrad import DifferentiableSGD, detach_params
+from impala_frodo.networks import AgentNet, MetaNet
+from impala_frodo.presets import load_preset, preset_names
+from impala_frodo.torsos import ConvTorso, resolve_torso
+from impala_frodo.trajectory import Batch, Trajectory
+from impala_frodo.updater import Updater
+from learner.cli import check_env_id
+from tests.test_frodo_targets import finite_difference_m_steps
+from tests.test_metagrad import analytic, finite_difference
+
+needs_minatar = pytest.mark.skipif(
+    not minatar_installed(), reason="minatar is not installed (pip install '.[minatar]')"
+)
+#: MinAtar Breakout: channel 3 holds the bricks, 3 full rows of 10 at an episode's start.
+BREAKOUT_BRICK_CHANNEL, BREAKOUT_BRICKS = 3, 30
+
+
+# ------------------------------------------------------------------ torsos
+
+
+def test_torso_is_chosen_by_the_observation_shape():
+    assert resolve_torso("auto", (10, 10, 4)) == "conv"
+    assert resolve_torso("auto", (11, 6)) == "mlp"  # Catch's grid stays an MLP input
+    assert resolve_torso("auto", (5,)) == "mlp"
+    assert resolve_torso("mlp", (10, 10, 4)) == "mlp"
+    with pytest.raises(ValueError, match=r"H, W >= 3"):
+        resolve_torso("conv", (5,))
+    with pytest.raises(ValueError, match=r"H, W >= 3"):
+        resolve_torso("conv", (2, 10, 4))
+    assert isinstance(AgentNet((10, 10, 4), 6).torso, ConvTorso)
+    assert isinstance(AgentNet((10, 10, 4), 6, torso="mlp").torso, torch.nn.Sequential)
+
+
+def test_conv_torso_is_minatars_network_on_channels_last_images():
+    torch.manual_seed(0)
+    agent = AgentNet((10, 10, 4), 6, (128,), torso="conv")
+    shapes = {k: tuple(v.shape) for k, v in agent.named_parameters()}
+    assert shapes["torso.conv.weight"] == (16, 4, 3, 3)  # one 3x3 conv, 16 channels
+    assert shapes["torso.dense.0.weight"] == (128, 16 * 8 * 8)  # no padding: 8 x 8 out
+    obs = torch.rand(3, 2, 10, 10, 4)  # [T, B, H, W, C]
+    logits, values = agent(obs)
+    assert logits.shape == (3, 2, 6) and values.shape == (3, 2)
+    # The same as a plain NCHW convolution of each image, by hand.
+    nchw = obs.reshape(6, 10, 10, 4).permute(0, 3, 1, 2).contiguous()
+    conv = torch.nn.functional.conv2d(nchw, agent.torso.conv.weight, agent.torso.conv.bias)
+    features = agent.torso.dense(conv.relu().reshape(6, -1))
+    torch.testing.assert_close(values.reshape(6), agent.value(features).squeeze(-1))
+
+
+def test_meta_net_embeds_images_and_takes_flat_observations_as_they_are():
+    image = MetaNet((6, 5, 3), hidden_size=4, embed_size=7, embed_channels=2)
+    assert image.embed is not None and image.cell.input_size == 7 + 3
+    assert MetaNet((11, 6), hidden_size=4).embed is None
+    assert MetaNet((11, 6), hidden_size=4).cell.input_size == 66 + 3
+    steps, batch = 4, 3
+    zeros = torch.zeros(steps, batch)
+    g = image(torch.rand(steps, batch, 6, 5, 3), zeros, zeros + 0.9, zeros)
+    assert g.shape == (steps, batch)
+
+
+# ---------------------------------------------------------- image envs
+
+
+class PixelEnv(gymnasium.Env):
+    """uint8 RGB images [6, 5, 3]; episodes truncate after 3 steps; the reward is the action."""
+
+    observation_space = spaces.Box(0, 255, shape=(6, 5, 3), dtype=np.uint8)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(action), False, self.t == 3, {}
+
+    def _obs(self):
+        return np.full((6, 5, 3), 51 * self.t, dtype=np.uint8)
+
+
+def test_a_gymnasium_image_env_keeps_its_shape_scaled_to_unit_range():
+    if "test/PixelEnv-v0" not in gymnasium.registry:
+        gymnasium.register("test/PixelEnv-v0", entry_point=PixelEnv, disable_env_checker=True)
+    env = make_batched_env("test/PixelEnv-v0", 2, seed=0)
+    assert env.observation_shape == (6, 5, 3) and env.num_actions == 2
+    obs = env.reset()
+    assert obs.shape == (2, 6, 5, 3) and obs.dtype == np.float32 and obs.max() == 0.0
+    env.step(np.array([0, 1]))
+    step = env.step(np.array([1, 1]))
+    np.testing.assert_allclose(step.obs, 0.4)
+    step = env.step(np.array([1, 0]))  # truncated: the last image kept, the next one fresh
+    assert step.truncated.all() and not step.terminated.any()
+    assert step.final_obs.shape == (2, 6, 5, 3) and step.final_obs.dtype == np.float32
+    np.testing.assert_allclose(step.final_obs, 0.6)
+    np.testing.assert_allclose(step.obs, 0.0)
+    env.close()
+
+
+def test_minatar_ids_without_the_package_say_how_to_install(monkeypatch):
+    from impala_frodo.envs import minatar_envs
+
+    monkeypatch.setattr(minatar_envs, "minatar_installed", lambda: False)
+    monkeypatch.setattr(gymnasium, "registry", {})
+    with pytest.raises(ValueError, match=r"impala-frodo\[minatar\]"):
+        make_batched_env("MinAtar/Breakout-v0", 1)
+    with pytest.raises(ConfigError, match=r"impala-frodo\[minatar\]"):
+        check_env_id("MinAtar/Breakout-v0")  # the CLI's check: a usage error, not a crash
+
+
+def test_every_minatar_preset_builds_a_conv_agent_on_a_minatar_game():
+    names = [n for n in preset_names() if n.startswith("minatar-")]
+    games = {n.split("-")[1] for n in names}
+    assert {"breakout", "spaceinvaders", "asterix"} <= games
+    for game in games:
+        assert {f"minatar-{game}-impala", f"minatar-{game}-frodo"} <= set(names)
+    for name in names:
+        cfg = load_preset(name)
+        if minatar_installed():
+            check_env_id(cfg.env.id)
+        assert cfg.env.id.removeprefix("MinAtar/").removesuffix("-v0") in GAMES
+        assert cfg.env.kwargs["sticky_action_prob"] == 0.1
+        assert cfg.agent.torso == "conv" and cfg.agent.hidden_sizes == (128,)
+
+
+@needs_minatar
+@pytest.mark.parametrize("game", sorted(GAMES))
+def test_minatar_games_are_binary_channels_last_images(game):
+    env = make_batched_env(f"MinAtar/{game}-v0", 2, seed=0)
+    assert env.observation_shape == (10, 10, GAMES[game]) and env.num_actions == 6
+    obs = env.reset()
+    assert obs.dtype == np.float32 and set(np.unique(obs)) <= {0.0, 1.0}
+    env.close()
+
+
+@needs_minatar
+def test_minatar_breakout_through_a_rollout_actor():
+    """Shapes and dtypes of [T+1, B, 10, 10, C] unrolls, and episodes that end and restart."""
+    cfg = set_dotted(
+        Config(),
+        {
+            "env.id": "MinAtar/Breakout-v0",
+            "env.kwargs": {"sticky_action_prob": 0.1},
+            "agent.hidden_sizes": [8],
+            "run.envs_per_actor": 4,
+            "run.unroll_length": 25,
+        },
+    )
+    actor = RolloutActor(cfg, actor_id=0, seed=1)
+    assert isinstance(actor.policy.agent.torso, ConvTorso)
+    params = {k: v.detach() for k, v in actor.policy.agent.named_parameters()}
+    ended = 0
+    for version in range(1, 9):
+        tr = actor.unroll(version, params)
+        assert tr.obs.shape == (26, 4, 10, 10, 4) and tr.obs.dtype == np.float32
+        assert tr.actions.shape == (25, 4) and tr.actions.dtype == np.int64
+        assert tr.actions.min() >= 0 and tr.actions.max() < 6
+        assert tr.rewards.dtype == np.float32 and tr.continues.dtype == np.float32
+        assert tr.truncation_index.size == 0  # MinAtar episodes end by termination only
+        bricks = tr.obs[..., BREAKOUT_BRICK_CHANNEL].sum(axis=(-1, -2))  # [T+1, B]
+        t, b = np.nonzero(tr.continues == 0)
+        # After an end the next observation is a new episode's first: every brick back.
+        np.testing.assert_array_equal(bricks[t + 1, b], BREAKOUT_BRICKS)
+        ended += t.size
+        assert len(tr.episode_returns) == t.size
+        assert all(r >= 0 and r == int(r) for r in tr.episode_returns)  # a point per brick
+    assert ended > 0, "random Breakout play must lose the ball within 200 steps"
+    # A learner batch of these unrolls updates a FRODO agent (conv torso, conv phi).
+    updater = Updater(set_dotted(cfg, {"algo": "frodo"}), (10, 10, 4), 6)
+    batch = Batch.from_trajectories([tr, tr])
+    assert batch.obs.shape == (26, 8, 10, 10, 4)
+    metrics = updater.update(batch)
+    assert np.isfinite(metrics["loss/inner"])
+    actor.close()
+
+
+@needs_minatar
+@pytest.mark.ray
+def test_frodo_on_minatar_runs_through_the_ray_actor_learner(ray_local, tmp_path):
+    from learner.driver import EXIT_OK, TrainOptions, train
+
+    cfg = set_dotted(
+        load_preset("minatar-breakout-frodo"),
+        {
+            "run.num_actors": 2,
+            "run.envs_per_actor": 4,
+            "run.unroll_length": 10,
+            "run.total_env_steps": 1_600,
+            "run.logdir": str(tmp_path / "runs"),
+            "meta.num_inner_steps": 2,
+        },
+    )
+    result = train(cfg, TrainOptions(progress=False, handle_signals=False))
+    assert result.exit_code == EXIT_OK and result.env_steps >= 1_600
+    assert result.episodes > 0 and np.isfinite(result.mean_return)
+
+
+# ------------------------------------------------- meta-gradient, conv agent
+
+IMAGE_SHAPE, NUM_ACTIONS, STEPS, WIDTH = (4, 4, 2), 3, 4, 2
+
+
+def image_batch(rng: np.random.Generator) -> Batch:
+    """A float64 batch of random binary images, with a terminal and an off-policy mu."""
+    actions = rng.integers(NUM_ACTIONS, size=(STEPS, WIDTH))
+    continues = np.ones((STEPS, WIDTH))
+    continues[1, 0] = 0.0
+    trajectory = Trajectory(
+        obs=rng.integers(0, 2, size=(STEPS + 1, WIDTH, *IMAGE_SHAPE)).astype(np.float64),
+        actions=actions,
+        rewards=rng.normal(size=(STEPS, WIDTH)),
+        continues=continues,
+        behaviour_log_probs=np.log(rng.uniform(0.1, 0.9, size=(STEPS, WIDTH))),
+    )
+    return Batch.from_trajectories([trajectory], dtype=torch.float64)
+
+
+def tiny_conv_updater(num_inner_steps: int) -> Updater:
+    torch.manual_seed(0)
+    cfg = Config.from_dict(
+        {
+            "algo": "frodo",
+            "agent": {"torso": "auto", "conv_channels": 2, "hidden_sizes": [4]},
+            "optim": {"name": "sgd", "lr": 0.1},
+            "meta": {
+                "num_inner_steps": num_inner_steps,
+                "hidden_size": 3,
+                "embed_size": 3,
+                "embed_channels": 2,
+                "target": "plain",
+            },
+            "loss": {"gamma": 0.9, "lambda_": 0.95},
+        }
+    )
+    updater = Updater(cfg, IMAGE_SHAPE, NUM_ACTIONS)
+    assert isinstance(updater.agent.torso, ConvTorso) and updater.meta_net.embed is not None
+    updater.agent.double()
+    updater.meta_net.double()
+    updater.params = detach_params({k: v.double() for k, v in updater.params.items()})
+    updater.opt_state = updater.optimizer.init(updater.params)
+    return updater
+
+
+def test_conv_agent_meta_gradient_matches_finite_differences():
+    """M = 1: the meta-gradient is the exact derivative, the image embedding's included."""
+    updater = tiny_conv_updater(num_inner_steps=1)
+    rng = np.random.default_rng(0)
+    inner, outer = [image_batch(rng)], image_batch(rng)
+    result = analytic(updater, inner, outer)
+    expected = finite_difference(
+        updater, inner, outer, lambda: DifferentiableSGD(updater.optimizer.lr)
+    )
+    assert result.eta_grads["embed.conv.weight"].abs().sum() > 1e-6, "phi(x) must learn"
+    for name, g in expected.items():
+        torch.testing.assert_close(result.eta_grads[name], g, rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_conv_agent_meta_gradient_through_two_inner_steps(monkeypatch):
+    updater = tiny_conv_updater(num_inner_steps=2)
+    rng = np.random.default_rng(1)
+    inner, outer = [image_batch(rng), image_batch(rng)], image_batch(rng)
+    result = analytic(updater, inner, outer)
+    expected = finite_difference_m_steps(updater, inner, outer, monkeypatch)
+    for name, g in expected.items():
+        torch.testing.assert_close(result.eta_grads[name], g, rtol=1e-5, atol=1e-8, msg=name)
