@@ -128,7 +128,7 @@ def test_minatar_ids_without_the_package_say_how_to_install(monkeypatch):
 def test_every_minatar_preset_builds_a_conv_agent_on_a_minatar_game():
     names = [n for n in preset_names() if n.startswith("minatar-")]
     games = {n.split("-")[1] for n in names}
-    assert {"breakout", "spaceinvaders", "asterix"} <= games
+    assert games == {"breakout", "spaceinvaders", "asterix", "freeway", "seaquest"}
     for game in games:
         assert {f"minatar-{game}-impala", f"minatar-{game}-frodo"} <= set(names)
     for name in names:
