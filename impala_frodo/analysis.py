@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 SOLVED_RETURN = 0.8
+#: The report's random-walk claim is about the value error in these env steps after a switch.
+AFTER_SWITCH_STEPS = 100
 SUMMARY_KEYS = ("steps_to_0.8", "final_return", "rmse_after_switch", "rmse_second_half")
 
 
@@ -46,7 +48,10 @@ def catch_summary(
 
 
 def random_walk_summary(
-    value_rmse: Sequence[tuple[int, float]], switch_every: int, total_steps: int, after: int = 100
+    value_rmse: Sequence[tuple[int, float]],
+    switch_every: int,
+    total_steps: int,
+    after: int = AFTER_SWITCH_STEPS,
 ) -> dict[str, float]:
     """RMS value errors from ``(env steps, rmse)`` pairs taken after each update.
 
@@ -64,6 +69,19 @@ def random_walk_summary(
         "rmse_second_half": float(errors[steps > total_steps / 2].mean()),
         "rmse_after_switch": float(errors[after_switch].mean()),
     }
+
+
+def value_error_metrics(
+    predicted: np.ndarray, true_values: np.ndarray, steps_since_switch: int | None
+) -> dict[str, float]:
+    """``eval/value_rmse``: the RMS error of V on every state against the true values;
+    also ``eval/value_rmse_after_switch`` when the reward switched at most
+    :data:`AFTER_SWITCH_STEPS` env steps ago (the random walk's non-stationarity)."""
+    rmse = float(np.sqrt(np.mean((np.asarray(predicted) - np.asarray(true_values)) ** 2)))
+    metrics = {"eval/value_rmse": rmse}
+    if steps_since_switch is not None and 0 < steps_since_switch <= AFTER_SWITCH_STEPS:
+        metrics["eval/value_rmse_after_switch"] = rmse
+    return metrics
 
 
 def curve(points: Sequence[tuple[int, float]], total_steps: int, bins: int) -> list[float | None]:

@@ -118,9 +118,11 @@ class Roller:
         self._obs = obs[steps]
         self.total_steps += steps * width
 
-        true_values = None
+        true_values, steps_since_switch = None, None
         if hasattr(env, "true_values"):
             true_values = np.asarray(env.true_values())[0].astype(np.float32)
+        if hasattr(env, "steps_since_switch"):
+            steps_since_switch = int(env.steps_since_switch()[0])
         return Trajectory(
             obs=obs,
             actions=actions,
@@ -133,4 +135,5 @@ class Roller:
             episode_returns=returns,
             episode_lengths=lengths,
             true_values=true_values,
+            steps_since_switch=steps_since_switch,
         )

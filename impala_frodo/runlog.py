@@ -249,9 +249,9 @@ TENSORBOARD_LAYOUT: dict[str, dict[str, list]] = {
             "Multiline",
             _exactly("episode/return", "episode/return_window"),
         ],
-        "value RMSE against the true values (random walk)": [
+        "value RMSE against the true values (random walk; and in the 100 steps after a switch)": [
             "Multiline",
-            _exactly("eval/value_rmse"),
+            _exactly("eval/value_rmse", "eval/value_rmse_after_switch"),
         ],
         "episode length": ["Multiline", _exactly("episode/length")],
     },

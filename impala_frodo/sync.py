@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from impala_frodo.analysis import value_error_metrics
 from impala_frodo.config import Config
 from impala_frodo.envs import make_batched_env
 from impala_frodo.intervals import IntervalLog
@@ -39,11 +40,6 @@ class TrainResult:
     @property
     def env_steps_per_s(self) -> float:
         return self.env_steps / max(self.wall_time_s, 1e-9)
-
-
-def value_rmse(predicted: np.ndarray, true_values: np.ndarray) -> float:
-    """RMS error of V against the true state values (the random walk's metric)."""
-    return float(np.sqrt(np.mean((np.asarray(predicted) - np.asarray(true_values)) ** 2)))
 
 
 def train_sync(
@@ -89,9 +85,13 @@ def train_sync(
         metrics = updater.update(Batch.from_trajectories([trajectory], device))
         load_behaviour_policy()
         if state_obs is not None and trajectory.true_values is not None:
-            rmse = value_rmse(updater.values(state_obs).cpu().numpy(), trajectory.true_values)
-            result.value_rmse.append((result.env_steps, rmse))
-            metrics["eval/value_rmse"] = rmse
+            errors = value_error_metrics(
+                updater.values(state_obs).cpu().numpy(),
+                trajectory.true_values,
+                trajectory.steps_since_switch,
+            )
+            result.value_rmse.append((result.env_steps, errors["eval/value_rmse"]))
+            metrics |= errors
         result.last_metrics = metrics
         if callback is not None:
             callback(result, metrics)

@@ -37,6 +37,7 @@ class Trajectory:
     episode_returns: list[float] = field(default_factory=list)  # episodes finished in this unroll
     episode_lengths: list[int] = field(default_factory=list)
     true_values: np.ndarray | None = None  # [S] true state values at the end (random walk)
+    steps_since_switch: int | None = None  # env 0's steps since its reward switched (-1: none)
     actor_id: int = 0
 
     @property

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from impala_frodo.analysis import value_error_metrics
 from impala_frodo.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -42,7 +43,6 @@ from impala_frodo.config import Config
 from impala_frodo.intervals import IntervalLog
 from impala_frodo.rollout import DelayedWeights
 from impala_frodo.runlog import RunLogger, StorageError
-from impala_frodo.sync import value_rmse
 from impala_frodo.trajectory import Batch, Trajectory
 from impala_frodo.updater import NonFiniteLossError, Updater
 from impala_frodo.utils import first_line
@@ -187,10 +187,10 @@ class Learner:
         self._count(trajectories)
         metrics["perf/policy_lag"] = float(np.mean(lags))
         metrics["perf/policy_lag_max"] = float(max(lags))
-        true_values = trajectories[-1].true_values
-        if self._state_obs is not None and true_values is not None:
+        last = trajectories[-1]
+        if self._state_obs is not None and last.true_values is not None:
             predicted = self.updater.values(self._state_obs).cpu().numpy()
-            metrics["eval/value_rmse"] = value_rmse(predicted, true_values)
+            metrics |= value_error_metrics(predicted, last.true_values, last.steps_since_switch)
         self._interval.add(metrics)
         return metrics
 

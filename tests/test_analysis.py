@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from impala_frodo.analysis import (
@@ -10,7 +11,9 @@ from impala_frodo.analysis import (
     random_walk_summary,
     solved_cell,
     steps_to_threshold,
+    value_error_metrics,
 )
+from impala_frodo.envs import BatchedRandomWalk
 
 
 def test_steps_to_threshold_is_the_first_window_at_or_above():
@@ -52,3 +55,22 @@ def test_curve_bins_by_step_and_leaves_empty_bins_empty():
 def test_solved_cell():
     assert solved_cell([1000, None, 3000]) == "2/3 (2k)"
     assert solved_cell([None]) == "0/1"
+
+
+def test_value_error_after_a_switch_is_logged_only_in_its_window():
+    predicted, true = np.zeros(5), np.full(5, 0.5)
+    assert value_error_metrics(predicted, true, None) == {"eval/value_rmse": 0.5}
+    assert value_error_metrics(predicted, true, -1) == {"eval/value_rmse": 0.5}  # no switch yet
+    assert "eval/value_rmse_after_switch" not in value_error_metrics(predicted, true, 0)
+    assert value_error_metrics(predicted, true, 100)["eval/value_rmse_after_switch"] == 0.5
+    assert "eval/value_rmse_after_switch" not in value_error_metrics(predicted, true, 101)
+
+
+def test_random_walk_counts_steps_since_its_reward_switched():
+    env = BatchedRandomWalk(2, switch_every=10, seed=0)
+    env.reset()
+    seen = []
+    for _ in range(25):
+        env.step(np.zeros(2, np.int64))
+        seen.append(int(env.steps_since_switch()[0]))
+    assert seen[:9] == [-1] * 9 and seen[9:12] == [0, 1, 2] and seen[19] == 0

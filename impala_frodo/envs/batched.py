@@ -258,6 +258,13 @@ class BatchedRandomWalk(_NumpyBatchedEnv):
         phase = (self._num_steps // self.switch_every) % len(self._left_reward_cycle)
         return cycle_values[phase]
 
+    def steps_since_switch(self) -> np.ndarray:
+        """Int ``[B]``: env steps since each env's left reward last switched (-1 before the
+        first switch)."""
+        return np.where(
+            self._num_steps >= self.switch_every, self._num_steps % self.switch_every, -1
+        )
+
     @staticmethod
     def state_observations() -> np.ndarray:
         """Float32 ``[5, 5]``: row i is the observation of state index i."""
