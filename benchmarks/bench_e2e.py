@@ -91,6 +91,17 @@ def median(values: list[float | None]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
+def machine_info(torch_threads: int) -> dict[str, object]:
+    """CPUs, torch threads and library versions, for a benchmark's JSON report."""
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch_threads,
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", nargs="+", default=["impala", "frodo"])
@@ -149,11 +160,7 @@ def main() -> None:
                 "env_steps_per_run": args.steps,
                 "repeats": args.repeats,
                 "ray_start_s": round(ray_start_s, 2),
-                "cpus": os.cpu_count(),
-                "torch_threads": args.threads,
-                "torch": torch.__version__,
-                "ray": ray.__version__,
-                "python": platform.python_version(),
+                **machine_info(args.threads),
                 "results": rows,
             },
             indent=2,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -33,7 +32,7 @@ import time
 import numpy as np
 import ray
 import torch
-from bench_e2e import steady_rate
+from bench_e2e import machine_info, steady_rate
 
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.envs import make_batched_env
@@ -159,11 +158,7 @@ def main() -> None:
                 "unroll_length": load_preset(f"minatar-{args.games[0]}-impala").run.unroll_length,
                 "env_steps_per_run": args.steps,
                 "load_avg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-                "cpus": os.cpu_count(),
-                "torch_threads": args.threads,
-                "torch": torch.__version__,
-                "ray": ray.__version__,
-                "python": platform.python_version(),
+                **machine_info(args.threads),
                 "results": rows,
             },
             indent=2,

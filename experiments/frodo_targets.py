@@ -35,6 +35,7 @@ from impala_frodo.analysis import (
 )
 from impala_frodo.config import set_dotted
 from impala_frodo.presets import load_preset
+from learner.cli import parse_value
 
 # name -> (preset, overrides). The presets set the desynchronised Catch and T = 16.
 SUITES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        extra[key] = json.loads(value) if value[:1] in "-0123456789[{tf" else value
+        extra[key] = parse_value(value)  # the CLI's --set reading of a value
     jobs = [
         (variants[n][0], variants[n][1] | extra, seed) for n in names for seed in range(args.seeds)
     ]

@@ -246,7 +246,13 @@ def target_diagnostics(target: Tensor, canonical: Tensor) -> dict[str, Tensor]:
 
 
 def frodo_inner_loss(
-    batch: Batch, out: AgentOutputs, target: Tensor, cfg: LossConfig, *, task: str
+    batch: Batch,
+    out: AgentOutputs,
+    target: Tensor,
+    cfg: LossConfig,
+    *,
+    task: str,
+    policy: tuple[Tensor, Tensor] | None = None,
 ) -> LossTerms:
     """FRODO's inner loss with the meta target g (DESIGN section 5)::
 
@@ -254,11 +260,12 @@ def frodo_inner_loss(
                  + c1 1/2 (g_t - V(x_t))^2 - c2 H(pi(.|x_t)) ]
 
     The advantage stops the gradient to theta only: g keeps its graph to eta,
-    so both the policy and the value update depend on eta.
+    so both the policy and the value update depend on eta. ``policy``:
+    :func:`policy_terms` of the batch, if the caller has them already.
     """
     if task == "prediction":
         return value_only_loss(out.values, target, value_cost=cfg.value_cost)
-    log_pi_a, entropy = policy_terms(out.logits, batch.actions)
+    log_pi_a, entropy = policy_terms(out.logits, batch.actions) if policy is None else policy
     log_rhos = stop_gradient(log_pi_a) - batch.behaviour_log_probs
     pg_rhos = torch.exp(log_rhos).clamp(max=cfg.clip_pg_rho_threshold)
     advantages = pg_rhos * (target - stop_gradient(out.values))

@@ -124,8 +124,9 @@ class Updater:
         out = obj.evaluate_agent(self.agent, params, batch)
         stats: dict[str, Tensor] = {}
         if cfg.algo in ("frodo", "frodo-ext"):
-            target, canonical = self.frodo_target(batch, out)
-            terms = obj.frodo_inner_loss(batch, out, target, cfg.loss, task=cfg.task)
+            policy = self.policy_terms(batch, out)
+            target, canonical = self.frodo_target(batch, out, policy)
+            terms = obj.frodo_inner_loss(batch, out, target, cfg.loss, task=cfg.task, policy=policy)
             stats |= obj.target_diagnostics(target, canonical)
             stats["meta/target_mean"] = target.detach().mean()
             true_values = true_step_values(batch)
@@ -136,7 +137,7 @@ class Updater:
             terms, vt = obj.vtrace_loss(
                 batch, out, cfg.loss, task=cfg.task, gamma=gamma, lambda_=lambda_
             )
-            canonical = self.canonical_returns(batch, out)
+            canonical = self.canonical_returns(batch, out, self.policy_terms(batch, out))
             stats |= obj.target_diagnostics(vt.vs, canonical)
             stats["meta/gamma"], stats["meta/lambda"] = gamma.detach(), lambda_.detach()
         else:
@@ -149,31 +150,41 @@ class Updater:
         }
         return terms.total, stats
 
-    def canonical_returns(self, batch: Batch, out: obj.AgentOutputs) -> Tensor:
+    def policy_terms(self, batch: Batch, out: obj.AgentOutputs) -> tuple[Tensor, Tensor] | None:
+        """``(log pi(a_t|x_t), H(pi(.|x_t)))`` in control; ``None`` in prediction (the
+        behaviour's actions do not matter there: on-policy targets)."""
+        if self.cfg.task != "control":
+            return None
+        return obj.policy_terms(out.logits, batch.actions)
+
+    def canonical_returns(
+        self, batch: Batch, out: obj.AgentOutputs, policy: tuple[Tensor, Tensor] | None
+    ) -> Tensor:
         """The canonical V-trace target v_s ``[T, B]`` (fixed gamma, lambda; on-policy in
-        prediction), a constant of theta and eta."""
-        log_pi_a = None
-        if self.cfg.task == "control":
-            log_pi_a, _ = obj.policy_terms(out.logits, batch.actions)
+        prediction), a constant of theta and eta. ``policy``: :meth:`policy_terms`."""
         loss = self.cfg.loss
+        log_pi_a = None if policy is None else policy[0]
         return obj.vtrace_returns(
             batch, out, log_pi_a, loss, gamma=loss.gamma, lambda_=loss.lambda_
         ).vs
 
     def frodo_target(
-        self, batch: Batch, out: obj.AgentOutputs, canonical: Tensor | None = None
+        self,
+        batch: Batch,
+        out: obj.AgentOutputs,
+        policy: tuple[Tensor, Tensor] | None,
+        canonical: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """FRODO's target g (graph to eta) in the configured form, and the canonical v_s
-        (computed unless given)."""
+        (computed unless given). ``policy``: :meth:`policy_terms`."""
         meta = self.cfg.meta
         if canonical is None:
-            canonical = self.canonical_returns(batch, out)
+            canonical = self.canonical_returns(batch, out, policy)
         log_rhos = None
         if meta.ratio_input:
             log_rhos = torch.zeros_like(batch.rewards)
-            if self.cfg.task == "control":
-                log_pi_a, _ = obj.policy_terms(out.logits, batch.actions)
-                log_rhos = log_pi_a - batch.behaviour_log_probs
+            if policy is not None:
+                log_rhos = policy[0] - batch.behaviour_log_probs
         target = obj.meta_target(
             self.meta_net,
             self.eta,
@@ -215,7 +226,8 @@ class Updater:
             loss = loss + beta * revise
             stats |= {"meta/beta": beta.detach(), "loss/revise": revise.detach()}
         if cfg.algo in ("frodo", "frodo-ext") and cfg.meta.consistency_cost > 0:
-            target, canonical = self.frodo_target(batch, out, canonical=vt.vs)
+            policy = self.policy_terms(batch, out) if cfg.meta.ratio_input else None
+            target, canonical = self.frodo_target(batch, out, policy, canonical=vt.vs)
             consistency = 0.5 * (target - canonical).square().mean()
             loss = loss + cfg.meta.consistency_cost * consistency
             stats["loss/consistency"] = consistency.detach()

@@ -168,7 +168,9 @@ def test_no_target_sees_past_its_episode_end(meta):
     for first_obs in (np.zeros(OBS_SHAPE), np.full(OBS_SHAPE, 5.0)):
         batch = one_terminal_batch(first_obs)
         out = objectives.evaluate_agent(updater.agent, updater.params, batch)
-        targets.append(updater.frodo_target(batch, out)[0].detach())
+        targets.append(
+            updater.frodo_target(batch, out, updater.policy_terms(batch, out))[0].detach()
+        )
     torch.testing.assert_close(targets[0][:2], targets[1][:2], rtol=0, atol=0)
     assert not torch.equal(targets[0][2:], targets[1][2:])  # the next episode sees x_2
 
@@ -177,10 +179,11 @@ def test_residual_target_with_zero_head_starts_at_the_canonical_return():
     updater = tiny_updater("frodo", target="residual", perturb_head=False)
     batch = off_policy_batch(np.random.default_rng(5))
     out = objectives.evaluate_agent(updater.agent, updater.params, batch)
-    target, canonical = updater.frodo_target(batch, out)
+    target, canonical = updater.frodo_target(batch, out, updater.policy_terms(batch, out))
     torch.testing.assert_close(target, canonical)
     plain = tiny_updater("frodo", target="plain-zero-head", perturb_head=False)
-    torch.testing.assert_close(plain.frodo_target(batch, out)[0], torch.zeros_like(canonical))
+    target = plain.frodo_target(batch, out, plain.policy_terms(batch, out))[0]
+    torch.testing.assert_close(target, torch.zeros_like(canonical))
 
 
 def test_ratio_input_with_mu_equal_to_pi_changes_nothing():
@@ -198,7 +201,8 @@ def test_ratio_input_with_mu_equal_to_pi_changes_nothing():
     log_pi_a, _ = objectives.policy_terms(out.logits, batch.actions)
     batch.behaviour_log_probs = log_pi_a.detach()  # mu = pi
     torch.testing.assert_close(
-        with_ratio.frodo_target(batch, out)[0], without.frodo_target(batch, out)[0]
+        with_ratio.frodo_target(batch, out, with_ratio.policy_terms(batch, out))[0],
+        without.frodo_target(batch, out, without.policy_terms(batch, out))[0],
     )
 
 
