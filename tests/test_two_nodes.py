@@ -205,9 +205,14 @@ def test_losing_the_worker_node_mid_run_loses_no_unroll_and_the_run_finishes(two
     assert seen["exit_code"] == EXIT_OK, seen["message"]
     assert seen["env_steps"] >= 12_000 > seen["killed_at_steps"]
     assert seen["after"] == [seen["head"]] * 2, "the actors did not come back on the head"
-    assert seen["actor_failures"] >= 2  # both actors were lost with the node
+    # How many calls each actor had running when its node died is a race (a quiet machine
+    # can have one actor's calls all finished, and Ray restarts it with none failing), so
+    # the counts are bounded, not fixed: an actor is counted as failed once at most, a lost
+    # unroll always comes with a counted failure, and every unroll is accounted for.
     u = seen["unrolls"]
-    assert u["lost"] >= 2 and u["submitted"] == u["collected"] + u["lost"] + u["abandoned"], u
+    assert seen["actor_failures"] <= 2, seen
+    assert u["lost"] == 0 or seen["actor_failures"] >= 1, seen
+    assert u["submitted"] == u["collected"] + u["lost"] + u["abandoned"], u
     assert u["collected"] == seen["updates"]  # one unroll per update: all were trained on
 
 
