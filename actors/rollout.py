@@ -113,7 +113,7 @@ class RolloutActor:
         self.env = make_batched_env(cfg.env.id, cfg.run.envs_per_actor, seed=seed, **cfg.env.kwargs)
         agent = AgentNet.from_config(self.env.observation_shape, self.env.num_actions, cfg.agent)
         self._template = dict(agent.named_parameters())
-        self.policy = ActingPolicy(agent, seed=seed)
+        self.policy = ActingPolicy(agent, seed=seed, obs_scale=self.env.observation_scale)
         self.policy.version = -1  # no weights yet: the first set_weights always loads
         self.roller = Roller(self.env, cfg.run.unroll_length, seed=seed)
         self.num_unrolls = 0

@@ -80,7 +80,8 @@ def learner_seconds_per_update(cfg: Config, cycles: int = 8) -> float:
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=0, **cfg.env.kwargs)
     agent = AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent)
     roller = Roller(env, cfg.run.unroll_length, seed=0)
-    batches = [Batch.from_trajectories([roller.unroll(ActingPolicy(agent))]) for _ in range(3)]
+    policy = ActingPolicy(agent, obs_scale=env.observation_scale)
+    batches = [Batch.from_trajectories([roller.unroll(policy)]) for _ in range(3)]
     env.close()
     updater = Updater(cfg, env.observation_shape, env.num_actions)
     per_cycle = cfg.meta.num_inner_steps + 1 if cfg.is_meta else 6

@@ -17,17 +17,22 @@ from torch import Tensor
 
 from impala_frodo.envs.batched import BatchedEnv
 from impala_frodo.networks import AgentNet
-from impala_frodo.trajectory import Trajectory
+from impala_frodo.trajectory import Trajectory, to_network_input
 
 Policy = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class ActingPolicy:
-    """mu: a CPU copy of the agent that samples actions and reports their log-probs."""
+    """mu: a CPU copy of the agent that samples actions and reports their log-probs.
 
-    def __init__(self, agent: AgentNet, seed: int = 0) -> None:
+    It takes observations as the env stores them (``observation_dtype``) and feeds the agent
+    ``obs_scale * obs`` as float32, as :class:`~impala_frodo.trajectory.Batch` does.
+    """
+
+    def __init__(self, agent: AgentNet, seed: int = 0, obs_scale: float = 1.0) -> None:
         self.agent = agent.eval()
         self.version = 0
+        self.obs_scale = obs_scale
         self._generator = torch.Generator().manual_seed(seed)
 
     def load(self, params: dict[str, Tensor], version: int) -> None:
@@ -37,7 +42,7 @@ class ActingPolicy:
     @torch.inference_mode()
     def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``obs [B, *obs_shape]`` to sampled ``actions [B]`` and ``log mu(a|x) [B]``."""
-        logits, _ = self.agent(torch.from_numpy(obs))
+        logits, _ = self.agent(to_network_input(torch.from_numpy(obs), self.obs_scale))
         log_probs = torch.log_softmax(logits, dim=-1)
         # Gumbel-max sampling: argmax(log p + Gumbel noise) ~ Categorical(p).
         uniform = torch.rand(log_probs.shape, generator=self._generator).clamp_(min=1e-20)
@@ -86,7 +91,7 @@ class Roller:
 
     def unroll(self, policy: Policy, policy_version: int = 0) -> Trajectory:
         env, steps, width = self.env, self.unroll_length, self.env.num_envs
-        obs = np.empty((steps + 1, width, *env.observation_shape), np.float32)
+        obs = np.empty((steps + 1, width, *env.observation_shape), env.observation_dtype)
         actions = np.empty((steps, width), np.int64)
         rewards = np.empty((steps, width), np.float32)
         continues = np.empty((steps, width), np.float32)
@@ -131,7 +136,8 @@ class Roller:
             behaviour_log_probs=log_probs,
             policy_version=policy_version,
             truncation_index=np.concatenate(trunc_index) if trunc_index else np.zeros(0, np.int64),
-            truncation_obs=np.concatenate(trunc_obs).astype(np.float32) if trunc_obs else None,
+            truncation_obs=np.concatenate(trunc_obs) if trunc_obs else None,
+            obs_scale=env.observation_scale,
             episode_returns=returns,
             episode_lengths=lengths,
             true_values=true_values,

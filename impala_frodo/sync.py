@@ -58,7 +58,9 @@ def train_sync(
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=cfg.run.seed, **cfg.env.kwargs)
     updater = Updater(cfg, env.observation_shape, env.num_actions, device=device)
     policy = ActingPolicy(
-        AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent), seed=cfg.run.seed
+        AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent),
+        seed=cfg.run.seed,
+        obs_scale=env.observation_scale,
     )
     delayed = DelayedWeights(cfg.run.policy_lag)  # mu = pi of policy_lag updates ago
 

@@ -15,9 +15,19 @@ import torch
 from torch import Tensor
 
 
+def to_network_input(obs: Tensor, scale: float = 1.0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Stored observations (uint8 images, float32 vectors) as the network's float input."""
+    obs = obs.to(dtype)
+    return obs.mul_(scale) if scale != 1.0 else obs
+
+
 @dataclass
 class Trajectory:
     """T steps of B envs acted on by the behaviour policy mu.
+
+    Observations stay in the env's storage dtype (uint8 for byte images: a quarter of the
+    bytes to pickle and ship); :meth:`Batch.from_trajectories` converts them to float on the
+    learner's device, times ``obs_scale``.
 
     ``continues[t, b]`` is 0 where an episode ended at step t (terminated or
     truncated) and 1 elsewhere; the objectives multiply it by gamma. For a
@@ -26,19 +36,20 @@ class Trajectory:
     ``truncation_index = t * B + b``.
     """
 
-    obs: np.ndarray  # [T+1, B, *obs_shape] float32: x_0 .. x_T
+    obs: np.ndarray  # [T+1, B, *obs_shape]: x_0 .. x_T, float32 or uint8 (byte images)
     actions: np.ndarray  # [T, B] int64
     rewards: np.ndarray  # [T, B] float32, the reward after a_t
     continues: np.ndarray  # [T, B] float32, 1 - (terminated or truncated)
     behaviour_log_probs: np.ndarray  # [T, B] float32, log mu(a_t | x_t)
     policy_version: int = 0
     truncation_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [N]
-    truncation_obs: np.ndarray | None = None  # [N, *obs_shape]
+    truncation_obs: np.ndarray | None = None  # [N, *obs_shape], obs's dtype
     episode_returns: list[float] = field(default_factory=list)  # episodes finished in this unroll
     episode_lengths: list[int] = field(default_factory=list)
     true_values: np.ndarray | None = None  # [S] true state values at the end (random walk)
     steps_since_switch: int | None = None  # env 0's steps since its reward switched (-1: none)
     actor_id: int = 0
+    obs_scale: float = 1.0  # the network's input is obs_scale * obs (1/255 for uint8 pixels)
 
     @property
     def unroll_length(self) -> int:
@@ -79,14 +90,23 @@ class Batch:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> Batch:
-        """Concatenate along B and move to ``device`` in one copy per field."""
+        """Concatenate along B and move to ``device`` in one copy per field.
+
+        Observations cross to ``device`` in their stored dtype (uint8 images: 4x fewer bytes)
+        and become ``dtype`` there, times the trajectories' ``obs_scale``.
+        """
         if not trajectories:
             raise ValueError("from_trajectories needs at least one trajectory")
         lengths = {tr.unroll_length for tr in trajectories}
         if len(lengths) != 1:
             raise ValueError(f"trajectories must share one unroll length, got {sorted(lengths)}")
+        scales = {tr.obs_scale for tr in trajectories}
+        if len(scales) != 1:
+            raise ValueError(f"trajectories must share one obs_scale, got {sorted(scales)}")
+        (scale,) = scales
 
-        def cat(name: str, torch_dtype: torch.dtype) -> Tensor:
+        def cat(name: str, torch_dtype: torch.dtype | None) -> Tensor:
+            """Field ``name`` along B on ``device``; ``None``: in its stored dtype."""
             arrays = [getattr(tr, name) for tr in trajectories]
             array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
             return torch.as_tensor(array).to(device=device, dtype=torch_dtype, non_blocking=True)
@@ -103,16 +123,18 @@ class Batch:
         obs_shape = trajectories[0].obs.shape[2:]
         index = np.concatenate(index_parts) if index_parts else np.zeros(0, np.int64)
         trunc_obs = (
-            np.concatenate(obs_parts) if obs_parts else np.zeros((0, *obs_shape), np.float32)
+            np.concatenate(obs_parts)
+            if obs_parts
+            else np.zeros((0, *obs_shape), trajectories[0].obs.dtype)
         )
         return cls(
-            obs=cat("obs", dtype),
+            obs=to_network_input(cat("obs", None), scale, dtype),
             actions=cat("actions", torch.long),
             rewards=cat("rewards", dtype),
             continues=cat("continues", dtype),
             behaviour_log_probs=cat("behaviour_log_probs", dtype),
             truncation_index=torch.as_tensor(index, dtype=torch.long, device=device),
-            truncation_obs=torch.as_tensor(trunc_obs).to(device=device, dtype=dtype),
+            truncation_obs=to_network_input(torch.as_tensor(trunc_obs).to(device), scale, dtype),
             policy_versions=[tr.policy_version for tr in trajectories],
             true_values=None
             if trajectories[-1].true_values is None

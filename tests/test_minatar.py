@@ -17,6 +17,7 @@ from impala_frodo.envs.minatar_envs import GAMES, minatar_installed
 from impala_frodo.metagrad import DifferentiableSGD, detach_params
 from impala_frodo.networks import AgentNet, MetaNet
 from impala_frodo.presets import load_preset, preset_names
+from impala_frodo.rollout import ActingPolicy, Roller
 from impala_frodo.torsos import ConvTorso, resolve_torso
 from impala_frodo.trajectory import Batch, Trajectory
 from impala_frodo.updater import Updater
@@ -96,21 +97,51 @@ class PixelEnv(gymnasium.Env):
         return np.full((6, 5, 3), 51 * self.t, dtype=np.uint8)
 
 
-def test_a_gymnasium_image_env_keeps_its_shape_scaled_to_unit_range():
+def test_a_gymnasium_pixel_env_keeps_its_shape_and_bytes_scaled_where_read():
     if "test/PixelEnv-v0" not in gymnasium.registry:
         gymnasium.register("test/PixelEnv-v0", entry_point=PixelEnv, disable_env_checker=True)
     env = make_batched_env("test/PixelEnv-v0", 2, seed=0)
     assert env.observation_shape == (6, 5, 3) and env.num_actions == 2
+    assert env.observation_dtype == np.uint8 and env.observation_scale == 1 / 255
     obs = env.reset()
-    assert obs.shape == (2, 6, 5, 3) and obs.dtype == np.float32 and obs.max() == 0.0
+    assert obs.shape == (2, 6, 5, 3) and obs.dtype == np.uint8 and obs.max() == 0
     env.step(np.array([0, 1]))
     step = env.step(np.array([1, 1]))
-    np.testing.assert_allclose(step.obs, 0.4)
+    np.testing.assert_array_equal(step.obs, 102)
     step = env.step(np.array([1, 0]))  # truncated: the last image kept, the next one fresh
     assert step.truncated.all() and not step.terminated.any()
-    assert step.final_obs.shape == (2, 6, 5, 3) and step.final_obs.dtype == np.float32
-    np.testing.assert_allclose(step.final_obs, 0.6)
-    np.testing.assert_allclose(step.obs, 0.0)
+    assert step.final_obs.shape == (2, 6, 5, 3) and step.final_obs.dtype == np.uint8
+    np.testing.assert_array_equal(step.final_obs, 153)
+    np.testing.assert_array_equal(step.obs, 0)
+    env.close()
+
+
+def test_byte_images_reach_the_networks_as_floats_in_unit_range():
+    """Unrolls carry uint8 pixels; the batch and the acting policy both read them x 1/255."""
+    if "test/PixelEnv-v0" not in gymnasium.registry:
+        gymnasium.register("test/PixelEnv-v0", entry_point=PixelEnv, disable_env_checker=True)
+    env = make_batched_env("test/PixelEnv-v0", 2, seed=0)
+    seen: list[torch.Tensor] = []
+
+    class Recording(AgentNet):
+        def forward(self, obs):
+            seen.append(obs.clone())
+            return super().forward(obs)
+
+    agent = Recording(env.observation_shape, env.num_actions, (4,), torso="conv", conv_channels=2)
+    policy = ActingPolicy(agent, obs_scale=env.observation_scale)
+    tr = Roller(env, unroll_length=3, seed=0).unroll(policy)  # truncated at the third step
+    assert tr.obs.dtype == np.uint8 and tr.truncation_obs.dtype == np.uint8
+    assert tr.obs_scale == env.observation_scale
+    assert [float(x.max()) for x in seen] == pytest.approx([0.0, 0.2, 0.4])
+    assert all(x.dtype == torch.float32 for x in seen)
+    batch = Batch.from_trajectories([tr, tr])
+    assert batch.obs.dtype == torch.float32 and batch.truncation_obs.dtype == torch.float32
+    torch.testing.assert_close(batch.obs[:, 0], torch.from_numpy(tr.obs[:, 0]).float() / 255)
+    torch.testing.assert_close(batch.truncation_obs, torch.full((4, 6, 5, 3), 0.6))
+    other = Trajectory(**{**vars(tr), "obs_scale": 1.0})
+    with pytest.raises(ValueError, match="obs_scale"):
+        Batch.from_trajectories([tr, other])
     env.close()
 
 
@@ -145,8 +176,9 @@ def test_every_minatar_preset_builds_a_conv_agent_on_a_minatar_game():
 def test_minatar_games_are_binary_channels_last_images(game):
     env = make_batched_env(f"MinAtar/{game}-v0", 2, seed=0)
     assert env.observation_shape == (10, 10, GAMES[game]) and env.num_actions == 6
+    assert env.observation_dtype == np.uint8 and env.observation_scale == 1.0
     obs = env.reset()
-    assert obs.dtype == np.float32 and set(np.unique(obs)) <= {0.0, 1.0}
+    assert obs.dtype == np.uint8 and set(np.unique(obs)) <= {0, 1}
     env.close()
 
 
@@ -169,7 +201,7 @@ def test_minatar_breakout_through_a_rollout_actor():
     ended = 0
     for version in range(1, 9):
         tr = actor.unroll(version, params)
-        assert tr.obs.shape == (26, 4, 10, 10, 4) and tr.obs.dtype == np.float32
+        assert tr.obs.shape == (26, 4, 10, 10, 4) and tr.obs.dtype == np.uint8  # 1 byte a cell
         assert tr.actions.shape == (25, 4) and tr.actions.dtype == np.int64
         assert tr.actions.min() >= 0 and tr.actions.max() < 6
         assert tr.rewards.dtype == np.float32 and tr.continues.dtype == np.float32
@@ -185,7 +217,8 @@ def test_minatar_breakout_through_a_rollout_actor():
     # A learner batch of these unrolls updates a FRODO agent (conv torso, conv phi).
     updater = Updater(set_dotted(cfg, {"algo": "frodo"}), (10, 10, 4), 6)
     batch = Batch.from_trajectories([tr, tr])
-    assert batch.obs.shape == (26, 8, 10, 10, 4)
+    assert batch.obs.shape == (26, 8, 10, 10, 4) and batch.obs.dtype == torch.float32
+    torch.testing.assert_close(batch.obs[:, :4], torch.from_numpy(tr.obs).float())
     metrics = updater.update(batch)
     assert np.isfinite(metrics["loss/inner"])
     actor.close()

@@ -15,7 +15,13 @@ Seeding, for every implementation: ``seed`` at construction seeds the first ``re
   ``size=n`` where the single env draws scalars).
 - ``GymnasiumBatchedEnv``: B ``gymnasium.make`` instances stepped in a loop, for any env with a
   ``Discrete`` action space; observations flattened to float32 1-D, except images (a ``Box`` of
-  rank 3, ``[H, W, C]``), which keep their shape (float32; uint8 pixels scaled to [0, 1]).
+  rank 3, ``[H, W, C]``), which keep their shape and, when they are bool or uint8 (MinAtar's
+  bool channels, Atari's pixels), their bytes: one byte per pixel, not four.
+
+Storage dtype: ``observation_dtype`` is what ``reset`` and ``step`` return and what unrolls
+carry (float32 by default, uint8 for byte images); ``observation_scale`` times the stored value
+is the network's input (1/255 for uint8 pixels in [0, 255], else 1). The consumers, the acting
+policy and :class:`~impala_frodo.trajectory.Batch`, convert to float once, on their side.
   MinAtar's ids (``MinAtar/Breakout-v0`` ...) are registered on first use when the
   ``minatar`` package is installed (the ``minatar`` extra).
 """
@@ -40,14 +46,15 @@ class BatchStep:
     """One step of B environments.
 
     Attributes:
-        obs: float32 ``[B, *obs_shape]``: the next observation; where an episode ended at this
-            step it is already the first observation of the next episode.
+        obs: ``[B, *obs_shape]`` in ``observation_dtype``: the next observation; where an
+            episode ended at this step it is already the first observation of the next episode.
         rewards: float32 ``[B]``.
         terminated: bool ``[B]``: the episode reached a terminal state (discount 0).
         truncated: bool ``[B]``: the episode was cut by a time limit and is *not* terminal
             (bootstrap from ``final_obs``). Never true where ``terminated`` is.
-        final_obs: float32 ``[N, *obs_shape]``: the last observations of the episodes truncated
-            at this step, rows in the order of ``np.flatnonzero(truncated)`` (N may be 0).
+        final_obs: ``[N, *obs_shape]`` in ``observation_dtype``: the last observations of the
+            episodes truncated at this step, rows in the order of ``np.flatnonzero(truncated)``
+            (N may be 0).
     """
 
     obs: np.ndarray
@@ -72,15 +79,19 @@ class BatchedEnv(abc.ABC):
         num_envs: B.
         observation_shape: the shape of one env's observation.
         num_actions: actions are ints in ``[0, num_actions)``.
+        observation_dtype: the dtype observations are returned and stored in.
+        observation_scale: the network's input is ``observation_scale * obs`` as float.
     """
 
     num_envs: int
     observation_shape: tuple[int, ...]
     num_actions: int
+    observation_dtype: np.dtype = np.dtype(np.float32)
+    observation_scale: float = 1.0
 
     @abc.abstractmethod
     def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset every env; returns float32 ``[B, *observation_shape]``."""
+        """Reset every env; returns ``[B, *observation_shape]`` in ``observation_dtype``."""
 
     @abc.abstractmethod
     def step(self, actions: np.ndarray) -> BatchStep:
@@ -112,7 +123,7 @@ class BatchedEnv(abc.ABC):
         return actions
 
     def _empty_final_obs(self) -> np.ndarray:
-        return np.zeros((0, *self.observation_shape), dtype=np.float32)
+        return np.zeros((0, *self.observation_shape), dtype=self.observation_dtype)
 
 
 class _NumpyBatchedEnv(BatchedEnv):
@@ -302,9 +313,10 @@ class GymnasiumBatchedEnv(BatchedEnv):
     """B instances of any Gymnasium env with a ``Discrete`` action space, stepped in a loop.
 
     Observations are flattened (``gymnasium.spaces.flatten``) to float32 ``[flatdim]``, except
-    images: a ``Box`` of rank 3 (``[H, W, C]``, channels last) keeps its shape, as float32,
-    written straight into the batch array (no flattening copy); uint8 pixels in [0, 255] are
-    scaled to [0, 1], other images (MinAtar's bool channels) are taken as they are. An action
+    images: a ``Box`` of rank 3 (``[H, W, C]``, channels last) keeps its shape and is written
+    straight into the batch array (no flattening copy). Bool and uint8 images are kept as uint8
+    (``observation_dtype``), uint8 pixels in [0, 255] with ``observation_scale = 1/255``; other
+    images are float32. An action
     ``a`` in ``[0, n)`` is passed to the env as ``space.start + a``. A step that is both
     terminated and truncated counts as terminated.
 
@@ -343,11 +355,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self._action_start = int(action_space.start)
         self._obs_space = env.observation_space
         self._image = _is_image_space(self._obs_space)
-        self._pixel_scale: float | None = None
         if self._image:
             self.observation_shape = tuple(int(s) for s in self._obs_space.shape)
-            if self._obs_space.dtype == np.uint8 and int(self._obs_space.high.max()) == 255:
-                self._pixel_scale = 1.0 / 255.0
+            self.observation_dtype, self.observation_scale = _image_storage(self._obs_space)
             return
         try:
             flat_dim = spaces.flatdim(self._obs_space)
@@ -359,25 +369,25 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self.observation_shape = (int(flat_dim),)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset every env; float32 ``[B, *observation_shape]``."""
+        """Reset every env; ``[B, *observation_shape]`` in ``observation_dtype``."""
         if seed is None:
             seed, self._pending_seed = self._pending_seed, None
         seeds: list[int | None] = [None] * self.num_envs
         if seed is not None:
             state = np.random.SeedSequence(seed).generate_state(self.num_envs)
             seeds = [int(s) for s in state]
-        obs = np.empty((self.num_envs, *self.observation_shape), dtype=np.float32)
+        obs = np.empty((self.num_envs, *self.observation_shape), dtype=self.observation_dtype)
         for i, (env, s) in enumerate(zip(self._envs, seeds, strict=True)):
             obs[i] = self._convert(env.reset(seed=s)[0])
         self._started = True
-        return self._scaled(obs)
+        return obs
 
     def step(self, actions: np.ndarray) -> BatchStep:
         """Step every env; reset the ones that ended; keep truncated episodes' last obs."""
         if not self._started:
             raise RuntimeError("GymnasiumBatchedEnv.step() called before reset()")
         actions = self._check_actions(actions)
-        obs = np.empty((self.num_envs, *self.observation_shape), dtype=np.float32)
+        obs = np.empty((self.num_envs, *self.observation_shape), dtype=self.observation_dtype)
         rewards = np.empty(self.num_envs, dtype=np.float32)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
@@ -388,16 +398,16 @@ class GymnasiumBatchedEnv(BatchedEnv):
             terminated[i] = bool(term)
             truncated[i] = bool(trunc) and not terminated[i]
             if truncated[i]:
-                final_obs.append(np.asarray(self._convert(ob), dtype=np.float32))
+                final_obs.append(np.asarray(self._convert(ob), dtype=self.observation_dtype))
             if term or trunc:
                 ob, _ = env.reset()
             obs[i] = self._convert(ob)
         return BatchStep(
-            obs=self._scaled(obs),
+            obs=obs,
             rewards=rewards,
             terminated=terminated,
             truncated=truncated,
-            final_obs=self._scaled(np.stack(final_obs)) if final_obs else self._empty_final_obs(),
+            final_obs=np.stack(final_obs) if final_obs else self._empty_final_obs(),
         )
 
     def close(self) -> None:
@@ -412,16 +422,24 @@ class GymnasiumBatchedEnv(BatchedEnv):
             return np.asarray(obs)
         return np.asarray(spaces.flatten(self._obs_space, obs), dtype=np.float32)
 
-    def _scaled(self, obs: np.ndarray) -> np.ndarray:
-        """Float32 observations, pixels scaled to [0, 1] in place."""
-        if self._pixel_scale is not None:
-            obs *= self._pixel_scale
-        return obs
-
 
 def _is_image_space(space: spaces.Space) -> bool:
     """A ``Box`` of rank 3: an image ``[H, W, C]``, channels last."""
     return isinstance(space, spaces.Box) and len(space.shape) == 3
+
+
+def _image_storage(space: spaces.Box) -> tuple[np.dtype, float]:
+    """``(observation_dtype, observation_scale)`` for an image space.
+
+    Bool images and uint8 images are stored as uint8, a quarter of float32's bytes in every
+    unroll; uint8 pixels reaching 255 are scaled by 1/255 where they are read as float.
+    Any other image is stored as float32, as it is.
+    """
+    if space.dtype == np.bool_:
+        return np.dtype(np.uint8), 1.0
+    if space.dtype == np.uint8:
+        return np.dtype(np.uint8), 1.0 / 255.0 if int(space.high.max()) == 255 else 1.0
+    return np.dtype(np.float32), 1.0
 
 
 def _check_registered(env_id: Any) -> str:
