@@ -1,7 +1,7 @@
 """Rollout actors: a plain :class:`RolloutActor` and its Ray wrapper, built at the edge.
 
-:class:`RolloutActor` knows nothing about Ray: it owns a batched env, an
-:class:`~impala_frodo.rollout.ActingPolicy` (mu) and a
+:class:`RolloutActor` knows nothing about Ray: it owns a batched env, a
+:class:`~impala_frodo.rollout.NumpyPolicy` (mu) and a
 :class:`~impala_frodo.rollout.Roller`, and turns ``unroll(version, params)``
 calls into :class:`~impala_frodo.trajectory.Trajectory` batches stamped with
 the policy version it acted with and its actor id. Tests drive it directly.
@@ -16,6 +16,11 @@ takes the newest offer at the start of its next unroll. It never waits for
 the learner: mu is stale by design (by about one unroll plus the queue) and
 the learner's V-trace corrects for it. ``unroll(version, params)`` also takes
 weights directly (a freshly started or restarted actor gets them that way).
+
+An actor process never imports torch: mu acts with numpy from the packed weight vector,
+laid out as the ``layout`` it was built with (:func:`~impala_frodo.rollout.param_layout` of
+the learner's agent). That saves each actor process torch's import (about a second) at
+start-up.
 """
 
 from __future__ import annotations
@@ -27,17 +32,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from impala_frodo.config import Config
 from impala_frodo.envs import make_batched_env
-from impala_frodo.networks import AgentNet
-from impala_frodo.rollout import ActingPolicy, Roller
+from impala_frodo.rollout import NumpyPolicy, ParamLayout, Roller, pack_params
 from impala_frodo.trajectory import Trajectory
 
-#: Weights as a dict of tensors, or packed into one vector by :func:`pack_params`.
-Weights = Mapping[str, Tensor] | np.ndarray
+#: Weights packed into one vector by :func:`~impala_frodo.rollout.pack_params`, or a dict of
+#: arrays (or detached tensors) by parameter name, packed on arrival.
+Weights = Mapping[str, Any] | np.ndarray
 
 #: Ray restarts a crashed actor process this many times before it is dead for good.
 DEFAULT_MAX_RESTARTS = 3
@@ -65,32 +68,6 @@ def env_spec(cfg: Config) -> EnvSpec:
         env.close()
 
 
-def pack_params(params: Mapping[str, Tensor]) -> np.ndarray:
-    """Flatten parameters (sorted by name) into one float32 vector.
-
-    One numpy buffer crosses Ray far faster than a dict of tensors (measured:
-    ~1.5 ms vs ~3.7 ms a round trip for the 30 KB Catch agent).
-    """
-    return np.concatenate(
-        [params[name].detach().cpu().reshape(-1).float().numpy() for name in sorted(params)]
-    )
-
-
-def unpack_params(flat: np.ndarray, template: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse of :func:`pack_params`, shaped like ``template`` (copies ``flat``)."""
-    names = sorted(template)
-    total = sum(template[name].numel() for name in names)
-    if flat.ndim != 1 or flat.size != total:
-        raise ValueError(f"packed parameters have shape {flat.shape}, expected ({total},)")
-    data = torch.tensor(flat, dtype=torch.float32)
-    params, offset = {}, 0
-    for name in names:
-        shape, size = template[name].shape, template[name].numel()
-        params[name] = data[offset : offset + size].view(shape)
-        offset += size
-    return params
-
-
 def actor_seed(base_seed: int, actor_id: int, generation: int = 0) -> int:
     """A distinct, reproducible seed per (run seed, actor slot, restart/resume generation)."""
     return int(np.random.SeedSequence([base_seed, actor_id, generation]).generate_state(1)[0])
@@ -102,19 +79,15 @@ class RolloutActor:
     def __init__(
         self,
         cfg: Config,
+        layout: ParamLayout,
         actor_id: int = 0,
         seed: int | None = None,
-        num_threads: int = 1,
     ) -> None:
-        torch.set_num_threads(num_threads)
         self.cfg = cfg
         self.actor_id = actor_id
         seed = actor_seed(cfg.run.seed, actor_id) if seed is None else seed
         self.env = make_batched_env(cfg.env.id, cfg.run.envs_per_actor, seed=seed, **cfg.env.kwargs)
-        agent = AgentNet.from_config(self.env.observation_shape, self.env.num_actions, cfg.agent)
-        self._template = dict(agent.named_parameters())
-        self.policy = ActingPolicy(agent, seed=seed, obs_scale=self.env.observation_scale)
-        self.policy.version = -1  # no weights yet: the first set_weights always loads
+        self.policy = NumpyPolicy(layout, seed=seed, obs_scale=self.env.observation_scale)
         self.roller = Roller(self.env, cfg.run.unroll_length, seed=seed)
         self.num_unrolls = 0
         # The newest weights offered while an unroll runs (another thread, under Ray):
@@ -128,12 +101,10 @@ class RolloutActor:
         return self.policy.version
 
     def set_weights(self, version: int, params: Weights) -> bool:
-        """Take ``params`` (a dict, or packed by :func:`pack_params`) if ``version`` is newer."""
+        """Take ``params`` (packed, or a dict by name) if ``version`` is newer."""
         if version <= self.policy.version:
             return False
-        if isinstance(params, np.ndarray):
-            params = unpack_params(params, self._template)
-        self.policy.load(params, version)
+        self.policy.load(params if isinstance(params, np.ndarray) else pack_params(params), version)
         return True
 
     def offer_weights(self, version: int, params: Weights) -> None:

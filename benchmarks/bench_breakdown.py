@@ -35,12 +35,12 @@ from collections.abc import Callable
 import ray
 import torch
 
-from actors.rollout import pack_params
+from impala_frodo.batch import Batch
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.envs import make_batched_env
 from impala_frodo.networks import AgentNet
-from impala_frodo.rollout import ActingPolicy, Roller
-from impala_frodo.trajectory import Batch, Trajectory
+from impala_frodo.rollout import NumpyPolicy, Roller, pack_params
+from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import Updater
 from learner.ray_session import local_ray_init_kwargs
 
@@ -83,7 +83,7 @@ def main() -> None:
 
     env = make_batched_env(cfg.env.id, args.envs, seed=0, **cfg.env.kwargs)
     agent = AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent)
-    policy = ActingPolicy(agent)
+    policy = NumpyPolicy.from_params(dict(agent.named_parameters()))
     roller = Roller(env, cfg.run.unroll_length, seed=0)
     obs = env.reset(seed=0)
     actions = torch.zeros(args.envs, dtype=torch.int64).numpy()

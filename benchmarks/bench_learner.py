@@ -22,18 +22,19 @@ import time
 
 import torch
 
+from impala_frodo.batch import Batch
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.envs import make_batched_env
 from impala_frodo.networks import AgentNet
-from impala_frodo.rollout import ActingPolicy, Roller
-from impala_frodo.trajectory import Batch
+from impala_frodo.rollout import NumpyPolicy, Roller
 from impala_frodo.updater import Updater
 from impala_frodo.utils import resolve_device
 
 
 def make_batches(cfg: Config, count: int, device: torch.device) -> list[Batch]:
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=0, **cfg.env.kwargs)
-    policy = ActingPolicy(AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent))
+    agent = AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent)
+    policy = NumpyPolicy.from_params(dict(agent.named_parameters()))
     roller = Roller(env, cfg.run.unroll_length, seed=0)
     return [Batch.from_trajectories([roller.unroll(policy)], device) for _ in range(count)]
 

@@ -34,14 +34,14 @@ import ray
 import torch
 from bench_e2e import machine_info, steady_rate
 
+from impala_frodo.batch import Batch
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.envs import make_batched_env
 from impala_frodo.networks import AgentNet
 from impala_frodo.presets import load_preset
-from impala_frodo.rollout import ActingPolicy, Roller
+from impala_frodo.rollout import NumpyPolicy, Roller
 from impala_frodo.runlog import METRICS_FILE, read_metrics
 from impala_frodo.sync import train_sync
-from impala_frodo.trajectory import Batch
 from impala_frodo.updater import Updater
 from learner.driver import TrainOptions, train
 from learner.ray_session import local_ray_init_kwargs
@@ -80,7 +80,8 @@ def learner_seconds_per_update(cfg: Config, cycles: int = 8) -> float:
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=0, **cfg.env.kwargs)
     agent = AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent)
     roller = Roller(env, cfg.run.unroll_length, seed=0)
-    policy = ActingPolicy(agent, obs_scale=env.observation_scale)
+    params = dict(agent.named_parameters())
+    policy = NumpyPolicy.from_params(params, obs_scale=env.observation_scale)
     batches = [Batch.from_trajectories([roller.unroll(policy)]) for _ in range(3)]
     env.close()
     updater = Updater(cfg, env.observation_shape, env.num_actions)

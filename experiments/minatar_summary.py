@@ -12,7 +12,9 @@ game and algorithm:
 - for FRODO, how far its learned target g is from the canonical V-trace return v_s: the RMS
   of g - v_s and the mean of g (``meta/target_mean``) in the last log record;
 - FRODO / IMPALA: the ratio of the seed means, early and late, and its median over games
-  (the FRODO paper's Atari claim, in miniature).
+  (the FRODO paper's Atari claim, in miniature);
+- at a budget of 1M or 5M env steps, the late returns beside MinAtar's published DQN and
+  actor-critic scores at the same step count (:data:`PUBLISHED`).
 
     python experiments/minatar_summary.py runs/minatar-short
 """
@@ -30,6 +32,20 @@ from impala_frodo.analysis import curve, mean_se
 from impala_frodo.runlog import read_config, read_metrics
 
 BINS = 5
+
+#: MinAtar's published learning curves (Young & Tian 2019; the figure ``img/learning_curves.gif``
+#: in github.com/kenjyoung/MinAtar, v1.0.x: 30 seeds, sticky actions 0.1, all 6 actions, the
+#: return averaged over the last 100 episodes against frames = env steps). There is no table of
+#: numbers: these are read off the figure by eye at 1M and 5M frames, good to about 5 % of each
+#: panel's y-range. Their Seaquest curves predate the oxygen-bar fix of v1.0.11 (we run 1.0.15).
+#: Each entry: ``{steps: (DQN, AC(lambda=0.8), AC(lambda=0))}``.
+PUBLISHED: dict[str, dict[int, tuple[float, float, float]]] = {
+    "Asterix": {1_000_000: (5.0, 0.7, 0.6), 5_000_000: (17.0, 19.0, 20.5)},
+    "Breakout": {1_000_000: (9.3, 9.7, 7.3), 5_000_000: (10.0, 17.5, 15.2)},
+    "Freeway": {1_000_000: (48.0, 0.2, 0.2), 5_000_000: (50.0, 47.5, 47.0)},
+    "Seaquest": {1_000_000: (0.9, 0.8, 0.7), 5_000_000: (20.0, 16.0, 7.3)},
+    "SpaceInvaders": {1_000_000: (30.0, 45.0, 45.0), 5_000_000: (43.0, 185.0, 145.0)},
+}
 
 
 def summarise(run_dir: Path) -> dict | None:
@@ -101,6 +117,32 @@ def main() -> None:
     if ratios["early"]:
         medians = [statistics.median(ratios[p]) for p in ("early", "late")]
         print(f"| median over games | {medians[0]:.2f} | {medians[1]:.2f} |")
+    print_published(groups)
+
+
+def print_published(groups: dict[tuple[str, str], list[dict]]) -> None:
+    """Late returns beside MinAtar's published scores, where the budget has a reading."""
+    rows = []
+    for game in sorted({g for g, _ in groups}):
+        budgets = {
+            run["budget"] for algo in ("impala", "frodo") for run in groups.get((game, algo), [])
+        }
+        for budget in sorted(budgets & set(PUBLISHED.get(game, {}))):
+            ours = [
+                mean_se([r["late"] for r in groups.get((game, algo), []) if r["budget"] == budget])
+                if any(r["budget"] == budget for r in groups.get((game, algo), []))
+                else "-"
+                for algo in ("impala", "frodo")
+            ]
+            published = " | ".join(f"{v:g}" for v in PUBLISHED[game][budget])
+            rows.append(f"| {game} | {budget:,} | {ours[0]} | {ours[1]} | {published} |")
+    if rows:
+        print(
+            "\n| game | env steps | IMPALA | FRODO | published DQN | published AC(0.8) "
+            "| published AC(0) |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
 
 
 if __name__ == "__main__":

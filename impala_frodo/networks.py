@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from impala_frodo.rollout import ParamLayout, param_layout
 from impala_frodo.torsos import ConvTorso, is_image_shape, resolve_torso
 
 if TYPE_CHECKING:
@@ -82,6 +83,16 @@ class AgentNet(nn.Module):
         else:
             x = self.torso(obs.reshape(*lead, -1))
         return self.policy(x), self.value(x).squeeze(-1)
+
+
+def agent_layout(obs_shape: Sequence[int], num_actions: int, agent: AgentConfig) -> ParamLayout:
+    """The packed layout of the agent's parameters, what the numpy acting policy reads.
+
+    Built on the ``meta`` device: shapes only, no memory, no initialisation.
+    """
+    with torch.device("meta"):
+        net = AgentNet.from_config(obs_shape, num_actions, agent)
+    return param_layout(dict(net.named_parameters()))
 
 
 class MetaNet(nn.Module):

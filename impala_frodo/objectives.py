@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from impala_frodo import vtrace
+from impala_frodo.batch import Batch
 from impala_frodo.config import LossConfig
-from impala_frodo.trajectory import Batch
 
 Params = Mapping[str, Tensor]
 

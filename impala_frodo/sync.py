@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from impala_frodo.analysis import value_error_metrics
+from impala_frodo.batch import Batch
 from impala_frodo.config import Config
 from impala_frodo.envs import make_batched_env
 from impala_frodo.intervals import IntervalLog
-from impala_frodo.networks import AgentNet
-from impala_frodo.rollout import ActingPolicy, DelayedWeights, Roller
-from impala_frodo.trajectory import Batch
+from impala_frodo.networks import agent_layout
+from impala_frodo.rollout import DelayedWeights, NumpyPolicy, Roller, pack_params
 from impala_frodo.updater import Updater
 from impala_frodo.utils import resolve_device, seed_everything
 
@@ -57,15 +57,16 @@ def train_sync(
     device = resolve_device(cfg.run.device)
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=cfg.run.seed, **cfg.env.kwargs)
     updater = Updater(cfg, env.observation_shape, env.num_actions, device=device)
-    policy = ActingPolicy(
-        AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent),
+    policy = NumpyPolicy(
+        agent_layout(env.observation_shape, env.num_actions, cfg.agent),
         seed=cfg.run.seed,
         obs_scale=env.observation_scale,
     )
     delayed = DelayedWeights(cfg.run.policy_lag)  # mu = pi of policy_lag updates ago
 
     def load_behaviour_policy() -> None:
-        version, params = delayed.push(updater.num_updates, updater.acting_params("cpu"))
+        packed = pack_params(updater.acting_params("cpu"))
+        version, params = delayed.push(updater.num_updates, packed)
         policy.load(params, version)
 
     load_behaviour_policy()

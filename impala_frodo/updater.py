@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from impala_frodo import objectives as obj
+from impala_frodo.batch import Batch
 from impala_frodo.config import Config
 from impala_frodo.metagrad import (
     OptState,
@@ -45,7 +46,6 @@ from impala_frodo.metagrad import (
     outer_gradient,
 )
 from impala_frodo.networks import AgentNet, MetaNet, MGRLMeta
-from impala_frodo.trajectory import Batch
 
 
 class NonFiniteLossError(FloatingPointError):

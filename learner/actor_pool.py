@@ -54,9 +54,9 @@ from actors.rollout import (
     WEIGHTS_GROUP,
     actor_seed,
     make_ray_actor_class,
-    pack_params,
 )
 from impala_frodo.config import Config
+from impala_frodo.rollout import ParamLayout, pack_params, param_layout
 from impala_frodo.trajectory import Trajectory
 from impala_frodo.utils import first_line
 
@@ -113,12 +113,14 @@ class ActorPool:
     def __init__(
         self,
         cfg: Config,
+        layout: ParamLayout,
         *,
         generation: int = 0,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
         max_failures: int | None = None,
     ) -> None:
         self.cfg = cfg
+        self.layout = layout  # the agent's packed weights, as every actor reads them
         self.generation = generation
         self.max_restarts = max_restarts
         self.max_failures = (
@@ -144,9 +146,17 @@ class ActorPool:
     def in_flight(self) -> int:
         return len(self._order)
 
+    def running(self, index: int) -> list[ray.ObjectRef]:
+        """Slot ``index``'s unroll calls not finished yet (still running or queued)."""
+        mine = [ref for ref in self._order if self._origin[ref][0] == index]
+        if not mine:
+            return []
+        ready, _ = ray.wait(mine, num_returns=len(mine), timeout=0, fetch_local=False)
+        return [ref for ref in mine if ref not in ready]
+
     def _spawn(self, actor_id: int, replacement: int) -> Any:
         seed = actor_seed(self.cfg.run.seed, actor_id, self.generation * 1000 + replacement)
-        return self._actor_cls.remote(self.cfg, actor_id, seed)
+        return self._actor_cls.remote(self.cfg, self.layout, actor_id, seed)
 
     # -------------------------------------------------------------- weights
     def publish(self, version: int, params: dict[str, torch.Tensor]) -> None:
@@ -155,6 +165,11 @@ class ActorPool:
         The offers run in the actors' weights concurrency group, beside the unroll in
         progress, so each actor's next unroll acts with them: fire and forget.
         """
+        if param_layout(params) != self.layout:
+            raise ValueError(
+                f"published weights {param_layout(params)} do not match the actors' layout "
+                f"{self.layout}"
+            )
         flat = pack_params(params)
         self._payload = flat if flat.nbytes <= INLINE_WEIGHTS_BYTES else ray.put(flat)
         self._version = version

@@ -55,6 +55,7 @@ from actors.rollout import DEFAULT_MAX_RESTARTS, EnvSpec, env_spec
 from impala_frodo.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from impala_frodo.config import Config, ConfigError
 from impala_frodo.intervals import ScalarMeans
+from impala_frodo.networks import agent_layout
 from impala_frodo.runlog import (
     CHECKPOINT_DIR,
     RunDirError,
@@ -69,7 +70,7 @@ from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import NonFiniteLossError
 from impala_frodo.utils import first_line, resolve_device, seed_everything
 from learner.actor_pool import ActorPool, TrainingError
-from learner.learner import Learner
+from learner.learner import Counters, Learner, check_resume_state
 from learner.progress import Mode, Progress
 from learner.ray_session import (
     WAIT_SLICE_S,
@@ -209,6 +210,7 @@ def _claim_run_dir(
                 if path is not None
                 else CheckpointManager(run_dir / CHECKPOINT_DIR).load()
             )
+            check_resume_state(state)  # a bad checkpoint is bad input: found before Ray starts
         yield run_dir, state
 
 
@@ -257,14 +259,34 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
                 warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
                 if options.handle_signals:
                     stop.install()  # over the failure-signal handler Ray's core worker set
-                learner = _make_learner(cfg, spec, device, run_dir, state)
+                check_resources(cfg)
+                # The actors start first: their processes come up while the learner is built.
+                pool = ActorPool(
+                    cfg,
+                    agent_layout(spec.observation_shape, spec.num_actions, cfg.agent),
+                    generation=_resume_generation(state),
+                    max_restarts=options.max_actor_restarts,
+                )
                 try:
-                    return _run(cfg, options, learner, run_dir, stop)
+                    learner = _make_learner(cfg, spec, device, run_dir, state)
+                    try:
+                        return _run(cfg, options, learner, pool, run_dir, stop)
+                    finally:
+                        _close_learner(learner)
                 finally:
-                    _close_learner(learner)
+                    pool.shutdown()
         finally:
             stop.restore()
             torch.set_num_threads(threads)
+
+
+def _resume_generation(state: dict[str, Any] | None) -> int:
+    """Which session of the run this is: 0 for a new run, the resume count after a resume.
+
+    It seeds the actors, so that a resumed run does not replay its first session's envs;
+    :func:`_make_learner` counts the same resume in ``learner.counters.resumes``.
+    """
+    return 0 if state is None else Counters.from_dict(state["counters"]).resumes + 1
 
 
 def _close_learner(learner: Learner) -> None:
@@ -324,14 +346,13 @@ def _env_spec_or_config_error(cfg: Config) -> EnvSpec:
 
 
 def _run(
-    cfg: Config, options: TrainOptions, learner: Learner, run_dir: Path, stop: StopSignal
+    cfg: Config,
+    options: TrainOptions,
+    learner: Learner,
+    pool: ActorPool,
+    run_dir: Path,
+    stop: StopSignal,
 ) -> TrainResult:
-    check_resources(cfg)
-    pool = ActorPool(
-        cfg,
-        generation=learner.counters.resumes,
-        max_restarts=options.max_actor_restarts,
-    )
     result = TrainResult(
         run_dir=run_dir,
         exit_code=EXIT_OK,

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from impala_frodo.analysis import value_error_metrics
+from impala_frodo.batch import Batch
 from impala_frodo.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -43,7 +44,7 @@ from impala_frodo.config import Config
 from impala_frodo.intervals import IntervalLog
 from impala_frodo.rollout import DelayedWeights
 from impala_frodo.runlog import RunLogger, StorageError
-from impala_frodo.trajectory import Batch, Trajectory
+from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import NonFiniteLossError, Updater
 from impala_frodo.utils import first_line
 
@@ -84,7 +85,7 @@ def _all_finite(obj: Any) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in _float_tensors(obj))
 
 
-def _check_state(state: Mapping[str, Any]) -> None:
+def check_resume_state(state: Mapping[str, Any]) -> None:
     """The parts of a checkpoint every resume reads exist (else :class:`CheckpointError`)."""
     counters, updater = state.get("counters"), state.get("updater")
     steps = counters.get("env_steps") if isinstance(counters, Mapping) else None
@@ -319,7 +320,7 @@ class Learner:
 
         Raises :class:`~impala_frodo.checkpoint.CheckpointError` if it does not fit this config.
         """
-        _check_state(state)
+        check_resume_state(state)
         saved_config = state.get("config")
         saved_algo = saved_config.get("algo") if isinstance(saved_config, Mapping) else None
         if saved_algo is not None and saved_algo != self.cfg.algo:

@@ -160,14 +160,20 @@ def test_resume_continues_counters_and_curves_without_double_counting(ray_local,
 
 
 def _kill_plan(kills: dict[int, str]):
-    """A callback that kills actors at given update counts ('ray': ray.kill, 'sigkill')."""
+    """A callback that kills actors from given update counts on ('ray': ray.kill, 'sigkill').
+
+    Each kill waits for an update at which the actor has an unroll still running: Ray
+    restarts an idle actor without any call failing, so its death would go unseen (with a
+    slow learner, an actor's calls are often all finished, waiting in the queue).
+    """
     import ray
 
     done: list[str] = []
 
     def callback(ctx) -> None:
-        how = kills.get(ctx.learner.counters.updates)
-        if how is None or how in done:
+        due = [how for at, how in sorted(kills.items()) if ctx.learner.counters.updates >= at]
+        how = next((h for h in due if h not in done), None)
+        if how is None or not ctx.pool.running(0 if how == "ray" else 1):
             return
         done.append(how)
         if how == "ray":

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from impala_frodo import objectives
+from impala_frodo.batch import Batch
 from impala_frodo.metagrad import DifferentiableSGD, detach_params
-from impala_frodo.trajectory import Batch, Trajectory
+from impala_frodo.trajectory import Trajectory
 from tests.test_metagrad import (
     OBS_SHAPE,
     analytic,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from impala_frodo.batch import Batch
 from impala_frodo.config import Config
 from impala_frodo.metagrad import (
     DifferentiableRMSProp,
@@ -19,7 +20,7 @@ from impala_frodo.metagrad import (
     inner_step,
     meta_gradient,
 )
-from impala_frodo.trajectory import Batch, Trajectory
+from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import Updater
 
 OBS_SHAPE, NUM_ACTIONS, STEPS, WIDTH = (3,), 2, 4, 2

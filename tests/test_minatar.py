@@ -11,15 +11,16 @@ import torch
 from gymnasium import spaces
 
 from actors.rollout import RolloutActor
+from impala_frodo.batch import Batch
 from impala_frodo.config import Config, ConfigError, set_dotted
 from impala_frodo.envs import make_batched_env
 from impala_frodo.envs.minatar_envs import GAMES, minatar_installed
 from impala_frodo.metagrad import DifferentiableSGD, detach_params
 from impala_frodo.networks import AgentNet, MetaNet
 from impala_frodo.presets import load_preset, preset_names
-from impala_frodo.rollout import ActingPolicy, Roller
+from impala_frodo.rollout import NumpyPolicy, Roller, param_layout
 from impala_frodo.torsos import ConvTorso, resolve_torso
-from impala_frodo.trajectory import Batch, Trajectory
+from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import Updater
 from learner.cli import check_env_id
 from tests.test_frodo_targets import finite_difference_m_steps
@@ -121,20 +122,14 @@ def test_byte_images_reach_the_networks_as_floats_in_unit_range():
     if "test/PixelEnv-v0" not in gymnasium.registry:
         gymnasium.register("test/PixelEnv-v0", entry_point=PixelEnv, disable_env_checker=True)
     env = make_batched_env("test/PixelEnv-v0", 2, seed=0)
-    seen: list[torch.Tensor] = []
-
-    class Recording(AgentNet):
-        def forward(self, obs):
-            seen.append(obs.clone())
-            return super().forward(obs)
-
-    agent = Recording(env.observation_shape, env.num_actions, (4,), torso="conv", conv_channels=2)
-    policy = ActingPolicy(agent, obs_scale=env.observation_scale)
+    agent = AgentNet(env.observation_shape, env.num_actions, (4,), torso="conv", conv_channels=2)
+    policy = NumpyPolicy.from_params(dict(agent.named_parameters()), obs_scale=1 / 255)
     tr = Roller(env, unroll_length=3, seed=0).unroll(policy)  # truncated at the third step
     assert tr.obs.dtype == np.uint8 and tr.truncation_obs.dtype == np.uint8
     assert tr.obs_scale == env.observation_scale
-    assert [float(x.max()) for x in seen] == pytest.approx([0.0, 0.2, 0.4])
-    assert all(x.dtype == torch.float32 for x in seen)
+    with torch.no_grad():  # mu read x / 255: the agent's logits on the scaled image
+        expected = agent(torch.from_numpy(tr.obs[1]).float() / 255)[0].numpy()
+    np.testing.assert_allclose(policy.logits(tr.obs[1]), expected, rtol=1e-5, atol=1e-6)
     batch = Batch.from_trajectories([tr, tr])
     assert batch.obs.dtype == torch.float32 and batch.truncation_obs.dtype == torch.float32
     torch.testing.assert_close(batch.obs[:, 0], torch.from_numpy(tr.obs[:, 0]).float() / 255)
@@ -195,9 +190,10 @@ def test_minatar_breakout_through_a_rollout_actor():
             "run.unroll_length": 25,
         },
     )
-    actor = RolloutActor(cfg, actor_id=0, seed=1)
-    assert isinstance(actor.policy.agent.torso, ConvTorso)
-    params = {k: v.detach() for k, v in actor.policy.agent.named_parameters()}
+    agent = AgentNet.from_config((10, 10, 4), 6, cfg.agent)
+    params = {k: v.detach() for k, v in agent.named_parameters()}
+    actor = RolloutActor(cfg, param_layout(params), actor_id=0, seed=1)
+    assert actor.policy.conv  # mu evaluates the conv torso
     ended = 0
     for version in range(1, 9):
         tr = actor.unroll(version, params)

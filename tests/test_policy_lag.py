@@ -7,7 +7,7 @@ import torch
 
 from actors.rollout import RolloutActor
 from impala_frodo.config import ConfigError
-from impala_frodo.rollout import DelayedWeights
+from impala_frodo.rollout import DelayedWeights, param_layout
 from tests.test_learner import make_cfg, make_learner
 
 
@@ -48,7 +48,7 @@ def test_policy_lag_must_be_a_non_negative_integer():
 def test_learner_publishes_weights_policy_lag_versions_old_and_measures_the_lag():
     cfg = make_cfg("impala", **{"run.policy_lag": 2})
     learner = make_learner(cfg)
-    actor = RolloutActor(cfg, actor_id=0, seed=0)
+    actor = RolloutActor(cfg, param_layout(learner.weights()[1]), actor_id=0, seed=0)
     lags = []
     for _ in range(6):
         version, weights = learner.weights()
