@@ -21,7 +21,7 @@ Seeding, for every implementation: ``seed`` at construction seeds the first ``re
 Storage dtype: ``observation_dtype`` is what ``reset`` and ``step`` return and what unrolls
 carry (float32 by default, uint8 for byte images); ``observation_scale`` times the stored value
 is the network's input (1/255 for uint8 pixels in [0, 255], else 1). The consumers, the acting
-policy and :class:`~impala_frodo.trajectory.Batch`, convert to float once, on their side.
+policy and :class:`~impala_frodo.batch.Batch`, convert to float once, on their side.
   MinAtar's ids (``MinAtar/Breakout-v0`` ...) are registered on first use when the
   ``minatar`` package is installed (the ``minatar`` extra).
 """
