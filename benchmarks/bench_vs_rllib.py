@@ -16,18 +16,24 @@ imports, Ray's start-up and shutdown. The systems alternate per seed (ours seed
   entropy and value costs, V-trace clipping, no gradient clipping, CPUs per
   actor, Ray CPUs and learner torch threads (1, in the driver process).
 
-"Solved" is each system's mean return over the last ``run.returns_window`` (500)
-episodes reaching 0.8, the window full (RLlib: ``env_runners/episode_return_mean``
-with ``metrics_num_episodes_for_smoothing`` = 500, checked after each
-``train()`` call of at least ``--rllib-iteration-s``). A run that has not
-solved within ``--deadline-s`` is killed and counts as unsolved.
+"Solved" is the same criterion for both: the mean return of the last
+``run.returns_window`` (500) episodes reaches 0.8, the window full. Ours checks
+it after every update. RLlib's ``env_runners/episode_return_mean`` is not such
+a window in 2.60 (each env runner clears its window at every metrics pull, so
+it averages the episodes of the last ``train()`` call only): the RLlib child
+rebuilds the 500-episode window from its per-``train()`` means and episode
+counts (:func:`window_return`), checked after each ``train()`` call of at least
+``--rllib-iteration-s``, and stops on it. The time and env steps at which
+RLlib's own metric first reached 0.8 are reported too (``metric_*``). A run
+not solved within ``--deadline-s`` of its spawn counts as unsolved.
 
 Per run: ``wall_s`` (spawn to exit: imports, Ray start, learning, shutdown),
-``solve_s`` (spawn to the log record that met the target), ``env_steps``, and
-``env_steps_per_s``: between the first and the last record (ours: metrics.jsonl;
-RLlib: ``env_runners/num_env_steps_sampled_lifetime`` after each ``train()``),
-so actor start-up is left out for both. Medians over the solved runs; ratios
-are ours / RLlib (a throughput ratio above 1 and a time ratio below 1 favour ours).
+``solve_s`` (spawn to the record that met the target), ``env_steps`` there, and
+``env_steps_per_s``: between the first record with env steps and the last
+(ours: metrics.jsonl; RLlib: ``env_runners/num_env_steps_sampled_lifetime``
+after each ``train()``), so actor start-up is left out for both. Medians:
+throughput over all runs, times over the solved ones; ratios are ours / RLlib
+(a throughput ratio above 1 and a time ratio below 1 favour ours).
 
     python benchmarks/bench_vs_rllib.py [--seeds 0 1 2] [--deadline-s 120]
 """
@@ -121,10 +127,35 @@ def rllib_record(result: Mapping[str, Any], t: float) -> dict[str, Any]:
     }
 
 
-def is_solved(record: Mapping[str, Any], target: float, window: int) -> bool:
-    """The mean return reached ``target`` over a full window of ``window`` episodes."""
+def metric_solved(record: Mapping[str, Any], target: float, window: int) -> bool:
+    """RLlib's own ``episode_return_mean`` reached ``target``, after ``window`` episodes."""
     ret = record.get("return_mean")
     return ret is not None and record["episodes"] >= window and ret >= target
+
+
+def window_return(records: Sequence[Mapping[str, Any]], window: int) -> float | None:
+    """Mean return of the last ``window`` episodes, rebuilt from RLlib's per-``train()`` records.
+
+    RLlib 2.60's ``env_runners/episode_return_mean`` is not a sliding window: each env runner
+    clears its window whenever its metrics are pulled (every sample call), so the value is a
+    mean over the episodes of the last ``train()`` call only. Each record's mean is weighted
+    here by its new episodes (the growth of ``num_episodes_lifetime``), the oldest record cut
+    to fill exactly ``window`` episodes. None until ``window`` episodes have finished.
+    """
+    if not records or records[-1]["episodes"] < window:
+        return None
+    total, need = 0.0, window
+    for i in range(len(records) - 1, -1, -1):
+        new = records[i]["episodes"] - (records[i - 1]["episodes"] if i > 0 else 0)
+        ret = records[i]["return_mean"]
+        if new <= 0 or ret is None:
+            continue
+        take = min(new, need)
+        total += take * ret
+        need -= take
+        if need == 0:
+            break
+    return total / (window - need) if need < window else None
 
 
 def parse_records(stdout: str) -> list[dict[str, Any]]:
@@ -159,22 +190,34 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Medians of one system's runs: throughput over all runs, times over the solved."""
+    """Medians of one system's runs: throughput over all runs, times over the solved.
+
+    RLlib's runs also get the medians by its own metric (``metric_solve_s``,
+    ``metric_env_steps``) over the runs where that reached the target.
+    """
     solved = [r for r in runs if r["solved"]]
-    return {
+    summary = {
         "solved": f"{len(solved)}/{len(runs)}",
         "median_env_steps_per_s": median([r["env_steps_per_s"] for r in runs], 0),
         "median_wall_s": median([r["wall_s"] for r in solved]),
         "median_solve_s": median([r["solve_s"] for r in solved]),
         "median_env_steps": median([r["env_steps"] for r in solved], 0),
-        "runs": list(runs),
     }
+    if any("metric_solve_s" in r for r in runs):
+        summary["median_metric_solve_s"] = median([r.get("metric_solve_s") for r in runs])
+        summary["median_metric_env_steps"] = median([r.get("metric_env_steps") for r in runs], 0)
+    return {**summary, "runs": list(runs)}
 
 
 def ratios(ours: Mapping[str, Any], rllib: Mapping[str, Any]) -> dict[str, float | None]:
-    """ours / RLlib for each median."""
+    """ours / RLlib for each median; ``*_vs_metric``: against RLlib's own metric's times."""
     keys = ("median_env_steps_per_s", "median_wall_s", "median_solve_s", "median_env_steps")
-    return {k.removeprefix("median_"): ratio(ours[k], rllib[k]) for k in keys}
+    out = {k.removeprefix("median_"): ratio(ours[k], rllib[k]) for k in keys}
+    out["solve_s_vs_metric"] = ratio(ours["median_solve_s"], rllib.get("median_metric_solve_s"))
+    out["env_steps_vs_metric"] = ratio(
+        ours["median_env_steps"], rllib.get("median_metric_env_steps")
+    )
+    return out
 
 
 # ------------------------------------------------------------------ subprocesses
@@ -224,13 +267,16 @@ def run_rllib(seed: int, deadline_s: float, iteration_s: float) -> dict[str, Any
     wall, code, out, err = run_process(command, deadline_s + 60)
     records = parse_records(out)
     window = Config().run.returns_window
-    hit = next((r for r in records if is_solved(r, TARGET, window)), None)
+    hit = next((r for r in records if (r["window_return"] or -1e9) >= TARGET), None)
+    metric_hit = next((r for r in records if metric_solved(r, TARGET, window)), None)
     solved = code == 0 and hit is not None
     run = {
         "seed": seed,
         "solved": solved,
         "wall_s": round(wall, 2),
         "solve_s": round(hit["t"], 2) if solved and hit else None,
+        "metric_solve_s": round(metric_hit["t"], 2) if metric_hit else None,
+        "metric_env_steps": metric_hit["env_steps"] if metric_hit else None,
         "env_steps": records[-1]["env_steps"] if records else None,
         "env_steps_per_s": median([steady_rate(records)], 0),
         "iterations": len(records),
@@ -327,12 +373,15 @@ def rllib_child(args: argparse.Namespace) -> int:
             lambda env_config: gymnasium.wrappers.FlattenObservation(Catch(**env_config)),
         )
         algo = rllib_config(cfg, args.seed, args.rllib_iteration_s).build_algo()
+        records: list[dict[str, Any]] = []
         try:
             while True:
                 result = algo.train()
                 record = rllib_record(result, time.time() - args.spawn_time)
+                records.append(record)
+                record["window_return"] = window_return(records, cfg.run.returns_window)
                 print(RECORD_PREFIX + json.dumps(record), flush=True)
-                if is_solved(record, args.target, cfg.run.returns_window):
+                if record["window_return"] is not None and record["window_return"] >= args.target:
                     return 0
                 if record["t"] > args.deadline_s:
                     return 0  # unsolved: no record met the target

@@ -45,14 +45,31 @@ def test_rllib_record_reads_the_env_runner_metrics(bench):
     }
     record = bench.rllib_record(result, 12.3456)
     assert record == {"t": 12.346, "env_steps": 12800, "episodes": 1400, "return_mean": 0.81}
-    assert bench.is_solved(record, 0.8, 500)
-    assert not bench.is_solved(record, 0.9, 500)
-    assert not bench.is_solved(record, 0.8, 2000)  # window not full yet
+    assert bench.metric_solved(record, 0.8, 500)
+    assert not bench.metric_solved(record, 0.9, 500)
+    assert not bench.metric_solved(record, 0.8, 2000)  # fewer episodes than the window
     # Before any episode: the key missing, or NaN.
     for runners in ({}, {"episode_return_mean": math.nan}):
         early = bench.rllib_record({"env_runners": runners}, 1.0)
         assert early["return_mean"] is None and early["env_steps"] == 0
-        assert not bench.is_solved(early, 0.8, 500)
+        assert not bench.metric_solved(early, 0.8, 500)
+
+
+def test_window_return_weights_records_by_their_new_episodes(bench):
+    def rec(episodes, ret):
+        return {"episodes": episodes, "return_mean": ret}
+
+    assert bench.window_return([], 500) is None
+    assert bench.window_return([rec(300, 0.0)], 500) is None  # window not full
+    # 300 episodes at 0.0, then 200 at 1.0: the full window's mean is 0.4.
+    records = [rec(300, 0.0), rec(500, 1.0)]
+    assert bench.window_return(records, 500) == pytest.approx(0.4)
+    # 400 more at 0.5: the window holds those 400 and the last 100 of the 1.0s.
+    records.append(rec(900, 0.5))
+    assert bench.window_return(records, 500) == pytest.approx((400 * 0.5 + 100 * 1.0) / 500)
+    # A record without new episodes (or without a mean) adds nothing.
+    records.append(rec(900, None))
+    assert bench.window_return(records, 500) == pytest.approx(0.6)
 
 
 def test_parse_records_skips_other_lines(bench):
@@ -72,7 +89,7 @@ def test_steady_rate_leaves_out_start_up(bench):
 
 
 def test_summary_and_ratios(bench):
-    def run(solved, wall, rate):
+    def run(solved, wall, rate, **extra):
         solve = wall - 1 if solved else None
         return {
             "solved": solved,
@@ -80,18 +97,27 @@ def test_summary_and_ratios(bench):
             "solve_s": solve,
             "env_steps": 30000,
             "env_steps_per_s": rate,
+            **extra,
         }
 
     ours = bench.summarize([run(True, 10.0, 100.0), run(True, 12.0, 300.0)])
-    rllib = bench.summarize([run(True, 40.0, 10.0), run(False, 130.0, 20.0)])
+    rllib = bench.summarize(
+        [
+            run(True, 40.0, 10.0, metric_solve_s=30.0, metric_env_steps=25000),
+            run(False, 130.0, 20.0, metric_solve_s=None, metric_env_steps=None),
+        ]
+    )
     assert ours["solved"] == "2/2" and rllib["solved"] == "1/2"
     assert ours["median_wall_s"] == 11.0 and rllib["median_wall_s"] == 40.0  # solved runs only
     assert rllib["median_env_steps_per_s"] == 15.0  # all runs
+    assert "median_metric_solve_s" not in ours and rllib["median_metric_solve_s"] == 30.0
     assert bench.ratios(ours, rllib) == {
         "env_steps_per_s": round(200 / 15, 3),
         "wall_s": 0.275,
         "solve_s": round(10 / 39, 3),
         "env_steps": 1.0,
+        "solve_s_vs_metric": round(10 / 30, 3),
+        "env_steps_vs_metric": 1.2,
     }
 
 
