@@ -139,7 +139,13 @@ def test_resume_continues_counters_and_curves_without_double_counting(ray_local,
         f.write(json.dumps({"env_steps": 10**9, "wall_time_s": 1.0}) + "\n")
 
     cfg = small_cfg(tmp_path, "frodo", **{"run.total_env_steps": 16_000})
-    second = train(cfg, options(resume_dir=run_dir))
+    seen = []  # (actor generation, learner resumes): the actors, started first, reseeded
+
+    def record(ctx) -> None:
+        seen.append((ctx.pool.generation, ctx.learner.counters.resumes))
+
+    second = train(cfg, options(resume_dir=run_dir, callback=record))
+    assert seen and set(seen) == {(1, 1)}
     assert second.exit_code == EXIT_OK and second.run_dir == run_dir
     assert second.updates > first.updates and second.env_steps >= 16_000
     assert second.env_steps == second.updates * STEPS_PER_UNROLL  # no step counted twice
