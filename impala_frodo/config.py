@@ -22,7 +22,9 @@ TASKS = ("control", "prediction")
 INNER_OPTIMIZERS = ("sgd", "rmsprop")
 BETA_MODES = ("constant", "annealed")
 DEVICES = ("auto", "cpu", "cuda")
-TARGET_FORMS = ("residual", "plain", "plain-zero-head")
+TARGET_FORMS = ("residual", "plain", "plain-zero-head", "residual-centred")
+#: The target forms that add the learned correction to the canonical V-trace target v_s.
+RESIDUAL_FORMS = ("residual", "residual-centred")
 META_SCHEDULES = ("chain", "sliding")
 TORSOS = ("auto", "mlp", "conv")  # impala_frodo.torsos
 #: numpy seeds are 32-bit.
@@ -167,6 +169,10 @@ class MetaConfig:
     - ``"plain"``: g = G_eta(tau), the paper's form (default initialisation).
     - ``"plain-zero-head"``: the paper's form with the output layer zero-initialised
       (g starts at 0).
+    - ``"residual-centred"``: the residual form with the correction centred over each
+      batch, g = sg(v_s) + G - mean_{T,B}(G): it cannot shift all targets at once, a
+      shift that bootstrapping turns into a value drift of shift / (1 - gamma)
+      (docs/results-minatar.md).
 
     Further options:
 

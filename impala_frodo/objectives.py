@@ -202,6 +202,7 @@ def meta_target(
     *,
     canonical: Tensor | None = None,
     log_rhos: Tensor | None = None,
+    centre: bool = False,
 ) -> Tensor:
     """FRODO's target g ``[T, B]`` (DESIGN section 5).
 
@@ -211,6 +212,8 @@ def meta_target(
 
     ``canonical``: the residual form g = sg(v_s) + G_eta(tau), with v_s the
     canonical V-trace target ``[T, B]``; ``None``: the paper's plain g = G_eta(tau).
+    ``centre``: the residual's correction centred over the batch,
+    g = sg(v_s) + G - mean_{T,B}(G).
     """
     discounts = gamma * batch.continues
     inputs = [
@@ -225,6 +228,8 @@ def meta_target(
     learned = functional_call(meta_net, eta, tuple(inputs))
     if canonical is None:
         return learned
+    if centre:
+        learned = learned - learned.mean()
     return stop_gradient(canonical) + learned
 
 

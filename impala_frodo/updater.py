@@ -34,7 +34,7 @@ from torch.func import functional_call
 
 from impala_frodo import objectives as obj
 from impala_frodo.batch import Batch
-from impala_frodo.config import Config
+from impala_frodo.config import RESIDUAL_FORMS, Config
 from impala_frodo.metagrad import (
     OptState,
     Params,
@@ -191,8 +191,9 @@ class Updater:
             batch,
             out,
             self.cfg.loss.gamma,
-            canonical=canonical if meta.target == "residual" else None,
+            canonical=canonical if meta.target in RESIDUAL_FORMS else None,
             log_rhos=log_rhos,
+            centre=meta.target == "residual-centred",
         )
         return target, canonical
 

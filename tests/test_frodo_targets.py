@@ -101,6 +101,7 @@ PARAMETERISATIONS = [  # (algo, task, [meta], M)
     ("frodo", "control", {"target": "residual"}, 2),
     ("frodo", "control", {"target": "residual"}, 3),
     ("frodo", "control", {"target": "residual", "ratio_input": True}, 2),
+    ("frodo", "control", {"target": "residual-centred"}, 2),
     ("frodo", "control", {"consistency_cost": 0.5}, 2),
     ("frodo", "prediction", {"target": "residual"}, 2),
     ("frodo-ext", "control", {"ext_beta_mode": "constant", "ext_b1": 0.3}, 2),
@@ -185,6 +186,21 @@ def test_residual_target_with_zero_head_starts_at_the_canonical_return():
     plain = tiny_updater("frodo", target="plain-zero-head", perturb_head=False)
     target = plain.frodo_target(batch, out, plain.policy_terms(batch, out))[0]
     torch.testing.assert_close(target, torch.zeros_like(canonical))
+
+
+def test_centred_residual_has_the_residuals_correction_less_its_batch_mean():
+    """With the same (perturbed) meta-network, centred g = residual g - mean(g - v_s)."""
+    batch = off_policy_batch(np.random.default_rng(6))
+    residual = tiny_updater("frodo", target="residual")
+    centred = tiny_updater("frodo", target="residual-centred")
+    centred.meta_net.load_state_dict(residual.meta_net.state_dict())
+    out = objectives.evaluate_agent(residual.agent, residual.params, batch)
+    g, v = residual.frodo_target(batch, out, residual.policy_terms(batch, out))
+    g_c, v_c = centred.frodo_target(batch, out, centred.policy_terms(batch, out))
+    torch.testing.assert_close(v_c, v)
+    correction = g - v
+    assert correction.mean().abs() > 1e-3  # the perturbed head does shift the targets
+    torch.testing.assert_close(g_c - v_c, correction - correction.mean())
 
 
 def test_ratio_input_with_mu_equal_to_pi_changes_nothing():
