@@ -46,6 +46,7 @@ SUITES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "frodo-plain": ("catch-frodo", {"meta.target": "plain"}),
         "frodo-plain-zero": ("catch-frodo", {"meta.target": "plain-zero-head"}),
         "frodo-residual": ("catch-frodo", {"meta.target": "residual"}),
+        "frodo-residual-centred": ("catch-frodo", {"meta.target": "residual-centred"}),
         "frodo-plain-m1": (
             "catch-frodo",
             {"meta.target": "plain", "meta.num_inner_steps": 1},
@@ -70,6 +71,10 @@ SUITES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "frodo-residual": (
             "randomwalk-frodo",
             {"meta.target": "residual"},
+        ),
+        "frodo-residual-centred": (
+            "randomwalk-frodo",
+            {"meta.target": "residual-centred"},
         ),
         "frodo-ext": ("randomwalk-frodo-ext", {}),
     },
