@@ -185,6 +185,10 @@ def median(values: Sequence[float | None], digits: int = 2) -> float | None:
     return round(statistics.median(kept), digits) if kept else None
 
 
+def rounded(value: float | None) -> float | None:
+    return None if value is None else float(round(value))
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
@@ -253,7 +257,7 @@ def run_ours(seed: int, logdir: Path, deadline_s: float) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "solve_s": round(records[-1]["t"] - spawn, 2) if solved and records else None,
         "env_steps": records[-1]["env_steps"] if records else None,
-        "env_steps_per_s": median([steady_rate(records)], 0),
+        "env_steps_per_s": rounded(steady_rate(records)),
     }
     if code not in (0, None):
         run["error"] = err[-1500:]
@@ -278,7 +282,7 @@ def run_rllib(seed: int, deadline_s: float, iteration_s: float) -> dict[str, Any
         "metric_solve_s": round(metric_hit["t"], 2) if metric_hit else None,
         "metric_env_steps": metric_hit["env_steps"] if metric_hit else None,
         "env_steps": records[-1]["env_steps"] if records else None,
-        "env_steps_per_s": median([steady_rate(records)], 0),
+        "env_steps_per_s": rounded(steady_rate(records)),
         "iterations": len(records),
     }
     if code != 0:
@@ -286,11 +290,8 @@ def run_rllib(seed: int, deadline_s: float, iteration_s: float) -> dict[str, Any
     return run
 
 
-def load_average() -> float | None:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 # ------------------------------------------------------------------ the RLlib child

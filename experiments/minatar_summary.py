@@ -128,12 +128,10 @@ def print_published(groups: dict[tuple[str, str], list[dict]]) -> None:
             run["budget"] for algo in ("impala", "frodo") for run in groups.get((game, algo), [])
         }
         for budget in sorted(budgets & set(PUBLISHED.get(game, {}))):
-            ours = [
-                mean_se([r["late"] for r in groups.get((game, algo), []) if r["budget"] == budget])
-                if any(r["budget"] == budget for r in groups.get((game, algo), []))
-                else "-"
-                for algo in ("impala", "frodo")
-            ]
+            ours = []
+            for algo in ("impala", "frodo"):
+                lates = [r["late"] for r in groups.get((game, algo), []) if r["budget"] == budget]
+                ours.append(mean_se(lates) if lates else "-")
             published = " | ".join(f"{v:g}" for v in PUBLISHED[game][budget])
             rows.append(f"| {game} | {budget:,} | {ours[0]} | {ours[1]} | {published} |")
     if rows:

@@ -283,8 +283,8 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
 def _resume_generation(state: dict[str, Any] | None) -> int:
     """Which session of the run this is: 0 for a new run, the resume count after a resume.
 
-    It seeds the actors, so that a resumed run does not replay its first session's envs;
-    :func:`_make_learner` counts the same resume in ``learner.counters.resumes``.
+    It seeds the actors, so that a resumed run does not replay its first session's envs,
+    and :func:`_make_learner` records it as ``learner.counters.resumes``.
     """
     return 0 if state is None else Counters.from_dict(state["counters"]).resumes + 1
 
@@ -318,7 +318,7 @@ def _make_learner(
     if state is not None:
         learner.load_state_dict(state)
         resume_step = learner.counters.env_steps
-        learner.counters.resumes += 1
+        learner.counters.resumes = _resume_generation(state)  # as the actors were seeded
         # The resumed run's config (e.g. a larger budget) replaces config.json once this
         # session has a checkpoint of its own: until then the old one still describes it.
         learner.after_next_checkpoint = lambda: _write_config(run_dir, cfg)

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from impala_frodo.config import Config
+from tests.scripts import REPO_ROOT, load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vs_rllib.py"
+SCRIPT = REPO_ROOT / "benchmarks" / "bench_vs_rllib.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_vs_rllib", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_vs_rllib.py", "bench_vs_rllib")
 
 
 def test_commands(bench, tmp_path):

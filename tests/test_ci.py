@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -11,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import REPO_ROOT, load_script
+
 CHECK = REPO_ROOT / ".ci" / "check_file_sizes.py"
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -56,10 +56,7 @@ def test_this_repository_tracks_no_large_file():
 
 
 def _load_run_py():
-    spec = importlib.util.spec_from_file_location("run_py", REPO_ROOT / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("run.py", "run_py")
 
 
 def _readme_block(heading: str) -> list[str]:
