@@ -1,8 +1,8 @@
 """Rollout actors: a plain :class:`RolloutActor` and its Ray wrapper, built at the edge.
 
 :class:`RolloutActor` knows nothing about Ray: it owns a batched env, a
-:class:`~impala_frodo.rollout.NumpyPolicy` (mu) and a
-:class:`~impala_frodo.rollout.Roller`, and turns ``unroll(version, params)``
+:class:`~impala_frodo.numpy_policy.NumpyPolicy` (mu) and a
+:class:`~impala_frodo.unroll.Unroller`, and turns ``unroll(version, params)``
 calls into :class:`~impala_frodo.trajectory.Trajectory` batches stamped with
 the policy version it acted with and its actor id. Tests drive it directly.
 
@@ -18,7 +18,7 @@ the learner's V-trace corrects for it. ``unroll(version, params)`` also takes
 weights directly (a freshly started or restarted actor gets them that way).
 
 An actor process never imports torch: mu acts with numpy from the packed weight vector,
-laid out as the ``layout`` it was built with (:func:`~impala_frodo.rollout.param_layout` of
+laid out as the ``layout`` it was built with (:func:`~impala_frodo.weights.param_layout` of
 the learner's agent). That saves each actor process torch's import (about a second) at
 start-up.
 """
@@ -35,10 +35,12 @@ import numpy as np
 
 from impala_frodo.config import Config
 from impala_frodo.envs import make_batched_env
-from impala_frodo.rollout import NumpyPolicy, ParamLayout, Roller, pack_params
+from impala_frodo.numpy_policy import NumpyPolicy
 from impala_frodo.trajectory import Trajectory
+from impala_frodo.unroll import Unroller
+from impala_frodo.weights import ParamLayout, pack_params
 
-#: Weights packed into one vector by :func:`~impala_frodo.rollout.pack_params`, or a dict of
+#: Weights packed into one vector by :func:`~impala_frodo.weights.pack_params`, or a dict of
 #: arrays (or detached tensors) by parameter name, packed on arrival.
 Weights = Mapping[str, Any] | np.ndarray
 
@@ -60,9 +62,9 @@ def env_spec(cfg: Config) -> EnvSpec:
     """Build one env of ``cfg.env`` to read its spec (cheap; raises ``ValueError`` if unknown)."""
     env = make_batched_env(cfg.env.id, 1, seed=0, **cfg.env.kwargs)
     try:
-        states = None
-        if hasattr(env, "state_observations"):
-            states = np.asarray(env.state_observations(), dtype=np.float32)
+        states = env.state_observations()
+        if states is not None:
+            states = np.asarray(states, dtype=np.float32)
         return EnvSpec(tuple(env.observation_shape), int(env.num_actions), states)
     finally:
         env.close()
@@ -88,7 +90,7 @@ class RolloutActor:
         seed = actor_seed(cfg.run.seed, actor_id) if seed is None else seed
         self.env = make_batched_env(cfg.env.id, cfg.run.envs_per_actor, seed=seed, **cfg.env.kwargs)
         self.policy = NumpyPolicy(layout, seed=seed, obs_scale=self.env.observation_scale)
-        self.roller = Roller(self.env, cfg.run.unroll_length, seed=seed)
+        self.unroller = Unroller(self.env, cfg.run.unroll_length, seed=seed)
         self.num_unrolls = 0
         # The newest weights offered while an unroll runs (another thread, under Ray):
         # taken at the start of the next unroll, so mu is at most one unroll stale.
@@ -131,7 +133,7 @@ class RolloutActor:
             self.set_weights(version, params)
         if self.policy.version < 0:
             raise RuntimeError("RolloutActor.unroll before any weights were set")
-        trajectory = self.roller.unroll(self.policy, self.policy.version)
+        trajectory = self.unroller.unroll(self.policy, self.policy.version)
         trajectory.actor_id = self.actor_id
         self.num_unrolls += 1
         return trajectory

@@ -6,7 +6,7 @@ steps; medians over ``--repeats`` unrolls:
 
 - ``env_step``: the numpy-batched env stepping alone;
 - ``actor_inference``: mu's forward pass and Gumbel sampling alone;
-- ``actor_unroll``: a whole :class:`Roller` unroll (both of the above plus bookkeeping);
+- ``actor_unroll``: a whole :class:`Unroller` unroll (both of the above plus bookkeeping);
 - ``transfer``: a trajectory returned by a Ray actor call to the driver
   (serialisation, the object store or inlined reply, deserialisation), minus
   the same call returning nothing;
@@ -39,9 +39,11 @@ from impala_frodo.batch import Batch
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.envs import make_batched_env
 from impala_frodo.networks import AgentNet
-from impala_frodo.rollout import NumpyPolicy, Roller, pack_params
+from impala_frodo.numpy_policy import NumpyPolicy
 from impala_frodo.trajectory import Trajectory
+from impala_frodo.unroll import Unroller
 from impala_frodo.updater import Updater
+from impala_frodo.weights import pack_params
 from learner.ray_session import local_ray_init_kwargs
 
 
@@ -84,7 +86,7 @@ def main() -> None:
     env = make_batched_env(cfg.env.id, args.envs, seed=0, **cfg.env.kwargs)
     agent = AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent)
     policy = NumpyPolicy.from_params(dict(agent.named_parameters()))
-    roller = Roller(env, cfg.run.unroll_length, seed=0)
+    unroller = Unroller(env, cfg.run.unroll_length, seed=0)
     obs = env.reset(seed=0)
     actions = torch.zeros(args.envs, dtype=torch.int64).numpy()
 
@@ -99,9 +101,9 @@ def main() -> None:
     ms: dict[str, float] = {}
     ms["env_step"] = median_s(env_unroll, args.repeats) * 1e3 * per_k
     ms["actor_inference"] = median_s(inference_unroll, args.repeats) * 1e3 * per_k
-    ms["actor_unroll"] = median_s(lambda: roller.unroll(policy), args.repeats) * 1e3 * per_k
+    ms["actor_unroll"] = median_s(lambda: unroller.unroll(policy), args.repeats) * 1e3 * per_k
 
-    trajectory = roller.unroll(policy)
+    trajectory = unroller.unroll(policy)
     ray.init(**local_ray_init_kwargs(num_cpus=os.cpu_count()))
     echo = Echo.remote(trajectory)
     call = median_s(lambda: ray.get(echo.nothing.remote()), args.repeats)
@@ -111,7 +113,7 @@ def main() -> None:
     ray.shutdown()
 
     device = torch.device("cpu")
-    batches = [Batch.from_trajectories([roller.unroll(policy)], device) for _ in range(60)]
+    batches = [Batch.from_trajectories([unroller.unroll(policy)], device) for _ in range(60)]
     ms["batch_to_device"] = (
         median_s(lambda: Batch.from_trajectories([trajectory], device), args.repeats) * 1e3 * per_k
     )

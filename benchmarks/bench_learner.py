@@ -26,7 +26,8 @@ from impala_frodo.batch import Batch
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.envs import make_batched_env
 from impala_frodo.networks import AgentNet
-from impala_frodo.rollout import NumpyPolicy, Roller
+from impala_frodo.numpy_policy import NumpyPolicy
+from impala_frodo.unroll import Unroller
 from impala_frodo.updater import Updater
 from impala_frodo.utils import resolve_device
 
@@ -35,8 +36,8 @@ def make_batches(cfg: Config, count: int, device: torch.device) -> list[Batch]:
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=0, **cfg.env.kwargs)
     agent = AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent)
     policy = NumpyPolicy.from_params(dict(agent.named_parameters()))
-    roller = Roller(env, cfg.run.unroll_length, seed=0)
-    return [Batch.from_trajectories([roller.unroll(policy)], device) for _ in range(count)]
+    unroller = Unroller(env, cfg.run.unroll_length, seed=0)
+    return [Batch.from_trajectories([unroller.unroll(policy)], device) for _ in range(count)]
 
 
 def time_updates(cfg: Config, batches: list[Batch], device: torch.device) -> dict[str, float]:

@@ -38,13 +38,14 @@ from impala_frodo.batch import Batch
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.envs import make_batched_env
 from impala_frodo.networks import AgentNet
+from impala_frodo.numpy_policy import NumpyPolicy
 from impala_frodo.presets import load_preset
-from impala_frodo.rollout import NumpyPolicy, Roller
 from impala_frodo.runlog import METRICS_FILE, read_metrics
-from impala_frodo.sync import train_sync
+from impala_frodo.unroll import Unroller
 from impala_frodo.updater import Updater
 from learner.driver import TrainOptions, train
 from learner.ray_session import local_ray_init_kwargs
+from learner.sync import train_sync
 
 
 def preset(game: str, algo: str, actors: int, envs: int, steps: int, logdir: str) -> Config:
@@ -79,10 +80,10 @@ def learner_seconds_per_update(cfg: Config, cycles: int = 8) -> float:
     """Median seconds per update over whole meta cycles (M + 1 updates each; IMPALA: 6)."""
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=0, **cfg.env.kwargs)
     agent = AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent)
-    roller = Roller(env, cfg.run.unroll_length, seed=0)
+    unroller = Unroller(env, cfg.run.unroll_length, seed=0)
     params = dict(agent.named_parameters())
     policy = NumpyPolicy.from_params(params, obs_scale=env.observation_scale)
-    batches = [Batch.from_trajectories([roller.unroll(policy)]) for _ in range(3)]
+    batches = [Batch.from_trajectories([unroller.unroll(policy)]) for _ in range(3)]
     env.close()
     updater = Updater(cfg, env.observation_shape, env.num_actions)
     per_cycle = cfg.meta.num_inner_steps + 1 if cfg.is_meta else 6

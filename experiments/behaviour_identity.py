@@ -15,8 +15,10 @@
   inner optimizer's state and eta after each update, and the analytic meta-gradient of the
   finite-difference tests' set-up.
 
-``compare`` reports, per case, whether the two records are equal to the bit and otherwise
-the largest absolute difference; it exits 1 if any exceeds ``--atol`` (default 0: bitwise).
+``compare`` reports, per case, whether the numbers both records hold are equal to the bit
+and otherwise the largest absolute difference, and which metrics one record has that the
+other lacks; it exits 1 if a difference exceeds ``--atol`` (default 0: bitwise) or a
+metric of the first record is missing from the second.
 """
 
 from __future__ import annotations
@@ -170,43 +172,25 @@ def float64_case(algo: str, task: str, optim: str, meta: dict[str, Any]) -> dict
 
 
 def sync_case(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    from impala_frodo.sync import train_sync
+    from learner.sync import train_sync
 
     cfg = set_dotted(load_preset(preset), {**SYNC_RUN, **overrides})
     steps = SYNC_UPDATES * cfg.run.unroll_length * cfg.run.num_envs
     cfg = set_dotted(cfg, {"run.total_env_steps": steps})
     updates: list[dict[str, float]] = []
-    final: dict[str, Any] = {}
+    updaters: list[Updater] = []
 
-    def on_update(result: Any, metrics: dict[str, float]) -> None:
+    def on_update(learner: Any, metrics: dict[str, float]) -> None:
         updates.append(dict(metrics))
+        updaters[:] = [learner.updater]
 
-    result = _train_sync_with_final(train_sync, cfg, on_update, final)
+    result = train_sync(cfg, on_update=on_update)
     return {
         "updates": updates,
-        "episode_returns": list(result.episode_returns),
-        **final,
+        "episode_returns": list(result.history.episode_returns),
+        "theta": _numbers(updaters[0].params),
+        "eta": _numbers(updaters[0].eta),
     }
-
-
-def _train_sync_with_final(train_sync: Any, cfg: Config, on_update: Any, final: dict) -> Any:
-    """Run the trainer; capture the learner's final theta and eta via the Updater class."""
-    original = Updater.update
-    last: list[Updater] = []
-
-    def spy(self: Updater, batch: Batch) -> dict[str, float]:
-        if not last:
-            last.append(self)
-        return original(self, batch)
-
-    Updater.update = spy  # type: ignore[method-assign]
-    try:
-        result = train_sync(cfg, callback=on_update)
-    finally:
-        Updater.update = original  # type: ignore[method-assign]
-    final["theta"] = _numbers(last[0].params)
-    final["eta"] = _numbers(last[0].eta)
-    return result
 
 
 def record(out: Path) -> None:
@@ -232,10 +216,10 @@ def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
         yield path, value
 
 
-def compare_case(a: Any, b: Any) -> tuple[bool, float, list[str]]:
-    """(bitwise equal, max |difference| over shared numbers, paths in only one of the two)."""
+def compare_case(a: Any, b: Any) -> tuple[float, list[str], list[str]]:
+    """(max |difference| over the numbers both hold, 0 if bitwise equal; paths only in
+    ``a`` (removed); paths only in ``b`` (added))."""
     left, right = dict(_leaves(a)), dict(_leaves(b))
-    only = sorted(set(left) ^ set(right))
     worst = 0.0
     for key in set(left) & set(right):
         x, y = left[key], right[key]
@@ -244,23 +228,31 @@ def compare_case(a: Any, b: Any) -> tuple[bool, float, list[str]]:
                 worst = max(worst, abs(float(x) - float(y)))
         elif x != y:
             worst = float("inf")
-    return left == right and not only, worst, only
+    return worst, sorted(set(left) - set(right)), sorted(set(right) - set(left))
+
+
+def _metric_names(paths: list[str]) -> list[str]:
+    """``/updates[3]/perf/policy_lag`` -> ``perf/policy_lag``, once each."""
+    return sorted({p.split("]/", 1)[-1] for p in paths})
 
 
 def compare(before: Path, after: Path, atol: float) -> int:
+    """Values must match (to ``atol``) and none may be missing; added metrics are listed."""
     a, b = json.loads(before.read_text()), json.loads(after.read_text())
     failed = 0
     for family in ("sync", "float64"):
         for name in sorted(set(a[family]) | set(b[family])):
             if name not in a[family] or name not in b[family]:
-                print(f"{family:8s} {name:32s} missing in one record")
+                print(f"{family:8s} {name:32s} missing in one record  FAIL")
                 failed += 1
                 continue
-            same, worst, only = compare_case(a[family][name], b[family][name])
-            status = "identical" if same else f"max |diff| {worst:.3g}"
-            if only:
-                status += f"; {len(only)} values in one record only (e.g. {only[0]})"
-            ok = (same or worst <= atol) and not only
+            worst, removed, added = compare_case(a[family][name], b[family][name])
+            status = "identical" if worst == 0 else f"max |diff| {worst:.3g}"
+            if removed:
+                status += f"; missing after: {', '.join(_metric_names(removed))}"
+            if added:
+                status += f"; added: {', '.join(_metric_names(added))}"
+            ok = worst <= atol and not removed
             failed += not ok
             print(f"{family:8s} {name:32s} {status}{'' if ok else '  FAIL'}")
     return 1 if failed else 0

@@ -1,7 +1,7 @@
 """Issue 9's experiments: FRODO's target forms against fixed-target baselines, over seeds.
 
 Each variant is a preset plus ``--set``-style overrides; every seed runs the
-synchronous trainer (``impala_frodo.sync.train_sync``) in its own process, two
+synchronous trainer (``learner.sync.train_sync``) in its own process, two
 at a time by default. Prints a markdown table and writes per-seed summaries
 (and binned curves, for plots) to a JSON file.
 
@@ -100,26 +100,27 @@ def run_one(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
     """One seed of one variant, in a worker process (one torch thread)."""
     import torch
 
-    from impala_frodo.sync import train_sync
+    from learner.sync import train_sync
 
     torch.set_num_threads(1)
     preset, overrides, seed = args
     cfg = set_dotted(load_preset(preset), {**overrides, "run.seed": seed})
     result = train_sync(cfg)
+    history = result.history
     total = cfg.run.total_env_steps
     if cfg.task == "prediction":
         switch_every = cfg.env.kwargs.get("switch_every", 960)
-        summary = random_walk_summary(result.value_rmse, switch_every, total)
-        summary["curve"] = curve(result.value_rmse, total, bins=100)
+        summary = random_walk_summary(history.value_rmse, switch_every, total)
+        summary["curve"] = curve(history.value_rmse, total, bins=100)
     else:
-        summary = catch_summary(result.episode_returns, result.episode_end_steps, total)
-        points = list(zip(result.episode_end_steps, result.episode_returns, strict=True))
+        summary = catch_summary(history.episode_returns, history.episode_end_steps, total)
+        points = list(zip(history.episode_end_steps, history.episode_returns, strict=True))
         summary["curve"] = curve(points, total, bins=100)
-    diagnostics = {k: v for k, v in result.last_metrics.items() if k.startswith(("meta/", "eval/"))}
+    diagnostics = {k: v for k, v in result.last_log.items() if k.startswith(("meta/", "eval/"))}
     summary |= {
         "seed": seed,
-        "wall_time_s": result.wall_time_s,
-        "last_diagnostics": diagnostics,  # the learned target's, at the last update
+        "wall_time_s": result.session_wall_s,
+        "last_diagnostics": diagnostics,  # the learned target's, means of the last record
         "config": cfg.to_dict(),
     }
     return summary

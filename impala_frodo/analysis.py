@@ -1,6 +1,6 @@
 """Per-seed summaries and tables of learning runs (docs/results.md's numbers).
 
-Pure functions over what :func:`impala_frodo.sync.train_sync` returns:
+Pure functions over what :func:`learner.sync.train_sync` records (its ``history``):
 
 - Catch: env steps until the mean return of the last ``window`` episodes first
   reaches 0.8, and the final return (the mean over the episodes that ended in

@@ -35,7 +35,6 @@ class Batch:
     truncation_index: Tensor  # [N] long, flat t * B + b
     truncation_obs: Tensor  # [N, *obs_shape]
     policy_versions: list[int]
-    true_values: Tensor | None = None  # [S] true state values (random walk), for diagnostics
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -94,7 +93,4 @@ class Batch:
             truncation_index=torch.as_tensor(index, dtype=torch.long, device=device),
             truncation_obs=to_network_input(torch.as_tensor(trunc_obs).to(device), scale, dtype),
             policy_versions=[tr.policy_version for tr in trajectories],
-            true_values=None
-            if trajectories[-1].true_values is None
-            else torch.as_tensor(trajectories[-1].true_values).to(device=device, dtype=dtype),
         )

@@ -1,10 +1,9 @@
-"""Per-interval statistics for log records, shared by both trainers.
+"""Per-interval statistics for log records.
 
 :class:`IntervalLog` averages what happened between two log records (the
 updater's scalars and the episodes that ended); :class:`ScalarMeans` is its
-running-mean store. The synchronous trainer (:mod:`impala_frodo.sync`) and the
-distributed learner (:mod:`learner.learner`) both write their records through
-them to a :class:`~impala_frodo.runlog.RunLogger`.
+running-mean store. The learner (:mod:`learner.learner`), which both trainers run,
+writes its records through them to a :class:`~impala_frodo.runlog.RunLogger`.
 """
 
 from __future__ import annotations

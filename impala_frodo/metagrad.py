@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -89,6 +89,34 @@ def make_inner_optimizer(cfg: OptimConfig) -> DifferentiableOptimizer:
     return DifferentiableRMSProp(cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.rmsprop_eps)
 
 
+class GradientReducer(Protocol):
+    """Where the gradients of several learners are combined: the one seam data-parallel
+    learners plug into, so that the learning rule itself is unchanged.
+
+    ``inner`` combines an inner step's gradients (they may carry a graph to eta: a
+    combination must keep it, so that the meta-gradient flows back through it); ``meta``
+    combines eta's gradients before eta's optimizer step. Both keep the order of the list.
+    """
+
+    def inner(self, grads: list[Tensor]) -> list[Tensor]: ...
+
+    def meta(self, grads: list[Tensor]) -> list[Tensor]: ...
+
+
+class LocalGradients:
+    """One learner: the gradients as they are."""
+
+    def inner(self, grads: list[Tensor]) -> list[Tensor]:
+        return grads
+
+    def meta(self, grads: list[Tensor]) -> list[Tensor]:
+        return grads
+
+
+#: The reducer of a single learner.
+LOCAL = LocalGradients()
+
+
 def detach_params(params: Mapping[str, Tensor], requires_grad: bool = True) -> Params:
     """Cut the graph: fresh leaves to continue training from."""
     return {k: p.detach().requires_grad_(requires_grad) for k, p in params.items()}
@@ -120,12 +148,13 @@ def inner_step(
     *,
     create_graph: bool,
     max_grad_norm: float = 0.0,
+    reducer: GradientReducer = LOCAL,
 ) -> InnerStep:
     """One update theta -> theta' on ``loss_fn(theta)``.
 
     ``create_graph=True`` keeps theta' differentiable w.r.t. whatever the loss
     depends on besides theta (eta); ``False`` is a plain update (IMPALA, and
-    acting copies).
+    acting copies). The gradients pass through ``reducer.inner`` before clipping.
     """
     loss, aux = loss_fn(params)
     names = list(params)
@@ -136,7 +165,7 @@ def inner_step(
     grads = [
         torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads, strict=True)
     ]
-    grads, norm = clip_by_global_norm(grads, max_grad_norm)
+    grads, norm = clip_by_global_norm(reducer.inner(grads), max_grad_norm)
     new_params, new_state = optimizer.update(
         params, dict(zip(names, grads, strict=True)), opt_state
     )
@@ -181,6 +210,7 @@ def meta_gradient(
     outer_loss_fn: Callable[[Params, Any, Sequence[Any]], tuple[Tensor, Any]],
     *,
     max_grad_norm: float = 0.0,
+    reducer: GradientReducer = LOCAL,
 ) -> MetaGradient:
     """M differentiable inner updates, then the gradient of the outer loss w.r.t. eta.
 
@@ -191,6 +221,7 @@ def meta_gradient(
         inner_batches: the M batches tau_1..tau_M of the inner updates.
         outer_batch: the held-out batch tau'.
         optimizer: a differentiable inner optimizer.
+        reducer: combines each inner step's gradients (across learners).
         inner_loss_fn: ``(theta, batch) -> (L_inner, aux)``, a function of eta too.
         outer_loss_fn: ``(theta_M, outer_batch, inner_batches) -> (L_outer, aux)``.
 
@@ -207,6 +238,7 @@ def meta_gradient(
             lambda p, b=batch: inner_loss_fn(p, b),
             create_graph=True,
             max_grad_norm=max_grad_norm,
+            reducer=reducer,
         )
         theta, opt_state = step.params, step.opt_state
         inner_losses.append(step.loss)

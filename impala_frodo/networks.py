@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from impala_frodo.rollout import ParamLayout, param_layout
 from impala_frodo.torsos import ConvTorso, is_image_shape, resolve_torso
+from impala_frodo.weights import ParamLayout, param_layout
 
 if TYPE_CHECKING:
     from impala_frodo.config import AgentConfig

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -86,17 +87,28 @@ def evaluate_agent(agent: nn.Module, params: Params, batch: Batch) -> AgentOutpu
     )
 
 
-def policy_terms(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+class PolicyTerms(NamedTuple):
+    """The policy's terms of a control loss on one batch, both ``[T, B]``.
+
+    Prediction tasks have none: their losses take ``policy = None`` (on-policy targets, the
+    value term alone), so the task is decided once, where the terms are made.
+    """
+
+    log_pi_a: Tensor  # log pi(a_t|x_t), with graph to theta
+    entropy: Tensor  # H(pi(.|x_t))
+
+
+def policy_terms(logits: Tensor, actions: Tensor) -> PolicyTerms:
     """``log pi(a_t|x_t)`` and the entropy ``H(pi(.|x_t))``, both ``[T, B]``."""
     log_probs = torch.log_softmax(logits, dim=-1)
     log_pi_a = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
-    return log_pi_a, entropy
+    return PolicyTerms(log_pi_a, entropy)
 
 
-def bootstrapped_rewards(batch: Batch, out: AgentOutputs, gamma: float | Tensor) -> Tensor:
+def bootstrapped_rewards(batch: Batch, outputs: AgentOutputs, gamma: float | Tensor) -> Tensor:
     """r_t, plus gamma V(last obs) where a time limit cut the episode (it is no terminal)."""
-    return batch.rewards + gamma * out.truncation_values
+    return batch.rewards + gamma * outputs.truncation_values
 
 
 def actor_critic_loss(
@@ -130,7 +142,7 @@ def value_only_loss(values: Tensor, value_targets: Tensor, *, value_cost: float)
 
 def vtrace_returns(
     batch: Batch,
-    out: AgentOutputs,
+    outputs: AgentOutputs,
     log_pi_a: Tensor | None,
     cfg: LossConfig,
     *,
@@ -145,9 +157,9 @@ def vtrace_returns(
     return vtrace.from_importance_weights(
         log_rhos,
         gamma * batch.continues,
-        bootstrapped_rewards(batch, out, gamma),
-        stop_gradient(out.values),
-        out.bootstrap_value,
+        bootstrapped_rewards(batch, outputs, gamma),
+        stop_gradient(outputs.values),
+        outputs.bootstrap_value,
         clip_rho_threshold=cfg.clip_rho_threshold,
         clip_pg_rho_threshold=cfg.clip_pg_rho_threshold,
         clip_c_threshold=cfg.clip_c_threshold,
@@ -157,47 +169,46 @@ def vtrace_returns(
 
 def vtrace_loss(
     batch: Batch,
-    out: AgentOutputs,
+    outputs: AgentOutputs,
+    policy: PolicyTerms | None,
     cfg: LossConfig,
     *,
-    task: str,
     gamma: float | Tensor | None = None,
     lambda_: float | Tensor | None = None,
     value_cost: float | None = None,
 ) -> tuple[LossTerms, vtrace.VTraceReturns]:
     """The canonical V-trace actor-critic loss (IMPALA; FRODO's outer loss; L_revise; MGRL).
 
-    Control: policy gradient with rho^pg-weighted V-trace advantages, value
-    regression to v_s, entropy bonus. Prediction: the value term alone, with
-    on-policy targets (the n-step return for lambda = 1).
+    Control (``policy`` given): policy gradient with rho^pg-weighted V-trace advantages,
+    value regression to v_s, entropy bonus. Prediction (``policy = None``): the value term
+    alone, with on-policy targets (the n-step return for lambda = 1).
     ``gamma`` and ``lambda_`` default to the config's; pass tensors to keep
     their graph (MGRL's inner loss).
     """
     gamma = cfg.gamma if gamma is None else gamma
     lambda_ = cfg.lambda_ if lambda_ is None else lambda_
     value_cost = cfg.value_cost if value_cost is None else value_cost
-    if task == "prediction":
-        vt = vtrace_returns(batch, out, None, cfg, gamma=gamma, lambda_=lambda_)
-        return value_only_loss(out.values, vt.vs, value_cost=value_cost), vt
-    log_pi_a, entropy = policy_terms(out.logits, batch.actions)
-    vt = vtrace_returns(batch, out, log_pi_a, cfg, gamma=gamma, lambda_=lambda_)
+    if policy is None:
+        returns = vtrace_returns(batch, outputs, None, cfg, gamma=gamma, lambda_=lambda_)
+        return value_only_loss(outputs.values, returns.vs, value_cost=value_cost), returns
+    returns = vtrace_returns(batch, outputs, policy.log_pi_a, cfg, gamma=gamma, lambda_=lambda_)
     terms = actor_critic_loss(
-        log_pi_a,
-        entropy,
-        out.values,
-        vt.vs,
-        vt.pg_advantages,
+        policy.log_pi_a,
+        policy.entropy,
+        outputs.values,
+        returns.vs,
+        returns.pg_advantages,
         value_cost=value_cost,
         entropy_cost=cfg.entropy_cost,
     )
-    return terms, vt
+    return terms, returns
 
 
 def meta_target(
     meta_net: nn.Module,
     eta: Params,
     batch: Batch,
-    out: AgentOutputs,
+    outputs: AgentOutputs,
     gamma: float,
     *,
     canonical: Tensor | None = None,
@@ -218,9 +229,9 @@ def meta_target(
     discounts = gamma * batch.continues
     inputs = [
         batch.obs[:-1],
-        bootstrapped_rewards(batch, out, gamma),
+        bootstrapped_rewards(batch, outputs, gamma),
         discounts,
-        discounts * out.next_values,
+        discounts * outputs.next_values,
     ]
     if log_rhos is not None:
         clip = LOG_RHO_INPUT_CLIP
@@ -252,12 +263,10 @@ def target_diagnostics(target: Tensor, canonical: Tensor) -> dict[str, Tensor]:
 
 def frodo_inner_loss(
     batch: Batch,
-    out: AgentOutputs,
+    outputs: AgentOutputs,
     target: Tensor,
+    policy: PolicyTerms | None,
     cfg: LossConfig,
-    *,
-    task: str,
-    policy: tuple[Tensor, Tensor] | None = None,
 ) -> LossTerms:
     """FRODO's inner loss with the meta target g (DESIGN section 5)::
 
@@ -265,19 +274,18 @@ def frodo_inner_loss(
                  + c1 1/2 (g_t - V(x_t))^2 - c2 H(pi(.|x_t)) ]
 
     The advantage stops the gradient to theta only: g keeps its graph to eta,
-    so both the policy and the value update depend on eta. ``policy``:
-    :func:`policy_terms` of the batch, if the caller has them already.
+    so both the policy and the value update depend on eta. ``policy = None``
+    (prediction): the value term alone.
     """
-    if task == "prediction":
-        return value_only_loss(out.values, target, value_cost=cfg.value_cost)
-    log_pi_a, entropy = policy_terms(out.logits, batch.actions) if policy is None else policy
-    log_rhos = stop_gradient(log_pi_a) - batch.behaviour_log_probs
+    if policy is None:
+        return value_only_loss(outputs.values, target, value_cost=cfg.value_cost)
+    log_rhos = stop_gradient(policy.log_pi_a) - batch.behaviour_log_probs
     pg_rhos = torch.exp(log_rhos).clamp(max=cfg.clip_pg_rho_threshold)
-    advantages = pg_rhos * (target - stop_gradient(out.values))
+    advantages = pg_rhos * (target - stop_gradient(outputs.values))
     return actor_critic_loss(
-        log_pi_a,
-        entropy,
-        out.values,
+        policy.log_pi_a,
+        policy.entropy,
+        outputs.values,
         target,
         advantages,
         value_cost=cfg.value_cost,

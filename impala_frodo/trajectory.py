@@ -12,6 +12,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """What an env knows that an agent cannot observe, for evaluation only: the true state
+    values (the random walk), read by the learner's probe
+    (:class:`~impala_frodo.probes.GroundTruthProbe`) and by nothing that learns."""
+
+    true_values: np.ndarray  # [S] float32, the true value of each state at the unroll's end
+    steps_since_switch: int  # env 0's steps since its reward last switched (-1: never)
+
+
 @dataclass
 class Trajectory:
     """T steps of B envs acted on by the behaviour policy mu.
@@ -37,8 +47,7 @@ class Trajectory:
     truncation_obs: np.ndarray | None = None  # [N, *obs_shape], obs's dtype
     episode_returns: list[float] = field(default_factory=list)  # episodes finished in this unroll
     episode_lengths: list[int] = field(default_factory=list)
-    true_values: np.ndarray | None = None  # [S] true state values at the end (random walk)
-    steps_since_switch: int | None = None  # env 0's steps since its reward switched (-1: none)
+    ground_truth: GroundTruth | None = None  # the env's, at the unroll's end (random walk)
     actor_id: int = 0
     obs_scale: float = 1.0  # the network's input is obs_scale * obs (1/255 for uint8 pixels)
 

@@ -1,84 +1,62 @@
-"""The learning rule of every algorithm, with no notion of actors or Ray.
+"""The learning rule's state and its one operation, ``update(batch)``.
 
-:class:`Updater` owns theta (the agent's parameters, as tensors), the inner
-optimizer's state, eta (FRODO's meta-network or MGRL's gamma and lambda) and
-eta's optimizer. ``update(batch)`` consumes one batch:
+:class:`Updater` holds theta (the agent's parameters, as tensors), the inner optimizer's
+state, eta (the meta-network's parameters) and eta's optimizer. What it computes is
+chosen once, from the config, as parts:
 
-- IMPALA: one V-trace actor-critic step.
-- Meta-algorithms, ``meta.schedule = "chain"`` (the paper's): an inner step
-  that keeps its graph to eta; the inner steps chain, so after M of them
-  theta_M is a differentiable function of eta. The (M+1)-th batch is held
-  out: the outer loss on it at theta_M is differentiated back to eta, eta
-  takes one optimizer step, theta_M is detached, and the same batch then
-  starts the next chain with an inner step. Every batch thus trains the
-  agent once, and the policy improves after every batch (acting uses the
-  detached current theta).
-- ``meta.schedule = "sliding"``: plain inner steps, and before each one an
-  outer step on the new batch, differentiated through the last M inner
-  updates, recomputed from the parameters M updates ago with the current eta.
+- the **objective** (:mod:`impala_frodo.algorithms`): L_inner and L_outer of the
+  algorithm, and the meta-network;
+- the **meta-schedule** (:mod:`impala_frodo.schedules`): when outer steps come, what
+  they differentiate through, and whether inner steps keep their graph to eta;
+- the **gradient reducer** (:class:`~impala_frodo.metagrad.GradientReducer`): where the
+  gradients of several learners are combined; the identity for one learner.
 
-The synchronous trainer and the distributed learner both drive this class,
-so they learn by the same rule.
+``update(batch)`` takes the outer step first when one is due, then one inner step on the
+batch: with the chain schedule every batch thus trains the agent once, the held-out batch
+of one chain starting the next. The synchronous trainer and the distributed learner both
+drive this class, so they learn by the same rule.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from impala_frodo import objectives as obj
+from impala_frodo.algorithms import LEARNED_TARGET, make_objective
 from impala_frodo.batch import Batch
-from impala_frodo.config import RESIDUAL_FORMS, Config
+from impala_frodo.config import Config
 from impala_frodo.metagrad import (
-    OptState,
+    LOCAL,
+    GradientReducer,
+    InnerStep,
     Params,
     clip_by_global_norm,
     detach_params,
     inner_step,
     make_inner_optimizer,
-    meta_gradient,
-    outer_gradient,
 )
-from impala_frodo.networks import AgentNet, MetaNet, MGRLMeta
+from impala_frodo.networks import AgentNet
+from impala_frodo.schedules import make_schedule
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss or gradient became NaN or infinite; training must stop."""
 
 
-@dataclass
-class _Pending:
-    """An inner update the next outer step differentiates through."""
-
-    batch: Batch
-    params: Params | None = None  # theta before the update ("sliding" only)
-    opt_state: OptState | None = None
-
-
-def true_step_values(batch: Batch) -> Tensor | None:
-    """True V(x_t) ``[T, B]`` where the batch carries true state values and one-hot
-    observations (the random walk); else ``None``."""
-    if batch.true_values is None:
-        return None
-    obs = batch.obs[:-1].flatten(2)
-    if obs.shape[-1] != batch.true_values.numel():
-        return None
-    return obs @ batch.true_values
-
-
 class Updater:
+    """theta, eta and their optimizers' states, updated one batch at a time."""
+
     def __init__(
         self,
         cfg: Config,
         obs_shape: Sequence[int],
         num_actions: int,
         device: torch.device | str = "cpu",
+        reducer: GradientReducer = LOCAL,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
@@ -86,27 +64,19 @@ class Updater:
         self.params: Params = detach_params(dict(self.agent.named_parameters()))
         self.optimizer = make_inner_optimizer(cfg.optim)
         self.opt_state = self.optimizer.init(self.params)
+        self.max_grad_norm = cfg.optim.max_grad_norm
+        self.reducer = reducer
 
-        self.meta_net: torch.nn.Module | None = None
-        if cfg.algo in ("frodo", "frodo-ext"):
-            self.meta_net = MetaNet(
-                obs_shape,
-                cfg.meta.hidden_size,
-                ratio_input=cfg.meta.ratio_input,
-                zero_init_head=cfg.meta.target != "plain",
-                embed_size=cfg.meta.embed_size,
-                embed_channels=cfg.meta.embed_channels,
-            )
-        elif cfg.algo == "mgrl":
-            self.meta_net = MGRLMeta(cfg.meta.mgrl_init_gamma, cfg.meta.mgrl_init_lambda)
+        self.objective = make_objective(cfg, self.agent, obs_shape)
+        self.meta_net = self.objective.meta_net
         self.meta_optimizer: torch.optim.Optimizer | None = None
         if self.meta_net is not None:
             self.meta_net.to(self.device)
             self.meta_optimizer = torch.optim.Adam(self.meta_net.parameters(), lr=cfg.meta.lr)
-
-        # Inner updates the next outer step differentiates through: the chain since theta
-        # was last detached, or the sliding window of the last M updates.
-        self._pending: deque[_Pending] = deque(maxlen=cfg.meta.num_inner_steps)
+        self.schedule = make_schedule(cfg, has_meta_params=self.meta_net is not None)
+        #: The learned inner target g ``[T, B]`` of the last update (detached), for
+        #: ground-truth probes; ``None`` for algorithms without one.
+        self.last_target: Tensor | None = None
         self.num_updates = 0  # inner updates = the policy version
         self.num_meta_updates = 0
 
@@ -116,187 +86,60 @@ class Updater:
         return {} if self.meta_net is None else dict(self.meta_net.named_parameters())
 
     def inner_loss(self, params: Params, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_inner(theta; tau) of the configured algorithm; a function of eta too.
-
-        The second value holds detached scalars for logging.
-        """
-        cfg = self.cfg
-        out = obj.evaluate_agent(self.agent, params, batch)
-        stats: dict[str, Tensor] = {}
-        if cfg.algo in ("frodo", "frodo-ext"):
-            policy = self.policy_terms(batch, out)
-            target, canonical = self.frodo_target(batch, out, policy)
-            terms = obj.frodo_inner_loss(batch, out, target, cfg.loss, task=cfg.task, policy=policy)
-            stats |= obj.target_diagnostics(target, canonical)
-            stats["meta/target_mean"] = target.detach().mean()
-            true_values = true_step_values(batch)
-            if true_values is not None:
-                stats["eval/target_rmse"] = (target.detach() - true_values).square().mean().sqrt()
-        elif cfg.algo == "mgrl":
-            gamma, lambda_ = functional_call(self.meta_net, self.eta, ())
-            terms, vt = obj.vtrace_loss(
-                batch, out, cfg.loss, task=cfg.task, gamma=gamma, lambda_=lambda_
-            )
-            canonical = self.canonical_returns(batch, out, self.policy_terms(batch, out))
-            stats |= obj.target_diagnostics(vt.vs, canonical)
-            stats["meta/gamma"], stats["meta/lambda"] = gamma.detach(), lambda_.detach()
-        else:
-            terms, vt = obj.vtrace_loss(batch, out, cfg.loss, task=cfg.task)
-            stats["meta/target_mean"] = vt.vs.mean()
-        stats |= {
-            "loss/policy": terms.policy.detach(),
-            "loss/value": terms.value.detach(),
-            "loss/entropy": terms.entropy.detach(),
-        }
-        return terms.total, stats
-
-    def policy_terms(self, batch: Batch, out: obj.AgentOutputs) -> tuple[Tensor, Tensor] | None:
-        """``(log pi(a_t|x_t), H(pi(.|x_t)))`` in control; ``None`` in prediction (the
-        behaviour's actions do not matter there: on-policy targets)."""
-        if self.cfg.task != "control":
-            return None
-        return obj.policy_terms(out.logits, batch.actions)
-
-    def canonical_returns(
-        self, batch: Batch, out: obj.AgentOutputs, policy: tuple[Tensor, Tensor] | None
-    ) -> Tensor:
-        """The canonical V-trace target v_s ``[T, B]`` (fixed gamma, lambda; on-policy in
-        prediction), a constant of theta and eta. ``policy``: :meth:`policy_terms`."""
-        loss = self.cfg.loss
-        log_pi_a = None if policy is None else policy[0]
-        return obj.vtrace_returns(
-            batch, out, log_pi_a, loss, gamma=loss.gamma, lambda_=loss.lambda_
-        ).vs
-
-    def frodo_target(
-        self,
-        batch: Batch,
-        out: obj.AgentOutputs,
-        policy: tuple[Tensor, Tensor] | None,
-        canonical: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """FRODO's target g (graph to eta) in the configured form, and the canonical v_s
-        (computed unless given). ``policy``: :meth:`policy_terms`."""
-        meta = self.cfg.meta
-        if canonical is None:
-            canonical = self.canonical_returns(batch, out, policy)
-        log_rhos = None
-        if meta.ratio_input:
-            log_rhos = torch.zeros_like(batch.rewards)
-            if policy is not None:
-                log_rhos = policy[0] - batch.behaviour_log_probs
-        target = obj.meta_target(
-            self.meta_net,
-            self.eta,
-            batch,
-            out,
-            self.cfg.loss.gamma,
-            canonical=canonical if meta.target in RESIDUAL_FORMS else None,
-            log_rhos=log_rhos,
-            centre=meta.target == "residual-centred",
-        )
-        return target, canonical
+        """L_inner(theta; tau) of the configured algorithm, with the current eta."""
+        return self.objective.inner_loss(params, self.eta, batch)
 
     def outer_loss(
         self, params: Params, batch: Batch, inner_batches: Sequence[Batch]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_outer(theta_M; tau'): canonical V-trace loss (+ beta L_revise for the extension,
-        + the consistency term w 1/2 (g - sg(v_s))^2 on tau' when ``meta.consistency_cost``)."""
-        cfg = self.cfg
-        out = obj.evaluate_agent(self.agent, params, batch)
-        terms, vt = obj.vtrace_loss(
-            batch, out, cfg.loss, task=cfg.task, value_cost=cfg.loss.outer_value_cost
-        )
-        loss, stats = terms.total, {"loss/outer_canonical": terms.total.detach()}
-        if cfg.algo == "frodo-ext":
-            revise = torch.stack(
-                [
-                    obj.vtrace_loss(
-                        b, obj.evaluate_agent(self.agent, params, b), cfg.loss, task=cfg.task
-                    )[0].total
-                    for b in inner_batches
-                ]
-            ).mean()
-            beta = obj.extension_beta(
-                terms.total,
-                b1=cfg.meta.ext_b1,
-                mode=cfg.meta.ext_beta_mode,
-                beta_max=cfg.meta.ext_beta_max,
-                eps=cfg.meta.ext_eps,
-            )
-            loss = loss + beta * revise
-            stats |= {"meta/beta": beta.detach(), "loss/revise": revise.detach()}
-        if cfg.algo in ("frodo", "frodo-ext") and cfg.meta.consistency_cost > 0:
-            policy = self.policy_terms(batch, out) if cfg.meta.ratio_input else None
-            target, canonical = self.frodo_target(batch, out, policy, canonical=vt.vs)
-            consistency = 0.5 * (target - canonical).square().mean()
-            loss = loss + cfg.meta.consistency_cost * consistency
-            stats["loss/consistency"] = consistency.detach()
-        return loss, stats
+        """L_outer(theta_M; tau') of the configured algorithm, with the current eta."""
+        return self.objective.outer_loss(params, self.eta, batch, inner_batches)
 
     # ---------------------------------------------------------------- updates
     def update(self, batch: Batch) -> dict[str, float]:
-        """Consume one batch (an outer step first when M inner steps are pending)."""
+        """Consume one batch (an outer step first when one is due); returns the metrics."""
         stats: dict[str, Tensor] = {}
-        meta = self.meta_net is not None
-        sliding = self.cfg.meta.schedule == "sliding"
-        if meta and len(self._pending) == self.cfg.meta.num_inner_steps:
-            stats |= self._meta_step(batch)
-        before = _Pending(batch, self.params, self.opt_state) if sliding else _Pending(batch)
-        step = inner_step(
-            self.params,
-            self.opt_state,
-            self.optimizer,
-            lambda p: self.inner_loss(p, batch),
-            create_graph=meta and not sliding,
-            max_grad_norm=self.cfg.optim.max_grad_norm,
-        )
+        if self.schedule.outer_step_due():
+            stats |= self._outer_step(batch)
+        step = self._inner_step(batch)
         self._check_finite("inner loss", step.loss)
+        self.schedule.record(batch, self.params, self.opt_state)
         self.params, self.opt_state = step.params, step.opt_state
-        if meta:
-            self._pending.append(before)
         self.num_updates += 1
         stats |= step.aux
+        self.last_target = stats.pop(LEARNED_TARGET, None)
         stats["loss/inner"] = step.loss
         stats["perf/grad_norm"] = step.grad_norm
         names = list(stats)
         values = torch.stack([v.float().reshape(()) for v in stats.values()]).tolist()
         return dict(zip(names, values, strict=True))
 
-    def _meta_step(self, held_out: Batch) -> dict[str, Tensor]:
+    def _inner_step(self, batch: Batch) -> InnerStep:
+        return inner_step(
+            self.params,
+            self.opt_state,
+            self.optimizer,
+            lambda p: self.inner_loss(p, batch),
+            create_graph=self.schedule.create_graph,
+            max_grad_norm=self.max_grad_norm,
+            reducer=self.reducer,
+        )
+
+    def _outer_step(self, held_out: Batch) -> dict[str, Tensor]:
+        """eta's gradient on the held-out batch, combined, clipped and applied."""
         eta = self.eta
-        inner_batches = [p.batch for p in self._pending]
-        if self.cfg.meta.schedule == "sliding":
-            first = self._pending[0]
-            result = meta_gradient(
-                first.params,
-                first.opt_state,
-                eta,
-                inner_batches,
-                held_out,
-                self.optimizer,
-                self.inner_loss,
-                self.outer_loss,
-                max_grad_norm=self.cfg.optim.max_grad_norm,
-            )
-            eta_grads, outer_loss, stats = result.eta_grads, result.outer_loss, result.outer_aux
-        else:
-            eta_grads, outer_loss, stats = outer_gradient(
-                self.params, eta, lambda p: self.outer_loss(p, held_out, inner_batches)
-            )
-        self._check_finite("outer loss", outer_loss)
-        grads, norm = clip_by_global_norm(list(eta_grads.values()), self.cfg.meta.max_grad_norm)
+        gradient = self.schedule.eta_gradient(self, held_out)
+        self._check_finite("outer loss", gradient.outer_loss)
+        grads = self.reducer.meta(list(gradient.grads.values()))
+        grads, norm = clip_by_global_norm(grads, self.cfg.meta.max_grad_norm)
         self._check_finite("meta-gradient", norm)
         for p, g in zip(eta.values(), grads, strict=True):
             p.grad = g
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
-        if self.cfg.meta.schedule == "chain":
-            self.params = detach_params(self.params)
-            self.opt_state = {k: v.detach() for k, v in self.opt_state.items()}
-            self._pending.clear()
+        self.params, self.opt_state = self.schedule.after_outer_step(self.params, self.opt_state)
         self.num_meta_updates += 1
-        return stats | {"loss/outer": outer_loss, "meta/grad_norm": norm}
+        return gradient.stats | {"loss/outer": gradient.outer_loss, "meta/grad_norm": norm}
 
     @staticmethod
     def _check_finite(what: str, value: Tensor) -> None:
@@ -334,6 +177,6 @@ class Updater:
         if self.meta_net is not None:
             self.meta_net.load_state_dict(state["meta_net"])
             self.meta_optimizer.load_state_dict(state["meta_optimizer"])
-        self._pending.clear()
+        self.schedule.clear()
         self.num_updates = int(state["num_updates"])
         self.num_meta_updates = int(state["num_meta_updates"])

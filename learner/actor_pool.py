@@ -56,9 +56,9 @@ from actors.rollout import (
     make_ray_actor_class,
 )
 from impala_frodo.config import Config
-from impala_frodo.rollout import ParamLayout, pack_params, param_layout
 from impala_frodo.trajectory import Trajectory
 from impala_frodo.utils import first_line
+from impala_frodo.weights import ParamLayout, pack_params, param_layout
 
 log = logging.getLogger("impala_frodo")
 

@@ -70,7 +70,7 @@ from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import NonFiniteLossError
 from impala_frodo.utils import first_line, resolve_device, seed_everything
 from learner.actor_pool import ActorPool, TrainingError
-from learner.learner import Counters, Learner, check_resume_state
+from learner.learner import Counters, History, Learner, check_resume_state
 from learner.progress import Mode, Progress
 from learner.ray_session import (
     WAIT_SLICE_S,
@@ -155,7 +155,9 @@ class TrainOptions:
 
 @dataclass
 class TrainResult:
-    run_dir: Path
+    """How a session of a run ended, and where it got (both trainers return one)."""
+
+    run_dir: Path | None  # None: the synchronous trainer wrote no run directory
     exit_code: int
     reason: str  # "budget", "return", "signal", "nan", "disk", "actors"
     env_steps: int = 0
@@ -171,6 +173,7 @@ class TrainResult:
     last_log: dict[str, float] = field(default_factory=dict)
     budget: int = 0  # run.total_env_steps
     returns_window: int = 0  # run.returns_window: episodes in mean_return
+    history: History = field(default_factory=History)  # this session's episodes, errors
 
     @property
     def env_steps_per_s(self) -> float:
@@ -416,6 +419,7 @@ def _run(
     result.session_env_steps = c.env_steps - start_steps
     result.session_wall_s = time.monotonic() - start
     result.actor_failures = c.actor_failures
+    result.history = learner.history
     result.unrolls = {
         "submitted": pool.submitted,
         "collected": pool.collected,

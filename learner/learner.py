@@ -8,8 +8,10 @@ rule of every algorithm) and everything around it that a run needs:
   and policy lag (= updates so far - the version a batch was acted with);
 - ``weights()``: the acting parameters on CPU with their version, to publish
   every ``run.broadcast_every`` updates (``publish_due``);
-- evaluation: ``eval/value_rmse`` of V on every state against the true values
-  carried by the trajectories (the random walk);
+- evaluation: a :class:`~impala_frodo.probes.GroundTruthProbe` measures V and the learned
+  target against the true values the trajectories carry (the random walk);
+- ``history``: every episode's return, length and end step, and the probe's value errors,
+  for the per-seed summaries of experiments;
 - ``maybe_log`` / ``maybe_checkpoint``: scalars to a :class:`~impala_frodo.runlog.RunLogger`
   after the first update, then every ``run.log_every_updates`` updates or
   ``run.log_every_s`` seconds (whichever first), and checkpoints every
@@ -17,7 +19,8 @@ rule of every algorithm) and everything around it that a run needs:
 - ``state_dict`` / ``load_state_dict``: updater, counters, return window and RNG states.
 
 The driver (``learner/driver.py``) feeds it trajectories from Ray actors; the
-tests feed it trajectories from a :class:`~impala_frodo.rollout.Roller`.
+synchronous trainer (``learner/sync.py``) and the tests from a
+:class:`~actors.rollout.RolloutActor` driven directly.
 """
 
 from __future__ import annotations
@@ -25,14 +28,13 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from impala_frodo.analysis import value_error_metrics
 from impala_frodo.batch import Batch
 from impala_frodo.checkpoint import (
     CheckpointError,
@@ -42,11 +44,12 @@ from impala_frodo.checkpoint import (
 )
 from impala_frodo.config import Config
 from impala_frodo.intervals import IntervalLog
-from impala_frodo.rollout import DelayedWeights
+from impala_frodo.probes import GroundTruthProbe
 from impala_frodo.runlog import RunLogger, StorageError
 from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import NonFiniteLossError, Updater
 from impala_frodo.utils import first_line
+from impala_frodo.weights import DelayedWeights
 
 
 @dataclass
@@ -66,6 +69,17 @@ class Counters:
     def from_dict(cls, data: Mapping[str, Any]) -> Counters:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class History:
+    """This session's episodes and value errors, in order (for per-seed summaries)."""
+
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    episode_end_steps: list[int] = field(default_factory=list)  # env steps when each ended
+    #: ``(env steps, eval/value_rmse)`` after each update, where a probe measures it.
+    value_rmse: list[tuple[int, float]] = field(default_factory=list)
 
 
 def _float_tensors(obj: Any) -> Iterator[torch.Tensor]:
@@ -134,11 +148,10 @@ class Learner:
         self.after_next_checkpoint: Callable[[], None] | None = None
         self._clock = clock
         self._delayed = DelayedWeights(cfg.run.policy_lag)
-        self._state_obs = None
+        self.probe = None
         if state_observations is not None:
-            self._state_obs = torch.as_tensor(state_observations, dtype=torch.float32).to(
-                self.device
-            )
+            self.probe = GroundTruthProbe(state_observations, self.device)
+        self.history = History()
         window = cfg.run.returns_window
         self.recent_returns: deque[float] = deque(maxlen=window)
         self.recent_lengths: deque[int] = deque(maxlen=window)
@@ -188,10 +201,10 @@ class Learner:
         self._count(trajectories)
         metrics["perf/policy_lag"] = float(np.mean(lags))
         metrics["perf/policy_lag_max"] = float(max(lags))
-        last = trajectories[-1]
-        if self._state_obs is not None and last.true_values is not None:
-            predicted = self.updater.values(self._state_obs).cpu().numpy()
-            metrics |= value_error_metrics(predicted, last.true_values, last.steps_since_switch)
+        truth = trajectories[-1].ground_truth
+        if self.probe is not None and truth is not None:
+            metrics |= self.probe.metrics(self.updater, batch, truth)
+            self.history.value_rmse.append((self.counters.env_steps, metrics["eval/value_rmse"]))
         self._interval.add(metrics)
         return metrics
 
@@ -206,6 +219,9 @@ class Learner:
             c.episodes += len(tr.episode_returns)
             self.recent_returns.extend(tr.episode_returns)
             self.recent_lengths.extend(tr.episode_lengths)
+            self.history.episode_returns.extend(tr.episode_returns)
+            self.history.episode_lengths.extend(tr.episode_lengths)
+            self.history.episode_end_steps.extend([c.env_steps] * len(tr.episode_returns))
             self._interval.add({}, tr.episode_returns, tr.episode_lengths)
 
     # ------------------------------------------------------------ publishing

@@ -5,7 +5,7 @@ workstation's cores or a cluster's; one view shows the progress of the whole
 sweep; a seed that fails, or runs past ``seed_timeout_s``, is reported and the
 others go on. A seed trains in one of two ways:
 
-- **synchronous** (default, :func:`train_seed`): ``impala_frodo.sync.run_sync``,
+- **synchronous** (default, :func:`train_seed`): ``learner.sync.train_sync``,
   on-policy, in the task itself.
 - **distributed** (:func:`train_seed_distributed`): the Ray actor-learner of
   ``impala-frodo train`` (:func:`learner.driver.train`): the task is the learner
@@ -72,14 +72,14 @@ def train_seed(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """One seed, in a Ray worker: train synchronously into ``run_dir``."""
     import torch
 
-    from impala_frodo.sync import run_sync
+    from learner.sync import train_sync
 
     torch.set_num_threads(1)  # one seed per CPU: threads would only contend
-    result = run_sync(Config.from_dict(config), run_dir)
+    result = train_sync(Config.from_dict(config), run_dir=run_dir)
     return {
         "env_steps": result.env_steps,
-        "wall_time_s": result.wall_time_s,
-        "episodes": len(result.episode_returns),
+        "wall_time_s": result.session_wall_s,
+        "episodes": result.episodes,
     }
 
 

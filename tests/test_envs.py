@@ -22,7 +22,7 @@ from impala_frodo.envs import (
     make_batched_env,
     random_walk_true_values,
 )
-from impala_frodo.rollout import Roller
+from impala_frodo.unroll import Unroller
 
 CATCH_SIZES = [(10, 5), (11, 6)]  # bsuite's default, and the report's 6 columns x 11 rows
 
@@ -460,7 +460,7 @@ def test_catch_random_start_row_shortens_only_the_first_episode() -> None:
 
 def terminal_positions(env: BatchedCatch, unroll_length: int, unrolls: int) -> set[int]:
     """The steps t within [T, B] unrolls (random actions) at which episodes terminated."""
-    roller = Roller(env, unroll_length, seed=0)
+    unroller = Unroller(env, unroll_length, seed=0)
     rng = np.random.default_rng(0)
 
     def policy(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -468,7 +468,7 @@ def terminal_positions(env: BatchedCatch, unroll_length: int, unrolls: int) -> s
 
     positions: set[int] = set()
     for _ in range(unrolls):
-        positions |= set(np.flatnonzero((roller.unroll(policy).continues == 0).any(1)).tolist())
+        positions |= set(np.flatnonzero((unroller.unroll(policy).continues == 0).any(1)).tolist())
     return positions
 
 

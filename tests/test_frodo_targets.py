@@ -159,6 +159,12 @@ def one_terminal_batch(next_first_obs: np.ndarray) -> Batch:
     return Batch.from_trajectories([trajectory], dtype=torch.float64)
 
 
+def target_of(updater, batch, out):
+    """FRODO's target g and the canonical v_s of ``updater`` on ``batch``."""
+    policy = updater.objective.policy(batch, out)
+    return updater.objective.target(updater.eta, batch, out, policy)
+
+
 @pytest.mark.parametrize(
     "meta", [{"target": "plain"}, {"target": "residual"}, {"ratio_input": True}], ids=str
 )
@@ -170,9 +176,7 @@ def test_no_target_sees_past_its_episode_end(meta):
     for first_obs in (np.zeros(OBS_SHAPE), np.full(OBS_SHAPE, 5.0)):
         batch = one_terminal_batch(first_obs)
         out = objectives.evaluate_agent(updater.agent, updater.params, batch)
-        targets.append(
-            updater.frodo_target(batch, out, updater.policy_terms(batch, out))[0].detach()
-        )
+        targets.append(target_of(updater, batch, out)[0].detach())
     torch.testing.assert_close(targets[0][:2], targets[1][:2], rtol=0, atol=0)
     assert not torch.equal(targets[0][2:], targets[1][2:])  # the next episode sees x_2
 
@@ -181,10 +185,10 @@ def test_residual_target_with_zero_head_starts_at_the_canonical_return():
     updater = tiny_updater("frodo", target="residual", perturb_head=False)
     batch = off_policy_batch(np.random.default_rng(5))
     out = objectives.evaluate_agent(updater.agent, updater.params, batch)
-    target, canonical = updater.frodo_target(batch, out, updater.policy_terms(batch, out))
+    target, canonical = target_of(updater, batch, out)
     torch.testing.assert_close(target, canonical)
     plain = tiny_updater("frodo", target="plain-zero-head", perturb_head=False)
-    target = plain.frodo_target(batch, out, plain.policy_terms(batch, out))[0]
+    target = target_of(plain, batch, out)[0]
     torch.testing.assert_close(target, torch.zeros_like(canonical))
 
 
@@ -195,8 +199,8 @@ def test_centred_residual_has_the_residuals_correction_less_its_batch_mean():
     centred = tiny_updater("frodo", target="residual-centred")
     centred.meta_net.load_state_dict(residual.meta_net.state_dict())
     out = objectives.evaluate_agent(residual.agent, residual.params, batch)
-    g, v = residual.frodo_target(batch, out, residual.policy_terms(batch, out))
-    g_c, v_c = centred.frodo_target(batch, out, centred.policy_terms(batch, out))
+    g, v = target_of(residual, batch, out)
+    g_c, v_c = target_of(centred, batch, out)
     torch.testing.assert_close(v_c, v)
     correction = g - v
     assert correction.mean().abs() > 1e-3  # the perturbed head does shift the targets
@@ -218,8 +222,8 @@ def test_ratio_input_with_mu_equal_to_pi_changes_nothing():
     log_pi_a, _ = objectives.policy_terms(out.logits, batch.actions)
     batch.behaviour_log_probs = log_pi_a.detach()  # mu = pi
     torch.testing.assert_close(
-        with_ratio.frodo_target(batch, out, with_ratio.policy_terms(batch, out))[0],
-        without.frodo_target(batch, out, without.policy_terms(batch, out))[0],
+        target_of(with_ratio, batch, out)[0],
+        target_of(without, batch, out)[0],
     )
 
 
@@ -231,7 +235,7 @@ def test_sliding_schedule_meta_steps_after_every_update_through_the_last_m():
         updater.update(batch)
     assert updater.num_meta_updates == 0
     assert all(p.grad_fn is None for p in updater.params.values())  # plain inner steps
-    expected = analytic_from(updater, list(updater._pending), batches[2])
+    expected = analytic_from(updater, list(updater.schedule.pending), batches[2])
     applied: dict[str, torch.Tensor] = {}
     adam_step = updater.meta_optimizer.step
 
@@ -246,7 +250,7 @@ def test_sliding_schedule_meta_steps_after_every_update_through_the_last_m():
         torch.testing.assert_close(applied[k], g)
     updater.update(batches[3])
     assert updater.num_meta_updates == 2
-    assert [p.batch for p in updater._pending] == batches[2:4]
+    assert [p.batch for p in updater.schedule.pending] == batches[2:4]
 
 
 def analytic_from(updater, window, held_out):

@@ -12,7 +12,7 @@ import pytest
 from impala_frodo.analysis import steps_to_threshold
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.presets import load_preset
-from impala_frodo.sync import train_sync
+from learner.sync import train_sync
 
 SOLVED, WINDOW = 0.8, 500
 
@@ -21,7 +21,9 @@ def steps_to_solve(algo: str, seed: int, budget: int) -> int | None:
     cfg = set_dotted(Config(), {"algo": algo, "run.seed": seed, "run.total_env_steps": budget})
     assert cfg.env.id == "impala_frodo/Catch-v0" and cfg.env.kwargs == {}  # bsuite's 10 x 5
     result = train_sync(cfg, stop_at_return=SOLVED)
-    return steps_to_threshold(result.episode_returns, result.episode_end_steps, SOLVED, WINDOW)
+    return steps_to_threshold(
+        result.history.episode_returns, result.history.episode_end_steps, SOLVED, WINDOW
+    )
 
 
 @pytest.mark.slow
@@ -43,8 +45,8 @@ def test_fixed_target_tracks_the_random_walk_reward_switches():
     """The value error jumps at each reward switch and falls again before the next one."""
     cfg = set_dotted(load_preset("randomwalk-td"), {"run.total_env_steps": 960 * 8})
     result = train_sync(cfg)
-    steps = np.array([s for s, _ in result.value_rmse])
-    rmse = np.array([e for _, e in result.value_rmse])
+    steps = np.array([s for s, _ in result.history.value_rmse])
+    rmse = np.array([e for _, e in result.history.value_rmse])
     for k in range(2, 8):  # switches at k * 960 env steps
         after = rmse[(steps > k * 960) & (steps <= k * 960 + 64)]
         late = rmse[(steps > (k + 1) * 960 - 160) & (steps <= (k + 1) * 960)]
@@ -56,8 +58,8 @@ def test_fixed_target_tracks_the_random_walk_reward_switches():
 def test_frodo_random_walk_error_falls_after_switches():
     cfg = set_dotted(load_preset("randomwalk-frodo"), {"run.total_env_steps": 960 * 20})
     result = train_sync(cfg)
-    steps = np.array([s for s, _ in result.value_rmse])
-    rmse = np.array([e for _, e in result.value_rmse])
+    steps = np.array([s for s, _ in result.history.value_rmse])
+    rmse = np.array([e for _, e in result.history.value_rmse])
     recovered = 0
     for k in range(10, 20):
         after = rmse[(steps > k * 960) & (steps <= k * 960 + 64)]

@@ -16,6 +16,7 @@ from impala_frodo.config import Config
 from impala_frodo.metagrad import (
     DifferentiableRMSProp,
     DifferentiableSGD,
+    LocalGradients,
     detach_params,
     inner_step,
     meta_gradient,
@@ -251,7 +252,7 @@ def test_updater_moves_eta_every_m_batches_and_keeps_theta_detached():
     assert all(changed)
     # The new chain starts from theta_M as a leaf: one inner step of graph, not three.
     assert all(p.grad_fn is not None for p in updater.params.values())
-    assert len(updater._pending) == 1
+    assert len(updater.schedule.pending) == 1
 
 
 def test_meta_gradient_chains_m_inner_steps():
@@ -271,3 +272,39 @@ def test_meta_gradient_chains_m_inner_steps():
         not torch.allclose(result.eta_grads[k], one_step.eta_grads[k]) for k in result.eta_grads
     ]
     assert any(differs)
+
+
+class DoublingReducer(LocalGradients):
+    """A reducer that doubles every inner gradient and counts its calls."""
+
+    def __init__(self) -> None:
+        self.inner_calls = self.meta_calls = 0
+
+    def inner(self, grads):
+        self.inner_calls += 1
+        return [2.0 * g for g in grads]
+
+    def meta(self, grads):
+        self.meta_calls += 1
+        return grads
+
+
+@pytest.mark.parametrize("schedule", ["chain", "sliding"])
+def test_the_gradient_reducer_is_on_the_path_of_inner_steps_and_the_meta_gradient(schedule):
+    """Doubling the inner gradients at the seam is SGD at twice the rate, for theta and
+    (through the differentiable inner steps) for eta's meta-gradient."""
+    doubled = tiny_updater("frodo", num_inner_steps=2, schedule=schedule)
+    doubled.reducer = reducer = DoublingReducer()
+    faster = tiny_updater("frodo", num_inner_steps=2, schedule=schedule)
+    faster.optimizer = DifferentiableSGD(2 * faster.optimizer.lr)
+    rng = np.random.default_rng(8)
+    for _ in range(4):
+        batch = random_batch(rng)
+        doubled.update(batch)
+        faster.update(batch)
+    assert doubled.num_meta_updates == faster.num_meta_updates >= 1
+    assert reducer.meta_calls == doubled.num_meta_updates and reducer.inner_calls >= 4
+    for name, value in faster.params.items():
+        torch.testing.assert_close(doubled.params[name], value, rtol=1e-12, atol=1e-12)
+    for name, value in faster.eta.items():
+        torch.testing.assert_close(doubled.eta[name], value, rtol=1e-12, atol=1e-12)

@@ -17,11 +17,13 @@ from impala_frodo.envs import make_batched_env
 from impala_frodo.envs.minatar_envs import GAMES, minatar_installed
 from impala_frodo.metagrad import DifferentiableSGD, detach_params
 from impala_frodo.networks import AgentNet, MetaNet
+from impala_frodo.numpy_policy import NumpyPolicy
 from impala_frodo.presets import load_preset, preset_names
-from impala_frodo.rollout import NumpyPolicy, Roller, param_layout
 from impala_frodo.torsos import ConvTorso, resolve_torso
 from impala_frodo.trajectory import Trajectory
+from impala_frodo.unroll import Unroller
 from impala_frodo.updater import Updater
+from impala_frodo.weights import param_layout
 from learner.cli import check_env_id
 from tests.test_frodo_targets import finite_difference_m_steps
 from tests.test_metagrad import analytic, finite_difference
@@ -124,7 +126,7 @@ def test_byte_images_reach_the_networks_as_floats_in_unit_range():
     env = make_batched_env("test/PixelEnv-v0", 2, seed=0)
     agent = AgentNet(env.observation_shape, env.num_actions, (4,), torso="conv", conv_channels=2)
     policy = NumpyPolicy.from_params(dict(agent.named_parameters()), obs_scale=1 / 255)
-    tr = Roller(env, unroll_length=3, seed=0).unroll(policy)  # truncated at the third step
+    tr = Unroller(env, unroll_length=3, seed=0).unroll(policy)  # truncated at the third step
     assert tr.obs.dtype == np.uint8 and tr.truncation_obs.dtype == np.uint8
     assert tr.obs_scale == env.observation_scale
     with torch.no_grad():  # mu read x / 255: the agent's logits on the scaled image
@@ -210,14 +212,56 @@ def test_minatar_breakout_through_a_rollout_actor():
         assert len(tr.episode_returns) == t.size
         assert all(r >= 0 and r == int(r) for r in tr.episode_returns)  # a point per brick
     assert ended > 0, "random Breakout play must lose the ball within 200 steps"
-    # A learner batch of these unrolls updates a FRODO agent (conv torso, conv phi).
-    updater = Updater(set_dotted(cfg, {"algo": "frodo"}), (10, 10, 4), 6)
+    # A learner batch of these unrolls trains a FRODO agent (conv torso, conv phi).
     batch = Batch.from_trajectories([tr, tr])
     assert batch.obs.shape == (26, 8, 10, 10, 4) and batch.obs.dtype == torch.float32
     torch.testing.assert_close(batch.obs[:, :4], torch.from_numpy(tr.obs).float())
-    metrics = updater.update(batch)
-    assert np.isfinite(metrics["loss/inner"])
+    # FRODO's meta step reaches the conv embedding phi of the frames, a part of eta (the
+    # plain target: at the residual form's zero head only the head would move at first).
+    frodo = Updater(
+        set_dotted(cfg, {"algo": "frodo", "meta.target": "plain", "meta.num_inner_steps": 2}),
+        (10, 10, 4),
+        6,
+    )
+    before = {k: v.detach().clone() for k, v in frodo.eta.items() if k.startswith("embed.")}
+    for _ in range(3):  # two inner steps, then the held-out batch: one meta step
+        assert np.isfinite(frodo.update(batch)["loss/inner"])
+    assert frodo.num_meta_updates == 1
+    moved = [k for k, v in before.items() if not torch.equal(v, frodo.eta[k])]
+    assert before and set(moved) == set(before), f"moved by the meta step: {moved}"
     actor.close()
+
+
+@needs_minatar
+def test_the_value_loss_on_minatar_frames_falls():
+    """V (conv torso) fits a fixed batch of Breakout frames: IMPALA's value loss (prediction:
+    on-policy n-step targets; plain SGD, whose small steps descend) is, averaged over the
+    last 5 of 20 updates, below 0.97 of the first. Measured: 0.88 here; 0.39-0.96 over
+    agent seeds 0-5 (the bootstrap at the unroll's end moves the targets a little)."""
+    torch.manual_seed(0)
+    cfg = set_dotted(
+        Config(),
+        {
+            "algo": "impala",
+            "task": "prediction",
+            "env.id": "MinAtar/Breakout-v0",
+            "agent.hidden_sizes": [8],
+            "optim.name": "sgd",
+            "optim.lr": 0.05,
+            "run.envs_per_actor": 4,
+            "run.unroll_length": 25,
+        },
+    )
+    agent = AgentNet.from_config((10, 10, 4), 6, cfg.agent)
+    params = {k: v.detach() for k, v in agent.named_parameters()}
+    actor = RolloutActor(cfg, param_layout(params), actor_id=0, seed=1)
+    for version in range(1, 9):
+        trajectory = actor.unroll(version, params)
+    actor.close()
+    batch = Batch.from_trajectories([trajectory, trajectory])
+    updater = Updater(cfg, (10, 10, 4), 6)
+    losses = [updater.update(batch)["loss/value"] for _ in range(20)]
+    assert np.mean(losses[-5:]) < 0.97 * losses[0], losses
 
 
 @needs_minatar

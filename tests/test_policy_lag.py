@@ -7,7 +7,7 @@ import torch
 
 from actors.rollout import RolloutActor
 from impala_frodo.config import ConfigError
-from impala_frodo.rollout import DelayedWeights, param_layout
+from impala_frodo.weights import DelayedWeights, param_layout
 from tests.test_learner import make_cfg, make_learner
 
 

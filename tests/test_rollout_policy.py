@@ -12,7 +12,8 @@ import torch
 
 from impala_frodo.config import Config
 from impala_frodo.networks import AgentNet, agent_layout
-from impala_frodo.rollout import NumpyPolicy, pack_params, param_layout
+from impala_frodo.numpy_policy import NumpyPolicy
+from impala_frodo.weights import pack_params, param_layout
 
 
 def agent_and_policy(obs_shape, num_actions, hidden, torso="auto", scale=1.0, seed=0):
@@ -92,7 +93,7 @@ def test_agent_layout_is_the_learners_packing():
 
 
 def test_a_rollout_actor_never_imports_torch():
-    """The actor process path (config, env, numpy mu, Roller) runs without torch."""
+    """The actor process path (config, env, numpy mu, Unroller) runs without torch."""
     script = textwrap.dedent(
         """
         import sys

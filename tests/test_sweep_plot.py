@@ -9,7 +9,7 @@ import pytest
 from impala_frodo.config import Config, ConfigError, set_dotted
 from impala_frodo.plotting import final_values, load_runs, plot_runs, seed_curves
 from impala_frodo.runlog import METRICS_FILE, create_run_dir, read_metrics
-from impala_frodo.sync import run_sync
+from learner.sync import train_sync
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -26,7 +26,7 @@ def tiny_run(tmp_path, algo: str, seed: int, steps: int = 6400, **overrides) -> 
         },
     )
     run_dir = create_run_dir(cfg, tmp_path)
-    run_sync(cfg, run_dir, num_records=10)
+    train_sync(cfg, run_dir=run_dir, num_records=10)
     return str(run_dir)
 
 

@@ -39,6 +39,7 @@ import numpy as np
 from gymnasium import spaces
 
 from impala_frodo.envs import catch, minatar_envs, random_walk
+from impala_frodo.trajectory import GroundTruth
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,16 @@ class BatchedEnv(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Release resources (nothing to do for the numpy envs)."""
+
+    def ground_truth(self) -> GroundTruth | None:
+        """What the env knows that the agent cannot observe, for evaluation (the random
+        walk's true values); ``None`` for most envs."""
+        return None
+
+    def state_observations(self) -> np.ndarray | None:
+        """``[S, *observation_shape]``: the observation of every state, where the env has
+        few enough to list (the random walk); ``None`` otherwise."""
+        return None
 
     def __enter__(self) -> BatchedEnv:
         return self
@@ -276,10 +287,16 @@ class BatchedRandomWalk(_NumpyBatchedEnv):
             self._num_steps >= self.switch_every, self._num_steps % self.switch_every, -1
         )
 
-    @staticmethod
-    def state_observations() -> np.ndarray:
+    def state_observations(self) -> np.ndarray:
         """Float32 ``[5, 5]``: row i is the observation of state index i."""
         return random_walk.state_observations()
+
+    def ground_truth(self) -> GroundTruth:
+        """Env 0's true state values now, and its steps since the reward last switched."""
+        return GroundTruth(
+            true_values=self.true_values()[0].astype(np.float32),
+            steps_since_switch=int(self.steps_since_switch()[0]),
+        )
 
     def step(self, actions: np.ndarray) -> BatchStep:
         """Move every walk left or right w.p. 1/2; +1 on a right exit, L on a left exit."""
