@@ -33,9 +33,9 @@ from impala_frodo.analysis import (
     random_walk_summary,
     table_rows,
 )
-from impala_frodo.config import set_dotted
+from impala_frodo.config import parse_value, set_dotted
 from impala_frodo.presets import load_preset
-from learner.cli import parse_value
+from impala_frodo.utils import write_text_atomic
 
 # name -> (preset, overrides). The presets set the desynchronised Catch and T = 16.
 SUITES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        extra[key] = parse_value(value)  # the CLI's --set reading of a value
+        extra[key] = parse_value(value)  # as the CLI's --set reads a value
     jobs = [
         (variants[n][0], variants[n][1] | extra, seed) for n in names for seed in range(args.seeds)
     ]
@@ -251,11 +251,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def save(path: Path, results: dict[str, list[dict[str, Any]]]) -> None:
     """Merge ``results`` into the JSON file at ``path`` (atomically replaced)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(path.read_text()) if path.exists() else {}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(existing | results))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(existing | results))
 
 
 if __name__ == "__main__":
