@@ -125,7 +125,7 @@ def run_one(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
     return summary
 
 
-def plot(path: Path, names: list[str], out: Path, title: str = "") -> None:
+def plot(path: Path, names: list[str], figure_path: Path, title: str = "") -> None:
     """Mean +- 1 s.e. over seeds of each variant's binned curve, from a results JSON file."""
     import matplotlib
 
@@ -154,11 +154,11 @@ def plot(path: Path, names: list[str], out: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    figure_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure_path, dpi=120)
 
 
-def plot_lag(path: Path, out: Path) -> None:
+def plot_lag(path: Path, figure_path: Path) -> None:
     """Steps to 0.8 against the policy lag: per algorithm, the median over the seeds that
     reached it (points: each seed; a seed that never did is drawn at the budget)."""
     import matplotlib
@@ -192,8 +192,8 @@ def plot_lag(path: Path, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    figure_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure_path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
