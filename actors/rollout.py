@@ -70,9 +70,11 @@ def env_spec(cfg: Config) -> EnvSpec:
         env.close()
 
 
-def actor_seed(base_seed: int, actor_id: int, generation: int = 0) -> int:
-    """A distinct, reproducible seed per (run seed, actor slot, restart/resume generation)."""
-    return int(np.random.SeedSequence([base_seed, actor_id, generation]).generate_state(1)[0])
+def actor_seed(base_seed: int, actor_id: int, resume_count: int = 0, replacement: int = 0) -> int:
+    """A distinct, reproducible seed per run seed, actor slot, resume of the run (0 for its
+    first session) and replacement of the slot's actor (0 for the first one)."""
+    incarnation = resume_count * 1000 + replacement
+    return int(np.random.SeedSequence([base_seed, actor_id, incarnation]).generate_state(1)[0])
 
 
 class RolloutActor:

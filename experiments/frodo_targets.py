@@ -33,9 +33,9 @@ from impala_frodo.analysis import (
     random_walk_summary,
     table_rows,
 )
-from impala_frodo.config import set_dotted
+from impala_frodo.config import parse_value, set_dotted
 from impala_frodo.presets import load_preset
-from learner.cli import parse_value
+from impala_frodo.utils import write_text_atomic
 
 # name -> (preset, overrides). The presets set the desynchronised Catch and T = 16.
 SUITES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
@@ -126,7 +126,7 @@ def run_one(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
     return summary
 
 
-def plot(path: Path, names: list[str], out: Path, title: str = "") -> None:
+def plot(path: Path, names: list[str], figure_path: Path, title: str = "") -> None:
     """Mean +- 1 s.e. over seeds of each variant's binned curve, from a results JSON file."""
     import matplotlib
 
@@ -155,11 +155,11 @@ def plot(path: Path, names: list[str], out: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    figure_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure_path, dpi=120)
 
 
-def plot_lag(path: Path, out: Path) -> None:
+def plot_lag(path: Path, figure_path: Path) -> None:
     """Steps to 0.8 against the policy lag: per algorithm, the median over the seeds that
     reached it (points: each seed; a seed that never did is drawn at the budget)."""
     import matplotlib
@@ -193,8 +193,8 @@ def plot_lag(path: Path, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    figure_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure_path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        extra[key] = parse_value(value)  # the CLI's --set reading of a value
+        extra[key] = parse_value(value)  # as the CLI's --set reads a value
     jobs = [
         (variants[n][0], variants[n][1] | extra, seed) for n in names for seed in range(args.seeds)
     ]
@@ -252,11 +252,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def save(path: Path, results: dict[str, list[dict[str, Any]]]) -> None:
     """Merge ``results`` into the JSON file at ``path`` (atomically replaced)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(path.read_text()) if path.exists() else {}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(existing | results))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(existing | results))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import pickle
 import random
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,12 +37,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from impala_frodo.utils import first_line
+from impala_frodo.utils import (
+    TMP_SUFFIX,
+    first_line,
+    replace_durably,
+    write_atomic,
+    write_temp_beside,
+)
 
 FORMAT_VERSION = 1
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
-_TMP_SUFFIX = ".tmp"
 
 log = logging.getLogger("impala_frodo")
 
@@ -94,42 +98,14 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------- file level
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_temp(obj: Any, path: Path) -> Path:
+def _write_temp(state: Any, path: Path) -> Path:
     """``torch.save`` to a flushed and fsync'ed temp file beside ``path`` (removed on failure)."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
+    return write_temp_beside(path, lambda f: torch.save(state, f))
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file next to ``path``, fsync, then ``os.replace`` onto it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _write_temp(obj, path)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+def save_atomic(state: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` atomically (:func:`impala_frodo.utils.write_atomic`)."""
+    return write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -169,7 +145,7 @@ def _unpickling_reason(error: pickle.UnpicklingError) -> str:
 
 def _copy_aside(src: Path, dst: Path) -> None:
     """Make ``dst`` a copy of ``src`` atomically (a hard link where the filesystem allows)."""
-    tmp = dst.with_name(f".{dst.name}{_TMP_SUFFIX}")
+    tmp = dst.with_name(f".{dst.name}{TMP_SUFFIX}")
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
@@ -198,7 +174,7 @@ class CheckpointManager:
     def save(self, state: Mapping[str, Any]) -> Path:
         """Write ``state`` as the new ``latest.pt``; the old latest becomes ``previous.pt``."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stray in self.directory.glob(f".*{_TMP_SUFFIX}"):
+        for stray in self.directory.glob(f".*{TMP_SUFFIX}"):
             stray.unlink(missing_ok=True)
         payload = {"format_version": FORMAT_VERSION, **state}
         # Write the new one first: if this fails, latest.pt and previous.pt are untouched.
@@ -206,12 +182,10 @@ class CheckpointManager:
         try:
             if self.latest.is_file():
                 self._rotate_latest()
-            os.replace(tmp, self.latest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.directory)
-        return self.latest
+        return replace_durably(tmp, self.latest)
 
     def _rotate_latest(self) -> None:
         """``latest.pt`` becomes ``previous.pt`` if it loads; a corrupt one is dropped instead."""

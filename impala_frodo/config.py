@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from impala_frodo.utils import os_error_reason
+
 ALGOS = ("impala", "frodo", "frodo-ext", "mgrl")
 META_ALGOS = ("frodo", "frodo-ext", "mgrl")
 TASKS = ("control", "prediction")
@@ -373,16 +375,52 @@ def merge(config: Config, overrides: Mapping[str, Any]) -> Config:
     return dataclasses.replace(config, **changes)
 
 
-def set_dotted(config: Config, dotted: Mapping[str, Any]) -> Config:
-    """Apply overrides given as ``{"run.seed": 3, "algo": "frodo"}``."""
+#: Config fields that hold a table whose entries a dotted key may set one by one
+#: (``env.kwargs.rows = 6`` changes ``rows`` and keeps the other kwargs).
+_TABLE_FIELDS = (("env", "kwargs"),)
+
+
+def parse_value(text: str) -> Any:
+    """A TOML literal (``3``, ``1e-3``, ``true``, ``[32, 32]``, ``{ rows = 6 }``), else a string.
+
+    How ``--set KEY=VALUE`` and the experiment scripts read a value given as text.
+    """
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def nest_dotted(dotted: Mapping[str, Any], base: Config) -> dict[str, Any]:
+    """``{"run.seed": 1, "env.kwargs.rows": 6}`` -> nested overrides for :func:`merge`.
+
+    ``section.field`` and top-level keys (``algo``) map one to one; an entry of a table
+    field (``env.kwargs.<name>``) is merged into ``base``'s table, so that it changes that
+    entry only. Anything deeper is a :class:`ConfigError`.
+    """
     nested: dict[str, Any] = {}
     for key, value in dotted.items():
-        head, _, tail = key.partition(".")
-        if tail:
-            nested.setdefault(head, {})[tail] = value
+        parts = key.split(".")
+        if len(parts) == 3 and tuple(parts[:2]) in _TABLE_FIELDS:
+            section, name, entry = parts
+            current = dict(getattr(getattr(base, section), name))
+            nested.setdefault(section, {}).setdefault(name, current)[entry] = value
+        elif len(parts) == 2:
+            nested.setdefault(parts[0], {})[parts[1]] = value
+        elif len(parts) == 1:
+            nested[parts[0]] = value
         else:
-            nested[head] = value
-    return merge(config, nested)
+            raise ConfigError(f"unknown config key {key!r} (use section.field, e.g. run.seed)")
+    return nested
+
+
+def set_dotted(config: Config, dotted: Mapping[str, Any]) -> Config:
+    """Apply overrides given as ``{"run.seed": 3, "algo": "frodo", "env.kwargs.rows": 6}``.
+
+    The one reader of dotted keys: the command line's flags and ``--set``, sweeps, the
+    experiment scripts and the tests all go through it (:func:`nest_dotted`).
+    """
+    return merge(config, nest_dotted(dotted, config))
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -392,7 +430,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
+        raise ConfigError(f"cannot read config file {str(path)!r}: {os_error_reason(e)}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(
             f"config file {str(path)!r} is not UTF-8 text (byte {e.start}); {kind} must be"

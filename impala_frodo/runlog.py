@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from impala_frodo.config import Config, ConfigError
+from impala_frodo.utils import os_error_reason, write_text_atomic
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -68,19 +69,9 @@ def run_name(cfg: Config, now: float | None = None) -> str:
     return f"{cfg.algo}-{env_short_name(cfg.env.id)}-s{cfg.run.seed}-{stamp}"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file next to ``path`` and ``os.replace`` it in."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _os_reason(error: OSError) -> str:
-    return error.strerror or str(error) or type(error).__name__
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON with :func:`~impala_frodo.utils.write_text_atomic`."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def create_run_dir(cfg: Config, logdir: str | Path, now: float | None = None) -> Path:
@@ -102,7 +93,7 @@ def create_run_dir(cfg: Config, logdir: str | Path, now: float | None = None) ->
             return path
     except OSError as e:
         raise RunDirError(
-            f"cannot create a run directory under logdir {str(logdir)!r}: {_os_reason(e)}"
+            f"cannot create a run directory under logdir {str(logdir)!r}: {os_error_reason(e)}"
         ) from None
     raise RunDirError(f"could not create a run directory for {base!r} under {str(logdir)!r}")
 
@@ -132,7 +123,7 @@ def check_writable(run_dir: str | Path) -> None:
         if path.exists():  # appended to at every log record
             open(path, "a").close()
     except OSError as e:
-        raise RunDirError(f"cannot write to {str(path)!r}: {_os_reason(e)}") from None
+        raise RunDirError(f"cannot write to {str(path)!r}: {os_error_reason(e)}") from None
 
 
 class RunLock:
@@ -151,14 +142,14 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise RunDirError(f"cannot write to {str(self.path)!r}: {_os_reason(e)}") from None
+            raise RunDirError(f"cannot write to {str(self.path)!r}: {os_error_reason(e)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunDirError(f"cannot lock {str(self.path)!r}: {_os_reason(e)}") from None
+                raise RunDirError(f"cannot lock {str(self.path)!r}: {os_error_reason(e)}") from None
             raise RunDirError(
                 f"run directory {str(self.path.parent)!r} is in use by another training "
                 f"session ({holder}); stop it first, or wait for it to end"
@@ -196,7 +187,7 @@ def read_config(run_dir: str | Path) -> Config:
     try:
         data = json.loads(path.read_text())
     except OSError as e:
-        raise ConfigError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+        raise ConfigError(f"cannot read {str(path)!r}: {os_error_reason(e)}") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{str(path)!r} is not valid JSON: {e}") from None
     return Config.from_dict(data)
@@ -229,9 +220,7 @@ def truncate_metrics(path: str | Path, max_env_steps: int) -> int:
         if record.get("env_steps", 0) <= max_env_steps:
             kept.append(line)
     if len(kept) != len(lines):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
     return len(lines) - len(kept)
 
 
@@ -339,7 +328,7 @@ class RunLogger:
         try:
             yield
         except OSError as e:
-            raise StorageError(f"cannot write to {str(what)!r}: {_os_reason(e)}") from None
+            raise StorageError(f"cannot write to {str(what)!r}: {os_error_reason(e)}") from None
 
     def log(self, env_steps: int, scalars: Mapping[str, float], wall_time_s: float) -> None:
         """One record: every scalar to TensorBoard, and one JSON line to ``metrics.jsonl``."""

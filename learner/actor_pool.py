@@ -115,13 +115,14 @@ class ActorPool:
         cfg: Config,
         layout: ParamLayout,
         *,
-        generation: int = 0,
+        resume_count: int = 0,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
         max_failures: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.layout = layout  # the agent's packed weights, as every actor reads them
-        self.generation = generation
+        #: How many times the run was resumed before this session: part of the actors' seeds.
+        self.resume_count = resume_count
         self.max_restarts = max_restarts
         self.max_failures = (
             max_failures if max_failures is not None else 10 + 5 * cfg.run.num_actors
@@ -155,7 +156,7 @@ class ActorPool:
         return [ref for ref in mine if ref not in ready]
 
     def _spawn(self, actor_id: int, replacement: int) -> Any:
-        seed = actor_seed(self.cfg.run.seed, actor_id, self.generation * 1000 + replacement)
+        seed = actor_seed(self.cfg.run.seed, actor_id, self.resume_count, replacement)
         return self._actor_cls.remote(self.cfg, self.layout, actor_id, seed)
 
     # -------------------------------------------------------------- weights

@@ -6,7 +6,7 @@ rule of every algorithm) and everything around it that a run needs:
 - ``update(trajectories)``: concatenates actor batches along B, moves them to
   the device once (time-major), takes one update, counts env steps, episodes
   and policy lag (= updates so far - the version a batch was acted with);
-- ``weights()``: the acting parameters on CPU with their version, to publish
+- ``behaviour_weights()``: the parameters mu acts with, on CPU with their version, to publish
   every ``run.broadcast_every`` updates (``publish_due``);
 - evaluation: a :class:`~impala_frodo.probes.GroundTruthProbe` measures V and the learned
   target against the true values the trajectories carry (the random walk);
@@ -48,7 +48,7 @@ from impala_frodo.probes import GroundTruthProbe
 from impala_frodo.runlog import RunLogger, StorageError
 from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import NonFiniteLossError, Updater
-from impala_frodo.utils import first_line
+from impala_frodo.utils import first_line, os_error_reason
 from impala_frodo.weights import DelayedWeights
 
 
@@ -228,9 +228,9 @@ class Learner:
     def publish_due(self) -> bool:
         return self.version % self.cfg.run.broadcast_every == 0
 
-    def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
-        """``(version, acting parameters on CPU)`` for the actors: the current ones, or
-        ``run.policy_lag`` versions old."""
+    def behaviour_weights(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """``(version, parameters on CPU)`` that mu acts with: the current ones, or the
+        newest at least ``run.policy_lag`` versions old (a lag set on purpose)."""
         return self._delayed.push(self.version, self.updater.acting_params("cpu"))
 
     # --------------------------------------------------------------- logging
@@ -311,7 +311,7 @@ class Learner:
         except OSError as e:
             raise StorageError(
                 f"cannot save a checkpoint in {str(self.checkpoints.directory)!r}: "
-                f"{e.strerror or first_line(e)}"
+                f"{os_error_reason(e)}"
             ) from None
         if self.run_logger is not None:
             self.run_logger.flush()

@@ -28,7 +28,7 @@ LINE_EVERY_S = 10.0
 
 def summary_fields(scalars: Mapping[str, float]) -> dict[str, str]:
     """Short progress fields from a log record."""
-    out = {}
+    fields = {}
     for key, name, fmt in (
         ("episode/return_window", "ret", "{:.3f}"),
         ("perf/policy_lag", "lag", "{:.1f}"),
@@ -36,8 +36,8 @@ def summary_fields(scalars: Mapping[str, float]) -> dict[str, str]:
     ):
         value = scalars.get(key)
         if value is not None and math.isfinite(value):
-            out[name] = fmt.format(value)
-    return out
+            fields[name] = fmt.format(value)
+    return fields
 
 
 def _clock_text(seconds: float) -> str:

@@ -1,8 +1,8 @@
 """The Ray session of a run: join a cluster, or start (and stop) a private local instance.
 
 Joining a cluster has a deadline (``run.connect_timeout_s``, then
-:class:`ClusterConnectError`: exit 2), and a stop request (SIGINT/SIGTERM) is seen
-within about ``WAIT_SLICE_S`` while Ray connects.
+:class:`ClusterConnectError`: bad input, ``ExitCode.USAGE``), and a stop request
+(SIGINT/SIGTERM) is seen within about ``WAIT_SLICE_S`` while Ray connects.
 """
 
 from __future__ import annotations
@@ -12,17 +12,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
 from impala_frodo.config import Config, ConfigError
-from impala_frodo.utils import first_line
-
-if TYPE_CHECKING:
-    from learner.driver import StopSignal
+from impala_frodo.utils import first_line, os_error_reason
 
 log = logging.getLogger("impala_frodo")
 
@@ -37,7 +34,7 @@ WAIT_SLICE_S = 0.5
 
 
 class ClusterConnectError(ConfigError):
-    """The Ray cluster at the given address cannot be reached (bad input: exit code 2)."""
+    """The Ray cluster at the given address cannot be reached (bad input: ``ExitCode.USAGE``)."""
 
 
 def local_ray_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
@@ -55,14 +52,15 @@ def ray_session(
     address: str | None = None,
     *,
     connect_timeout_s: float = 60.0,
-    stop: StopSignal | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[bool]:
     """Connect to Ray for the run; yields whether this call started (and will stop) it.
 
     Already connected (tests, or a caller that ran ``ray.init``): reuse it.
     ``address`` or ``RAY_ADDRESS`` (set by ``ray job submit``): join that cluster
     (``"auto"`` finds a local ``ray start`` one) within ``connect_timeout_s``, else
-    :class:`ClusterConnectError`; a ``stop`` request meanwhile raises ``KeyboardInterrupt``.
+    :class:`ClusterConnectError`; ``should_stop()`` true meanwhile (a stop request) raises
+    ``KeyboardInterrupt``.
     Otherwise: a private local instance with ``num_cpus = os.cpu_count()``, no
     dashboard, and Ray's default token authentication.
     """
@@ -71,7 +69,7 @@ def ray_session(
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        _connect(address, connect_timeout_s, stop)
+        _connect(address, connect_timeout_s, should_stop)
     else:
         with _quiet_default_token_auth():
             ray.init(**local_ray_init_kwargs())
@@ -91,7 +89,7 @@ def connect_stuck() -> bool:
     return _stuck_connect is not None and _stuck_connect.is_alive()
 
 
-def _connect(address: str, timeout_s: float, stop: StopSignal | None) -> None:
+def _connect(address: str, timeout_s: float, should_stop: Callable[[], bool] | None = None) -> None:
     """``ray.init(address=...)`` with a deadline, signals seen within ``WAIT_SLICE_S``.
 
     Ray retries an unreachable GCS for minutes inside C++ code, where Python signal
@@ -115,7 +113,7 @@ def _connect(address: str, timeout_s: float, stop: StopSignal | None) -> None:
     thread.start()
     deadline = time.monotonic() + timeout_s
     while not done.wait(WAIT_SLICE_S / 5):
-        if stop is not None and stop.requested:
+        if should_stop is not None and should_stop():
             _stuck_connect = thread
             raise KeyboardInterrupt(f"stopped while connecting to the Ray cluster at {address}")
         if time.monotonic() > deadline:
@@ -140,9 +138,8 @@ def _check_reachable(address: str, timeout_s: float) -> None:
             (host.strip("[]"), int(port)), timeout=min(timeout_s, 10.0)
         ).close()
     except OSError as e:
-        reason = e.strerror or first_line(e)
         raise ClusterConnectError(
-            f"cannot reach the Ray cluster at {address!r}: {reason}"
+            f"cannot reach the Ray cluster at {address!r}: {os_error_reason(e)}"
         ) from None
 
 

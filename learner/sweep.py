@@ -89,7 +89,8 @@ def train_seed_distributed(config: dict[str, Any], run_dir: str) -> dict[str, An
     Raises ``RuntimeError`` if the run does not reach its budget (non-finite loss,
     actors that keep failing), so that the sweep reports the seed as failed.
     """
-    from learner.driver import EXIT_OK, TrainOptions, train
+    from learner.driver import TrainOptions, train
+    from learner.exit_codes import ExitCode
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     options = TrainOptions(
@@ -99,9 +100,9 @@ def train_seed_distributed(config: dict[str, Any], run_dir: str) -> dict[str, An
         learner_threads=max(1, math.floor(cpus)),
     )
     result = train(Config.from_dict(config), options)
-    if result.exit_code != EXIT_OK:
+    if result.exit_code != ExitCode.OK:
         raise RuntimeError(
-            f"{result.reason}: {result.message or 'exit code ' + str(result.exit_code)}"
+            f"{result.reason}: {result.message or f'exit code {result.exit_code:d}'}"
         )
     return {
         "env_steps": result.env_steps,
@@ -179,22 +180,35 @@ def run_sweep(
     unless a caller (a test) substitutes another. ``seed_timeout_s``: a seed
     still running that long after it was submitted is cancelled and fails.
     """
-    from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     from tqdm import tqdm
 
     if trainer is None:
         trainer = train_seed_distributed if distributed else train_seed
-    sweep_dir = Path(logdir) / f"sweep-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    # What the runs inside have in common, for plots (their label is the preset's name).
-    info = {
-        "name": name,
-        "seeds": [int(s) for s in seeds],
-        "trainer": "distributed" if distributed else "sync",
-    }
-    write_json_atomic(sweep_dir / SWEEP_FILE, info)
-    remote_trainer = ray.remote(trainer)
+    sweep_dir = _make_sweep_dir(Path(logdir), name, seeds, distributed)
+    parallel = _seeds_at_a_time(cfg, cpus_per_seed, distributed)
+    configs = {seed: set_dotted(cfg, {"run.seed": int(seed)}) for seed in seeds}
+    run_dirs = {seed: create_run_dir(configs[seed], sweep_dir) for seed in seeds}
+    group_cpus = seed_cpus(cfg, cpus_per_seed, distributed) if distributed else None
+    tasks = _SeedTasks(trainer, configs, run_dirs, cpus_per_seed, group_cpus)
+    result = SweepResult(sweep_dir, run_dirs)
+    total = cfg.run.total_env_steps * len(run_dirs)
+    start = time.perf_counter()
+    with tqdm(
+        total=total, unit="step", unit_scale=True, disable=not progress, desc=f"sweep {name}"
+    ) as bar:
+        watch = _Watch(bar, cfg.run.total_env_steps, seed_timeout_s)
+        _run_seeds(tasks, list(seeds), parallel, result, watch)
+    result.wall_time_s = time.perf_counter() - start
+    return result
+
+
+def _seeds_at_a_time(cfg: Config, cpus_per_seed: float, distributed: bool) -> int:
+    """Seeds submitted at a time: as many as the CPUs hold (at least one, which Ray
+    queues if it does not fit yet); the deadline of each counts from its submission.
+
+    :class:`ConfigError` if a distributed seed (learner and actors together) could
+    never fit the cluster.
+    """
     per_seed = seed_cpus(cfg, cpus_per_seed, distributed)
     cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
     if distributed and per_seed > cluster_cpus + 1e-9:
@@ -203,79 +217,140 @@ def run_sweep(
             f"{cfg.run.num_actors} actors x {cfg.run.actor_num_cpus:g}) but the Ray cluster "
             f"has {cluster_cpus:g}: lower --cpus-per-seed, run.num_actors or run.actor_num_cpus"
         )
-    # Seeds submitted at a time: as many as the CPUs hold (at least one, which Ray
-    # queues if it does not fit yet); the deadline of each counts from its submission.
-    parallel = max(1, math.floor(cluster_cpus / per_seed + 1e-9))
-    configs: dict[int, Config] = {}
-    run_dirs: dict[int, Path] = {}
-    for seed in seeds:
-        configs[seed] = set_dotted(cfg, {"run.seed": int(seed)})
-        run_dirs[seed] = create_run_dir(configs[seed], sweep_dir)
+    return max(1, math.floor(cluster_cpus / per_seed + 1e-9))
 
-    def submit(seed: int) -> _Running:
-        run_dir = str(run_dirs[seed])
-        options: dict[str, Any] = {"num_cpus": cpus_per_seed, "max_retries": 0}
-        pg = None
-        if distributed:
-            pg = placement_group([{"CPU": per_seed}])
+
+def _make_sweep_dir(logdir: Path, name: str, seeds: Sequence[int], distributed: bool) -> Path:
+    """``<logdir>/sweep-<name>-<time>/`` with its ``sweep.json``: what its runs have in
+    common, for plots (their label is the preset's name)."""
+    sweep_dir = logdir / f"sweep-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "name": name,
+        "seeds": [int(s) for s in seeds],
+        "trainer": "distributed" if distributed else "sync",
+    }
+    write_json_atomic(sweep_dir / SWEEP_FILE, info)
+    return sweep_dir
+
+
+class _SeedTasks:
+    """Starts a seed's Ray task, and ends it.
+
+    With ``group_cpus`` (distributed seeds) each task gets a placement group of that
+    many CPUs, which holds the learner task and its actors together.
+    """
+
+    def __init__(
+        self,
+        trainer: Callable[[dict[str, Any], str], dict[str, Any]],
+        configs: dict[int, Config],
+        run_dirs: dict[int, Path],
+        cpus_per_seed: float,
+        group_cpus: float | None,
+    ) -> None:
+        self.remote_trainer = ray.remote(trainer)
+        self.configs = configs
+        self.run_dirs = run_dirs
+        self.cpus_per_seed = cpus_per_seed
+        self.group_cpus = group_cpus
+
+    def submit(self, seed: int) -> _Running:
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        options: dict[str, Any] = {"num_cpus": self.cpus_per_seed, "max_retries": 0}
+        group = None
+        if self.group_cpus is not None:
+            group = placement_group([{"CPU": self.group_cpus}])
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                pg, placement_group_capture_child_tasks=True
+                group, placement_group_capture_child_tasks=True
             )
-        ref = remote_trainer.options(**options).remote(configs[seed].to_dict(), run_dir)
-        return _Running(seed, ref, time.monotonic(), pg)
+        config, run_dir = self.configs[seed].to_dict(), str(self.run_dirs[seed])
+        ref = self.remote_trainer.options(**options).remote(config, run_dir)
+        return _Running(seed, ref, time.monotonic(), group)
 
+    @staticmethod
     def finish(run: _Running) -> None:
-        if run.placement_group is not None:  # also ends any actor of the seed still alive
+        """Free what the seed held (its placement group also ends any actor still alive)."""
+        from ray.util.placement_group import remove_placement_group
+
+        if run.placement_group is not None:
             with contextlib.suppress(Exception):
                 remove_placement_group(run.placement_group)
 
-    result = SweepResult(sweep_dir, run_dirs)
-    waiting = list(seeds)
+    def cancel(self, run: _Running) -> None:
+        """Kill the seed's task and free what it held."""
+        with contextlib.suppress(Exception):
+            ray.cancel(run.ref, force=True)
+        self.finish(run)
+
+
+class _Watch:
+    """The sweep's view: failures reported, deadlines, and a bar of env steps so far."""
+
+    def __init__(self, bar: Any, steps_per_seed: int, seed_timeout_s: float | None) -> None:
+        self.bar = bar
+        self.steps_per_seed = steps_per_seed
+        self.seed_timeout_s = seed_timeout_s
+
+    def fail(self, result: SweepResult, seed: int, message: str) -> None:
+        result.failures[seed] = message
+        self.bar.write(f"seed {seed} failed: {message}")
+
+    def overdue(self, run: _Running, now: float) -> bool:
+        return self.seed_timeout_s is not None and now - run.started > self.seed_timeout_s
+
+    def show(self, result: SweepResult) -> None:
+        """Finished seeds count their budget, running ones their last logged env steps."""
+        done = sum(
+            self.steps_per_seed if seed in result.summaries else _last_env_steps(run_dir)
+            for seed, run_dir in result.run_dirs.items()
+        )
+        self.bar.n = min(done, self.bar.total)
+        self.bar.set_postfix(done=len(result.summaries), failed=len(result.failures), refresh=False)
+        self.bar.refresh()
+
+
+def _run_seeds(
+    tasks: _SeedTasks, waiting: list[int], parallel: int, result: SweepResult, watch: _Watch
+) -> None:
+    """Keep ``parallel`` seeds running until every seed is done, failed or timed out."""
     running: dict[ray.ObjectRef, _Running] = {}
-    total = cfg.run.total_env_steps * len(run_dirs)
-    start = time.perf_counter()
-    with tqdm(
-        total=total, unit="step", unit_scale=True, disable=not progress, desc=f"sweep {name}"
-    ) as bar:
-        try:
-            while waiting or running:
-                while waiting and len(running) < parallel:
-                    run = submit(waiting.pop(0))
-                    running[run.ref] = run
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
-                for ref in ready:
-                    run = running.pop(ref)
-                    try:
-                        result.summaries[run.seed] = ray.get(ref)
-                    except Exception as e:  # a failed seed is reported; the others go on
-                        text = str(e).strip()
-                        message = text.splitlines()[-1] if text else repr(e)
-                        result.failures[run.seed] = message
-                        bar.write(f"seed {run.seed} failed: {message}")
-                    finally:
-                        finish(run)
-                now = time.monotonic()
-                for ref, run in list(running.items()):
-                    if seed_timeout_s is not None and now - run.started > seed_timeout_s:
-                        ray.cancel(ref, force=True)
-                        finish(run)
-                        del running[ref]
-                        message = f"timed out after {seed_timeout_s:g} s"
-                        result.failures[run.seed] = message
-                        bar.write(f"seed {run.seed} failed: {message}")
-                done = sum(
-                    cfg.run.total_env_steps if s in result.summaries else _last_env_steps(d)
-                    for s, d in run_dirs.items()
-                )
-                bar.n = min(done, total)
-                bar.set_postfix(
-                    done=len(result.summaries), failed=len(result.failures), refresh=False
-                )
-                bar.refresh()
-        finally:  # Ctrl-C or an error here: no seed outlives the sweep
-            for ref, run in running.items():
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
-                finish(run)
-    result.wall_time_s = time.perf_counter() - start
-    return result
+    try:
+        while waiting or running:
+            while waiting and len(running) < parallel:
+                run = tasks.submit(waiting.pop(0))
+                running[run.ref] = run
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+            for ref in ready:
+                _collect(tasks, running.pop(ref), result, watch)
+            _cancel_overdue(tasks, running, result, watch)
+            watch.show(result)
+    finally:  # Ctrl-C or an error here: no seed outlives the sweep
+        for run in running.values():
+            tasks.cancel(run)
+
+
+def _collect(tasks: _SeedTasks, run: _Running, result: SweepResult, watch: _Watch) -> None:
+    """A finished seed's summary, or its failure (reported; the others go on)."""
+    try:
+        result.summaries[run.seed] = ray.get(run.ref)
+    except Exception as e:
+        text = str(e).strip()
+        watch.fail(result, run.seed, text.splitlines()[-1] if text else repr(e))
+    finally:
+        tasks.finish(run)
+
+
+def _cancel_overdue(
+    tasks: _SeedTasks, running: dict[ray.ObjectRef, _Running], result: SweepResult, watch: _Watch
+) -> None:
+    """Cancel the seeds past their deadline, and fail them."""
+    now = time.monotonic()
+    for ref, run in list(running.items()):
+        if watch.overdue(run, now):
+            ray.cancel(ref, force=True)
+            tasks.finish(run)
+            del running[ref]
+            watch.fail(result, run.seed, f"timed out after {watch.seed_timeout_s:g} s")

@@ -23,8 +23,8 @@ from impala_frodo.config import Config
 from impala_frodo.runlog import RunLogger
 from impala_frodo.utils import resolve_device, seed_everything
 from impala_frodo.weights import param_layout
-from learner.driver import EXIT_OK, TrainResult
 from learner.learner import Learner
+from learner.result import StopReason, TrainResult
 
 #: ``(learner, metrics)`` after every update.
 UpdateCallback = Callable[[Learner, dict[str, float]], None]
@@ -79,16 +79,16 @@ def _loop(
     actor: RolloutActor,
     stop_at_return: float | None,
     on_update: UpdateCallback | None,
-) -> str:
-    """Act, learn, publish; returns why it stopped ("budget" or "return")."""
+) -> StopReason:
+    """Act, learn, publish; returns why it stopped (the budget, or the return reached)."""
     while not learner.done:
-        metrics = learner.update([actor.unroll(*learner.weights())])
+        metrics = learner.update([actor.unroll(*learner.behaviour_weights())])
         learner.maybe_log()
         if on_update is not None:
             on_update(learner, metrics)
         if stop_at_return is not None and learner.solved(stop_at_return):
-            return "return"
-    return "budget"
+            return StopReason.RETURN
+    return StopReason.BUDGET
 
 
 def _record_every(cfg: Config, num_records: int) -> Config:
@@ -102,12 +102,11 @@ def _record_every(cfg: Config, num_records: int) -> Config:
 
 
 def _result(
-    cfg: Config, learner: Learner, reason: str, run_dir: Path | None, start: float
+    cfg: Config, learner: Learner, reason: StopReason, run_dir: Path | None, start: float
 ) -> TrainResult:
     c = learner.counters
     return TrainResult(
         run_dir=run_dir,
-        exit_code=EXIT_OK,
         reason=reason,
         env_steps=c.env_steps,
         updates=c.updates,

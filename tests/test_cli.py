@@ -11,20 +11,22 @@ import pytest
 import torch
 
 from impala_frodo.checkpoint import CheckpointManager
-from impala_frodo.config import Config
+from impala_frodo.config import Config, ConfigError, parse_value, set_dotted
 from impala_frodo.presets import preset_names
 from impala_frodo.runlog import create_run_dir, read_metrics
-from learner.cli import _normalise_argv, build_parser, config_from_args, main, parse_value
+from learner.cli import main
+from learner.cli_args import build_parser, config_from_args, normalise_argv
+from learner.exit_codes import ExitCode
 
 
 def parse(*argv: str):
-    return build_parser().parse_args(_normalise_argv(argv))
+    return build_parser().parse_args(normalise_argv(argv))
 
 
 def assert_usage_error(capsys, argv: list[str], *fragments: str) -> str:
     code = main(argv)
     err = capsys.readouterr().err
-    assert code == 2, err
+    assert code == ExitCode.USAGE, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("impala-frodo: error: "), err
     assert "Traceback" not in err
@@ -163,7 +165,7 @@ def test_module_entry_point_reports_bad_input_without_traceback():
         text=True,
         timeout=120,
     )
-    assert done.returncode == 2
+    assert done.returncode == ExitCode.USAGE
     assert done.stderr.strip().startswith("impala-frodo: error: unknown env id")
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
@@ -172,7 +174,7 @@ def test_module_entry_point_reports_bad_input_without_traceback():
 def test_options_without_a_subcommand_mean_train():
     args = parse("--preset", "catch-frodo", "--num-actors", "2")
     assert args.command == "train" and args.preset == "catch-frodo"
-    assert _normalise_argv([]) == ["--help"]
+    assert normalise_argv([]) == ["--help"]
     assert parse("presets").command == "presets"
 
 
@@ -202,8 +204,17 @@ def test_parse_value():
     assert parse_value('"quoted"') == "quoted"
 
 
+def test_dotted_keys_are_read_alike_by_set_dotted_and_the_cli():
+    base = set_dotted(Config(), {"env.kwargs": {"rows": 11, "columns": 6}})
+    cfg = set_dotted(base, {"env.kwargs.rows": 7, "run.seed": 3, "algo": "impala"})
+    assert cfg.env.kwargs == {"rows": 7, "columns": 6}  # merged, not replaced
+    assert cfg.run.seed == 3 and cfg.algo == "impala"
+    with pytest.raises(ConfigError, match=r"unknown config key 'run\.seed\.x'"):
+        set_dotted(cfg, {"run.seed.x": 1})
+
+
 def test_presets_lists_every_preset_with_its_summary(capsys):
-    assert main(["presets"]) == 0
+    assert main(["presets"]) == ExitCode.OK
     out = capsys.readouterr().out
     for name in preset_names():
         assert name in out
@@ -211,13 +222,13 @@ def test_presets_lists_every_preset_with_its_summary(capsys):
 
 
 def test_help_exits_zero(capsys):
-    assert main(["--help"]) == 0
+    assert main(["--help"]) == ExitCode.OK
     assert "train" in capsys.readouterr().out
 
 
 def test_bare_command_prints_help_and_trains_nothing(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main([]) == 0
+    assert main([]) == ExitCode.OK
     out = capsys.readouterr().out
     assert out.startswith("usage: impala-frodo") and "{train,sweep,plot,presets}" in out
     assert list(tmp_path.iterdir()) == []  # no runs/ directory: nothing started
@@ -227,19 +238,19 @@ def test_python_m_learner_names_itself_in_usage():
     done = subprocess.run(
         [sys.executable, "-m", "learner", "train", "--help"], capture_output=True, text=True
     )
-    assert done.returncode == 0
+    assert done.returncode == ExitCode.OK
     assert done.stdout.startswith("usage: python -m learner train")
 
 
 def test_train_help_is_plain_text(capsys):
-    assert main(["train", "--help"]) == 0
+    assert main(["train", "--help"]) == ExitCode.OK
     out = capsys.readouterr().out
     assert "``" not in out and "::" not in out and ":class:" not in out
     assert "impala-frodo train --resume" in out and "exit codes" in out
 
 
 def test_preset_descriptions_are_whole_sentences(capsys):
-    assert main(["presets"]) == 0
+    assert main(["presets"]) == ExitCode.OK
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(preset_names())
     for line in lines:
@@ -261,7 +272,7 @@ def test_train_then_resume_through_the_cli(ray_local, tmp_path, capsys):
     logdir = tmp_path / "runs"
     common = ["--envs-per-actor", "8", "--unroll-length", "10", "--no-progress"]
     argv = ["--preset", "catch-impala", "--total-env-steps", "4000", "--logdir", str(logdir)]
-    assert main([*argv, *common]) == 0
+    assert main([*argv, *common]) == ExitCode.OK
     (run_dir,) = logdir.iterdir()
     assert "done: reached the budget of 4,000 env steps. " in capsys.readouterr().err
     config = json.loads((run_dir / "config.json").read_text())
@@ -270,7 +281,7 @@ def test_train_then_resume_through_the_cli(ray_local, tmp_path, capsys):
     first = read_metrics(run_dir / "metrics.jsonl")[-1]["env_steps"]
 
     resume = ["train", "--resume", str(run_dir), "--total-env-steps", "8000", *common]
-    assert main(resume) == 0
+    assert main(resume) == ExitCode.OK
     records = read_metrics(run_dir / "metrics.jsonl")
     assert records[-1]["env_steps"] >= 8000 > first
     assert json.loads((run_dir / "config.json").read_text())["run"]["total_env_steps"] == 8000
@@ -288,7 +299,7 @@ def test_sweep_two_presets_then_plot_their_directories(ray_local, tmp_path, caps
     argv = ["sweep", "--preset", "catch-impala", "--preset", "catch-frodo", "--seeds", "2"]
     budget = ["--total-env-steps", "3200", "--set", "run.num_envs=16", "--no-progress"]
     out = tmp_path / "fig.png"
-    assert main([*argv, *budget, "--cpus-per-seed", "0.5", "--logdir", str(logdir)]) == 0
+    assert main([*argv, *budget, "--cpus-per-seed", "0.5", "--logdir", str(logdir)]) == ExitCode.OK
     err = capsys.readouterr().err
     assert err.count("2/2 seeds done") == 2 and "final" in err
     sweeps = sorted(logdir.iterdir())
@@ -302,5 +313,5 @@ def test_sweep_two_presets_then_plot_their_directories(ray_local, tmp_path, caps
         assert seeds == [0, 1]
         assert json.loads((sweep / "sweep.json").read_text())["seeds"] == [0, 1]
 
-    assert main(["plot", *map(str, sweeps), "--out", str(out)]) == 0
+    assert main(["plot", *map(str, sweeps), "--out", str(out)]) == ExitCode.OK
     assert out.read_bytes().startswith(b"\x89PNG")

@@ -21,7 +21,8 @@ from impala_frodo.checkpoint import load_checkpoint
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.presets import load_preset
 from impala_frodo.runlog import read_metrics
-from learner.driver import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, TrainOptions, train
+from learner.driver import TrainOptions, train
+from learner.exit_codes import ExitCode
 
 pytestmark = pytest.mark.ray
 
@@ -72,7 +73,7 @@ def test_two_actors_feed_the_learner_and_everything_is_logged(ray_local, tmp_pat
         small_cfg(tmp_path, "frodo"),
         options(callback=lambda ctx: seen.update(ctx.learner.trajectories_by_actor)),
     )
-    assert result.exit_code == EXIT_OK and result.reason == "budget"
+    assert result.exit_code == ExitCode.OK and result.reason == "budget"
     assert seen == {0, 1}, "both actors' trajectories reached the learner"
     assert result.env_steps >= 16_000
     assert result.env_steps == result.updates * STEPS_PER_UNROLL  # one unroll per update
@@ -104,7 +105,7 @@ def test_random_walk_run_logs_the_value_error(ray_local, tmp_path):
         },
     )
     result = train(cfg, options())
-    assert result.exit_code == EXIT_OK
+    assert result.exit_code == ExitCode.OK
     values = [s.value for s in scalar_tags(result.run_dir)["eval/value_rmse"]]
     assert values and all(0.0 <= v < 5.0 for v in values)
 
@@ -122,7 +123,7 @@ def test_a_gymnasium_env_with_time_limits_runs_through_the_actors(ray_local, tmp
         },
     )
     result = train(cfg, options())
-    assert result.exit_code == EXIT_OK and result.env_steps >= 4_000
+    assert result.exit_code == ExitCode.OK and result.env_steps >= 4_000
     # Every episode ends within 30 steps: all steps but the unfinished episodes' (< 30 in
     # each of the 2 x 8 envs) belong to recorded episodes of at most 30 steps each.
     assert result.episodes >= (result.env_steps - 2 * 8 * 29) // 30
@@ -132,21 +133,21 @@ def test_a_gymnasium_env_with_time_limits_runs_through_the_actors(ray_local, tmp
 
 def test_resume_continues_counters_and_curves_without_double_counting(ray_local, tmp_path):
     first = train(small_cfg(tmp_path, "frodo", **{"run.total_env_steps": 8_000}), options())
-    assert first.exit_code == EXIT_OK
+    assert first.exit_code == ExitCode.OK
     run_dir = first.run_dir
     # A crash after the last checkpoint could have logged steps that the resume does again.
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"env_steps": 10**9, "wall_time_s": 1.0}) + "\n")
 
     cfg = small_cfg(tmp_path, "frodo", **{"run.total_env_steps": 16_000})
-    seen = []  # (actor generation, learner resumes): the actors, started first, reseeded
+    seen = []  # (actor resume count, learner resumes): the actors, started first, reseeded
 
     def record(ctx) -> None:
-        seen.append((ctx.pool.generation, ctx.learner.counters.resumes))
+        seen.append((ctx.pool.resume_count, ctx.learner.counters.resumes))
 
     second = train(cfg, options(resume_dir=run_dir, callback=record))
     assert seen and set(seen) == {(1, 1)}
-    assert second.exit_code == EXIT_OK and second.run_dir == run_dir
+    assert second.exit_code == ExitCode.OK and second.run_dir == run_dir
     assert second.updates > first.updates and second.env_steps >= 16_000
     assert second.env_steps == second.updates * STEPS_PER_UNROLL  # no step counted twice
     assert second.session_env_steps == second.env_steps - first.env_steps
@@ -197,7 +198,7 @@ def test_killed_actors_are_restarted_and_the_run_finishes(ray_local, tmp_path, c
     with caplog.at_level(logging.WARNING, logger="impala_frodo"):
         result = train(cfg, options(callback=callback))
     assert done == ["ray", "sigkill"]
-    assert result.exit_code == EXIT_OK and result.env_steps >= 48_000
+    assert result.exit_code == ExitCode.OK and result.env_steps >= 48_000
     assert result.actor_failures == 2
     died = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
     assert any(m.startswith("actor 0 died") for m in died)
@@ -217,7 +218,7 @@ def test_an_actor_out_of_restarts_is_replaced(ray_local, tmp_path, caplog):
     cfg = small_cfg(tmp_path, **{"run.total_env_steps": 24_000})
     with caplog.at_level(logging.WARNING, logger="impala_frodo"):
         result = train(cfg, options(callback=callback, max_actor_restarts=0))
-    assert done == ["ray"] and result.exit_code == EXIT_OK
+    assert done == ["ray"] and result.exit_code == ExitCode.OK
     assert result.env_steps >= 24_000 and result.actor_failures == 1
     assert any("replaced by a new actor" in r.getMessage() for r in caplog.records)
     # One death, one replacement: the calls lost with the dead actor are not more deaths.
@@ -243,7 +244,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(Updater, "update", update)
     cfg = small_cfg(tmp_path, **{"run.checkpoint_every_s": 0.05})
     result = train(cfg, options())
-    assert result.exit_code == EXIT_FAILED and result.reason == "nan"
+    assert result.exit_code == ExitCode.FAILED and result.reason == "nan"
     assert "last good checkpoint" in result.message
     latest = result.run_dir / "checkpoints" / "latest.pt"
     assert latest.read_bytes() == saved["bytes"], "the NaN state overwrote the checkpoint"
@@ -274,7 +275,7 @@ def test_a_signal_saves_a_final_checkpoint_and_exits_cleanly(tmp_path, signum):
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
     assert signal.Signals(signum).name in stderr and "Traceback" not in stderr
     (run_dir,) = logdir.iterdir()
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")

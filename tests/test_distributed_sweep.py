@@ -14,6 +14,7 @@ import pytest
 from impala_frodo.config import Config, ConfigError, set_dotted
 from impala_frodo.runlog import METRICS_FILE, read_metrics
 from learner.cli import main
+from learner.exit_codes import ExitCode
 
 pytestmark = pytest.mark.ray
 
@@ -34,7 +35,10 @@ def test_distributed_sweep_of_two_seeds_writes_run_dirs_with_the_policy_lag(
 ):
     logdir = tmp_path / "runs"
     argv = ["sweep", "--distributed", "--preset", "catch-frodo", "--seeds", "2", *SMALL]
-    assert main([*argv, "--no-progress", "--seed-timeout", "600", "--logdir", str(logdir)]) == 0
+    assert (
+        main([*argv, "--no-progress", "--seed-timeout", "600", "--logdir", str(logdir)])
+        == ExitCode.OK
+    )
     err = capsys.readouterr().err
     assert "2/2 seeds done" in err and "final" in err and "mean policy lag" in err
 
@@ -56,7 +60,7 @@ def test_distributed_sweep_of_two_seeds_writes_run_dirs_with_the_policy_lag(
     assert sorted(seeds) == [0, 1]
 
     out = tmp_path / "fig.png"
-    assert main(["plot", str(sweep), "--out", str(out)]) == 0  # plot reads them unchanged
+    assert main(["plot", str(sweep), "--out", str(out)]) == ExitCode.OK  # plot reads them unchanged
     assert out.read_bytes().startswith(b"\x89PNG")
 
 

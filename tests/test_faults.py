@@ -25,7 +25,8 @@ from impala_frodo.checkpoint import CheckpointManager, load_checkpoint
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.runlog import RunDirError, RunLock, check_writable, create_run_dir
 from learner.cli import main
-from learner.driver import EXIT_FAILED, EXIT_OK, TrainOptions, train
+from learner.driver import TrainOptions, train
+from learner.exit_codes import ExitCode
 
 
 def small_cfg(tmp_path: Path, **overrides) -> Config:
@@ -58,7 +59,7 @@ def test_a_second_session_in_a_run_dir_is_refused(tmp_path, capsys):
     run_dir = create_run_dir(Config(), tmp_path)
     CheckpointManager(run_dir / "checkpoints").save({"counters": {"env_steps": 0}})
     with RunLock(run_dir):  # a session is training there
-        assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+        assert main(["train", "--resume", str(run_dir), "--no-progress"]) == ExitCode.USAGE
         line = one_error_line(capsys)
         assert "in use by another training session" in line and f"pid {os.getpid()}" in line
     assert not (run_dir / "metrics.jsonl").exists()
@@ -89,7 +90,7 @@ def test_the_lock_goes_with_its_process_however_it_dies(tmp_path):
 def test_a_logdir_that_cannot_hold_a_run_exits_2(tmp_path, capsys):
     logdir = tmp_path / "a-file"
     logdir.write_text("not a folder")
-    assert main(["train", "--logdir", str(logdir), "--no-progress"]) == 2
+    assert main(["train", "--logdir", str(logdir), "--no-progress"]) == ExitCode.USAGE
     assert "cannot create a run directory under logdir" in one_error_line(capsys)
 
 
@@ -108,7 +109,7 @@ def test_a_run_dir_that_cannot_be_written_exits_2_before_training(
 
     monkeypatch.setattr(runlog.os, "write", write)
     monkeypatch.setattr(ray, "init", _no_ray)
-    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == ExitCode.USAGE
     line = one_error_line(capsys)
     assert f"cannot write to {str(run_dir)!r}: {os.strerror(fault)}" in line
     assert not list(run_dir.rglob(".write-probe.*"))
@@ -146,7 +147,7 @@ def test_a_full_disk_at_a_later_save_stops_with_exit_1_and_keeps_the_last_checkp
 
     monkeypatch.setattr(ckpt, "_write_temp", write_temp)
     result = train(small_cfg(tmp_path, **{"run.total_env_steps": 10**9}), options())
-    assert result.exit_code == EXIT_FAILED and result.reason == "disk"
+    assert result.exit_code == ExitCode.FAILED and result.reason == "disk"
     assert "No space left on device" in result.message and "\n" not in result.message
     latest = result.run_dir / "checkpoints" / "latest.pt"
     assert f"the last good checkpoint is kept at {latest}" in result.message
@@ -157,14 +158,14 @@ def test_a_full_disk_at_a_later_save_stops_with_exit_1_and_keeps_the_last_checkp
 @pytest.mark.ray
 def test_a_resume_changes_config_json_only_with_its_first_checkpoint(ray_local, tmp_path):
     first = train(small_cfg(tmp_path), options())
-    assert first.exit_code == EXIT_OK
+    assert first.exit_code == ExitCode.OK
     run_dir = first.run_dir
     config = run_dir / "config.json"
     budget = lambda: json.loads(config.read_text())["run"]["total_env_steps"]  # noqa: E731
     seen: list[int] = []
     cfg = small_cfg(tmp_path, **{"run.total_env_steps": 16_000, "run.checkpoint_every_s": 1e6})
     second = train(cfg, options(resume_dir=run_dir, callback=lambda ctx: seen.append(budget())))
-    assert second.exit_code == EXIT_OK and seen
+    assert second.exit_code == ExitCode.OK and seen
     assert set(seen) == {8_000}, "config.json changed before the session had a checkpoint"
     assert budget() == 16_000  # with the final checkpoint
 
@@ -178,7 +179,7 @@ def test_a_resume_that_adds_no_steps_overwrites_nothing(ray_local, tmp_path):
     for budget in (8_000, 4_000):  # the budget already reached; a lower one
         cfg = small_cfg(tmp_path, **{"run.total_env_steps": budget})
         again = train(cfg, options(resume_dir=first.run_dir))
-        assert again.exit_code == EXIT_OK and again.session_env_steps == 0
+        assert again.exit_code == ExitCode.OK and again.session_env_steps == 0
         assert {p: p.read_bytes() for p in files} == before
 
 
@@ -203,7 +204,7 @@ def test_an_actor_ray_gave_up_on_is_replaced_however_few_deaths_the_driver_saw(r
 
     cfg = small_cfg(tmp_path, **{"run.total_env_steps": 24_000, "run.progress_timeout_s": 120})
     result = train(cfg, options(callback=callback, max_actor_restarts=3))
-    assert result.exit_code == EXIT_OK and result.env_steps >= 24_000, result.message
+    assert result.exit_code == ExitCode.OK and result.env_steps >= 24_000, result.message
     assert result.actor_failures == 1
     assert seen_after and seen_after[-1] > seen_after[0], "the new actor 0 never delivered"
     u = result.unrolls
@@ -221,7 +222,7 @@ def test_an_actor_that_fails_at_start_up_stops_the_run_at_once(ray_local, tmp_pa
         result = train(cfg, options())
     finally:
         gymnasium.registry.pop("DriverOnly-v0")
-    assert result.exit_code == EXIT_FAILED and result.reason == "actors"
+    assert result.exit_code == ExitCode.FAILED and result.reason == "actors"
     assert "failed at start-up" in result.message and "DriverOnly" in result.message
     assert "\n" not in result.message
 
@@ -231,7 +232,7 @@ def test_no_progress_for_progress_timeout_s_exits_1_saying_what_waited(ray_local
     # 3 CPUs an actor on a 2-CPU Ray: no actor is ever placed.
     cfg = small_cfg(tmp_path, **{"run.actor_num_cpus": 3.0, "run.progress_timeout_s": 3.0})
     result = train(cfg, options())
-    assert result.exit_code == EXIT_FAILED and result.reason == "actors"
+    assert result.exit_code == ExitCode.FAILED and result.reason == "actors"
     message = result.message
     assert "no progress for" in message and "run.progress_timeout_s" in message
     assert "actor 0: 2 unroll call(s) in flight" in message  # queue_size 4 / 2 actors
@@ -248,7 +249,7 @@ def _cli(*argv: str, **popen) -> subprocess.Popen:
 def test_a_cluster_address_that_refuses_exits_2_at_once(tmp_path):
     process = _cli("--address", "127.0.0.1:1", "--logdir", str(tmp_path))
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 2, err
+    assert process.returncode == ExitCode.USAGE, err
     assert err.strip().splitlines() == [
         "impala-frodo: error: cannot reach the Ray cluster at '127.0.0.1:1': Connection refused"
     ]
@@ -268,7 +269,7 @@ def test_a_cluster_that_does_not_answer_exits_2_after_connect_timeout_s(tmp_path
     argv = ["--address", silent_endpoint, "--set", "run.connect_timeout_s=3"]
     process = _cli(*argv, "--logdir", str(tmp_path))
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 2, err
+    assert process.returncode == ExitCode.USAGE, err
     assert f"no Ray cluster answered at {silent_endpoint!r} within 3 s" in err
     assert "Traceback" not in err
 
@@ -286,5 +287,5 @@ def test_a_signal_while_connecting_stops_the_run(tmp_path, silent_endpoint):
         if process.poll() is None:
             process.kill()
             process.wait(timeout=60)
-    assert process.returncode == 130, err
+    assert process.returncode == ExitCode.INTERRUPTED, err
     assert "interrupted" in err and "Traceback" not in err

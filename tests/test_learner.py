@@ -54,12 +54,13 @@ def make_learner(cfg: Config, **kwargs) -> Learner:
 
 def new_actor(cfg: Config, learner: Learner, actor_id: int = 0, seed: int = 0) -> RolloutActor:
     """A rollout actor laid out for ``learner``'s agent, with no weights yet."""
-    return RolloutActor(cfg, param_layout(learner.weights()[1]), actor_id=actor_id, seed=seed)
+    layout = param_layout(learner.behaviour_weights()[1])
+    return RolloutActor(cfg, layout, actor_id=actor_id, seed=seed)
 
 
 def synced_actor(cfg: Config, learner: Learner, actor_id: int = 0) -> RolloutActor:
     actor = new_actor(cfg, learner, actor_id=actor_id, seed=actor_id)
-    actor.set_weights(*learner.weights())
+    actor.set_weights(*learner.behaviour_weights())
     return actor
 
 
@@ -69,7 +70,7 @@ def test_update_counts_env_steps_episodes_and_versions():
     actor = synced_actor(cfg, learner)
     episodes = 0
     for i in range(5):
-        trajectory = actor.unroll(*learner.weights())
+        trajectory = actor.unroll(*learner.behaviour_weights())
         assert trajectory.policy_version == i  # mu acted with the newest weights
         episodes += len(trajectory.episode_returns)
         metrics = learner.update([trajectory])
@@ -107,7 +108,7 @@ def test_actor_takes_only_newer_weights_and_stamps_its_id():
     actor = new_actor(cfg, learner, actor_id=7)
     with pytest.raises(RuntimeError, match="before any weights"):
         actor.unroll()
-    version, params = learner.weights()
+    version, params = learner.behaviour_weights()
     assert actor.set_weights(version, pack_params(params))  # packed, as through Ray
     for name, value in actor.policy.params.items():
         np.testing.assert_array_equal(value, params[name].numpy())
@@ -122,7 +123,7 @@ def test_offered_weights_are_taken_at_the_next_unroll_newest_first():
     cfg = make_cfg()
     learner = make_learner(cfg)
     actor = new_actor(cfg, learner)
-    version, params = learner.weights()
+    version, params = learner.behaviour_weights()
     actor.offer_weights(version, pack_params(params))
     assert actor.version == -1  # an offer is only held until the next unroll starts
     assert actor.unroll().policy_version == version
@@ -158,7 +159,7 @@ def test_log_writes_metrics_jsonl_and_tensorboard(tmp_path):
     actor = synced_actor(cfg, learner)
     for i in range(6):  # M = 2 inner steps: outer steps at updates 3 and 5
         clock.now += 0.5
-        learner.update([actor.unroll(*learner.weights())])
+        learner.update([actor.unroll(*learner.behaviour_weights())])
         first = learner.maybe_log()
         assert (first is not None) == (i == 0)  # one record after the first update, then none
     clock.now += 5.0
@@ -193,14 +194,14 @@ def test_records_come_every_n_updates_or_every_log_every_s_whichever_first():
     assert not learner.log_due()  # nothing to log before the first update
     logged = []
     for update in range(1, 9):
-        learner.update([actor.unroll(*learner.weights())])
+        learner.update([actor.unroll(*learner.behaviour_weights())])
         if update == 6:
             clock.now += 10.0  # a slow stretch: the time limit comes first
         if learner.maybe_log() is not None:
             logged.append(update)
     # after the first update, then 3 updates later, then on time at 6, then 3 updates later
     assert logged == [1, 4, 6]
-    learner.update([actor.unroll(*learner.weights())])
+    learner.update([actor.unroll(*learner.behaviour_weights())])
     assert learner.maybe_log() is not None  # update 9: 3 after the last record
 
 
@@ -211,7 +212,7 @@ def test_episode_return_is_the_mean_over_the_interval(tmp_path):
     returns: list[float] = []
     records = []
     for _ in range(5):
-        trajectory = actor.unroll(*learner.weights())
+        trajectory = actor.unroll(*learner.behaviour_weights())
         learner.update([trajectory])
         returns.extend(trajectory.episode_returns)
         record = learner.maybe_log()
@@ -246,7 +247,7 @@ def test_the_probe_measures_the_learned_target_against_the_true_values():
     cfg = set_dotted(load_preset("randomwalk-frodo"), {"run.envs_per_actor": 1})
     learner = make_learner(cfg)
     actor = synced_actor(cfg, learner)
-    trajectory = actor.unroll(*learner.weights())
+    trajectory = actor.unroll(*learner.behaviour_weights())
     metrics = learner.update([trajectory])
     states = trajectory.obs[:-1].argmax(-1)  # [T, B] state index of one-hot observations
     true_steps = trajectory.ground_truth.true_values[states]
@@ -263,7 +264,7 @@ def test_state_round_trips_through_a_checkpoint_file(tmp_path):
     learner = make_learner(cfg)
     actor = synced_actor(cfg, learner)
     for _ in range(4):
-        learner.update([actor.unroll(*learner.weights())])
+        learner.update([actor.unroll(*learner.behaviour_weights())])
     manager = CheckpointManager(tmp_path)
     learner.checkpoints = manager
     learner.checkpoint()

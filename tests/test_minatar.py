@@ -24,7 +24,7 @@ from impala_frodo.trajectory import Trajectory
 from impala_frodo.unroll import Unroller
 from impala_frodo.updater import Updater
 from impala_frodo.weights import param_layout
-from learner.cli import check_env_id
+from learner.env_check import check_env_id
 from tests.test_frodo_targets import finite_difference_m_steps
 from tests.test_metagrad import analytic, finite_difference
 
@@ -267,7 +267,8 @@ def test_the_value_loss_on_minatar_frames_falls():
 @needs_minatar
 @pytest.mark.ray
 def test_frodo_on_minatar_runs_through_the_ray_actor_learner(ray_local, tmp_path):
-    from learner.driver import EXIT_OK, TrainOptions, train
+    from learner.driver import TrainOptions, train
+    from learner.exit_codes import ExitCode
 
     cfg = set_dotted(
         load_preset("minatar-breakout-frodo"),
@@ -281,7 +282,7 @@ def test_frodo_on_minatar_runs_through_the_ray_actor_learner(ray_local, tmp_path
         },
     )
     result = train(cfg, TrainOptions(progress=False, handle_signals=False))
-    assert result.exit_code == EXIT_OK and result.env_steps >= 1_600
+    assert result.exit_code == ExitCode.OK and result.env_steps >= 1_600
     assert result.episodes > 0 and np.isfinite(result.mean_return)
 
 

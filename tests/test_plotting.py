@@ -20,6 +20,7 @@ from impala_frodo.plotting import (
 )
 from impala_frodo.runlog import METRICS_FILE, create_run_dir
 from learner.cli import main
+from learner.exit_codes import ExitCode
 
 METRIC = "episode/return"
 
@@ -106,7 +107,9 @@ def test_plot_formats_and_resolution(tmp_path):
 def test_plot_command(tmp_path, capsys):
     fake_run(tmp_path / "runs", "impala", 0)
     out = tmp_path / "fig.svg"
-    assert main(["plot", str(tmp_path / "runs"), "--out", str(out), "--format", "svg"]) == 0
+    assert (
+        main(["plot", str(tmp_path / "runs"), "--out", str(out), "--format", "svg"]) == ExitCode.OK
+    )
     assert out.is_file() and str(out) in capsys.readouterr().err
-    assert main(["plot", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert main(["plot", str(tmp_path / "nothing"), "--out", str(out)]) == ExitCode.USAGE
     assert "not a run directory" in capsys.readouterr().err

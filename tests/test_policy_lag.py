@@ -48,10 +48,10 @@ def test_policy_lag_must_be_a_non_negative_integer():
 def test_learner_publishes_weights_policy_lag_versions_old_and_measures_the_lag():
     cfg = make_cfg("impala", **{"run.policy_lag": 2})
     learner = make_learner(cfg)
-    actor = RolloutActor(cfg, param_layout(learner.weights()[1]), actor_id=0, seed=0)
+    actor = RolloutActor(cfg, param_layout(learner.behaviour_weights()[1]), actor_id=0, seed=0)
     lags = []
     for _ in range(6):
-        version, weights = learner.weights()
+        version, weights = learner.behaviour_weights()
         assert version == max(learner.version - 2, 0)
         actor.set_weights(version, weights)
         metrics = learner.update([actor.unroll()])

@@ -75,3 +75,34 @@ def test_a_resumed_run_keeps_one_layout(tmp_path):
     accumulator = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     accumulator.Reload()
     assert len(accumulator.Tensors(metadata.CONFIG_SUMMARY_TAG)) == 1
+
+
+def test_json_is_replaced_whole_and_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    from impala_frodo import utils
+    from impala_frodo.runlog import write_json_atomic
+
+    path = tmp_path / "sub" / "info.json"
+    write_json_atomic(path, {"a": 1})
+    assert path.read_text() == '{\n  "a": 1\n}\n'
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() would make it
+
+    def refuse(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(utils.os, "fsync", refuse)
+    try:
+        write_json_atomic(path, {"a": 2})
+    except OSError as e:
+        assert utils.os_error_reason(e) == "No space left on device"
+    else:
+        raise AssertionError("the write should have failed")
+    assert path.read_text() == '{\n  "a": 1\n}\n'
+    assert [p.name for p in path.parent.iterdir()] == ["info.json"]  # no temp file left
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from impala_frodo.config import Config, set_dotted
-from learner.driver import EXIT_OK, TrainOptions, train
+from learner.driver import TrainOptions, train
+from learner.exit_codes import ExitCode
 from tests.test_deploy import _clean_env, _free_ports, _our_processes
 
 pytestmark = pytest.mark.ray
@@ -202,7 +203,7 @@ def test_losing_the_worker_node_mid_run_loses_no_unroll_and_the_run_finishes(two
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["before"] == [seen["worker"]] * 2, "the actors were not on the worker node"
     assert not seen["survivors"], "the worker node's processes survived SIGKILL"
-    assert seen["exit_code"] == EXIT_OK, seen["message"]
+    assert seen["exit_code"] == ExitCode.OK, seen["message"]
     assert seen["env_steps"] >= 12_000 > seen["killed_at_steps"]
     assert seen["after"] == [seen["head"]] * 2, "the actors did not come back on the head"
     # How many calls each actor had running when its node died is a race (a quiet machine

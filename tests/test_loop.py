@@ -1,0 +1,73 @@
+"""The driver's parts without Ray: stop reasons and their exit codes, the stall watchdog."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from impala_frodo.runlog import StorageError
+from impala_frodo.updater import NonFiniteLossError
+from learner.actor_pool import TrainingError
+from learner.exit_codes import EXIT_CODES_HELP, ExitCode
+from learner.loop import StallWatchdog
+from learner.result import StopReason, TrainResult, describe_result, failure_of
+
+
+def test_every_stop_reason_is_its_string_and_carries_its_exit_code():
+    assert StopReason("budget") is StopReason.BUDGET and StopReason.NAN == "nan"
+    assert f"{StopReason.DISK}: x" == "disk: x"
+    codes = {reason.value: reason.exit_code for reason in StopReason}
+    assert codes == {
+        "budget": ExitCode.OK,
+        "return": ExitCode.OK,
+        "signal": ExitCode.INTERRUPTED,
+        "nan": ExitCode.FAILED,
+        "disk": ExitCode.FAILED,
+        "actors": ExitCode.FAILED,
+    }
+    result = TrainResult(Path("runs/x"), reason=StopReason.SIGNAL)
+    assert result.exit_code == 130 and describe_result(result).startswith("stopped by a signal. ")
+
+
+def test_the_exceptions_that_end_a_loop_map_to_their_reasons():
+    assert failure_of(NonFiniteLossError("loss")).reason is StopReason.NAN
+    assert failure_of(StorageError("disk")).reason is StopReason.DISK
+    assert failure_of(TrainingError("actors")).final_checkpoint  # the learner is fine
+    aborted = failure_of(KeyboardInterrupt())
+    assert aborted.reason is StopReason.SIGNAL and not aborted.final_checkpoint
+
+
+def test_the_exit_codes_help_names_every_code():
+    for code in ExitCode:
+        assert f"{int(code)} " in EXIT_CODES_HELP
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_stall_watchdog_warns_then_stops_and_progress_resets_it(caplog):
+    clock = _Clock()
+    watchdog = StallWatchdog(timeout_s=100.0, warn_every_s=30.0, clock=clock)
+    clock.now = 31.0
+    watchdog.check(lambda: "actor 0")
+    assert "no trajectories for 31 s" in caplog.text
+    clock.now = 99.0
+    watchdog.progressed()
+    clock.now = 150.0
+    watchdog.check(lambda: "actor 0")  # 51 s since the last trajectory
+    clock.now = 200.0
+    with pytest.raises(TrainingError, match=r"no progress for 101 s .* from actor 0"):
+        watchdog.check(lambda: "actor 0")
+
+
+def test_the_ray_session_does_not_import_the_driver():
+    code = "import sys, learner.ray_session; assert 'learner.driver' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
