@@ -29,7 +29,8 @@ times are written to the terminal at the end.
 Environment:
   IMPALA_FRODO_DOCKER       ``auto`` (default): skipped, with the reason, where Docker cannot
                             run (not root and no engine, no apt, dockerd will not start);
-                            ``require`` (CI): those are failures; ``off``: always skipped.
+                            ``require``: those are failures too (a CI that must run it);
+                            ``off``: always skipped. A failing apt install is a failure.
   IMPALA_FRODO_BASE_IMAGE   a base image to use instead of the debootstrap one.
   IMPALA_FRODO_CA_BUNDLE    CA bundle for the build (default /etc/ssl/certs/ca-certificates.crt;
                             ``none``: no extra certificates).
@@ -196,8 +197,8 @@ def _apt_install(*packages: str) -> None:
         env=env,
         check=False,
     )
-    if install.returncode != 0:
-        _unavailable(
+    if install.returncode != 0:  # a broken install, not a machine where Docker cannot run
+        pytest.fail(
             f"`apt-get install {' '.join(packages)}` failed:\n"
             f"{_tail(update.stderr, 1000)}\n{_tail(install.stdout, 1500)}\n{_tail(install.stderr)}"
         )
