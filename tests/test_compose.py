@@ -566,13 +566,21 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _report(request: pytest.FixtureRequest, lines: list[str]) -> None:
-    """Write to the terminal even while pytest captures output (CI logs keep the times)."""
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line, file=sys.stderr)
+    """Write to the terminal even while pytest captures output (CI logs keep the times).
+
+    A fixture's teardown runs with output captured, and a passing test's captured output
+    is dropped: capturing is suspended around the write.
+    """
+    plugins = request.config.pluginmanager
+    reporter = plugins.getplugin("terminalreporter")
+    capture = plugins.getplugin("capturemanager")
+    suspended = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    with suspended:
+        for line in lines:
+            if reporter is not None:
+                reporter.write_line(line)
+            else:
+                print(line, file=sys.stderr)
 
 
 @pytest.fixture(scope="module")
