@@ -4,6 +4,7 @@ Prints JSON. Runs ``impala-frodo train --algo ALGO --stop-at-return 0.8`` on
 the default config (Catch 10 x 5, local Ray) as a fresh subprocess per seed,
 timing from the process start to its exit: Python and torch imports, Ray
 start-up, actor start-up, learning, the final checkpoint and Ray shutdown.
+The 1-minute load average before and after is printed with the figures.
 "Solved" is the run's own criterion: the mean return of the last
 ``run.returns_window`` (500) episodes reaches 0.8. Medians over seeds.
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("extra", nargs="*", help="more train flags, after --")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         runs = [solve_once(args.algo, seed, Path(tmp), args.extra) for seed in args.seeds]
     solved = [r for r in runs if r["solved"]]
@@ -79,6 +81,8 @@ def main() -> None:
                 if solved
                 else None,
                 "solved": f"{len(solved)}/{len(runs)}",
+                # The 1-minute load average: on a shared machine, how noisy the figures are.
+                "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "runs": runs,
             },
             indent=2,

@@ -1,10 +1,11 @@
 """Deployment files (docker-compose.yml, deploy/) and a real Ray Jobs submission.
 
-There is no Docker engine where this project is developed, so the images are not built
-here. What these tests do instead:
+The image is built and the Compose cluster run for real in tests/test_compose.py (where
+Docker can run). These tests need no Docker:
 - check docker-compose.yml, deploy/cluster.yaml and deploy/Dockerfile statically: every
-  file, module, command and CLI flag they name exists, ports are published on loopback
-  only, the worker service can be scaled, and `ray up` accepts the cluster config;
+  module, command and CLI flag they name exists (flags parsed by Ray's and TensorBoard's
+  own parsers), ports are published on loopback only, the worker service can be scaled,
+  build args are declared, and `ray up` accepts the cluster config;
 - start a real Ray head on this machine and submit a short training run to it through
   the Jobs API with deploy/submit_job.sh (what a cluster user runs), then check the run
   directory it wrote.
@@ -51,8 +52,14 @@ RUNS_MOUNT = "/runs"
 # --------------------------------------------------------------------------- helpers
 
 
+def _interpolate(text: str) -> str:
+    """Compose's variable interpolation with nothing set: ``${VAR:-default}`` becomes the
+    default, ``${VAR}`` empty (what `docker compose config` shows with a clean environment)."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
+
+
 def _compose() -> dict:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+    return yaml.safe_load(_interpolate(COMPOSE_FILE.read_text()))
 
 
 def _cluster() -> dict:
@@ -253,20 +260,9 @@ def test_compose_shares_one_runs_volume_with_tensorboard():
 # ------------------------------------------------------------------------- Dockerfile
 
 
-def test_dockerfile_copy_sources_exist():
-    copies = [rest for keyword, rest in _dockerfile_instructions() if keyword in {"COPY", "ADD"}]
-    assert copies
-    for rest in copies:
-        parts = [p for p in shlex.split(rest) if not p.startswith("--")]
-        assert "--from" not in rest, "multi-stage COPY: extend this test"
-        *sources, _dest = parts
-        assert sources, rest
-        for source in sources:
-            matches = list(REPO_ROOT.glob(source))
-            assert matches, f"COPY source {source} does not exist in the build context"
-
-
 def test_dockerfile_copies_every_project_package():
+    # The build (tests/test_compose.py) fails on a missing COPY source, but not on a new
+    # package left out: `pip install -e .` would install without it.
     copied = {
         Path(p).parts[0]
         for keyword, rest in _dockerfile_instructions()
@@ -278,17 +274,6 @@ def test_dockerfile_copies_every_project_package():
     for package in _project_packages():
         assert (REPO_ROOT / package).is_dir(), package
         assert package in copied, f"deploy/Dockerfile does not COPY the {package} package"
-
-
-def test_dockerfile_defaults_to_cpu_and_takes_a_cuda_base():
-    args = _dockerfile_args()
-    assert args.get("BASE_IMAGE") == "python:3.11-slim"
-    assert args.get("TORCH_INDEX_URL") == "https://download.pytorch.org/whl/cpu"
-    froms = [rest for keyword, rest in _dockerfile_instructions() if keyword == "FROM"]
-    assert froms == ["${BASE_IMAGE}"]
-    text = DOCKERFILE.read_text()
-    assert '--index-url "${TORCH_INDEX_URL}"' in text
-    assert "pip install --no-deps -e ." in text
 
 
 # ----------------------------------------------------------------- deploy/cluster.yaml
