@@ -26,7 +26,7 @@ TARGET_FORMS = ("residual", "plain", "plain-zero-head", "residual-centred")
 #: The target forms that add the learned correction to the canonical V-trace target v_s.
 RESIDUAL_FORMS = ("residual", "residual-centred")
 META_SCHEDULES = ("chain", "sliding")
-TORSOS = ("auto", "mlp", "conv")  # impala_frodo.torsos
+TORSOS = ("auto", "mlp", "conv", "resnet")  # impala_frodo.torsos
 #: numpy seeds are 32-bit.
 MAX_SEED = 2**32 - 1
 
@@ -91,7 +91,9 @@ class AgentConfig:
     ``torso``: ``"mlp"`` (the flat observation into ``hidden_sizes``; none = linear),
     ``"conv"`` (MinAtar's: a 3x3 convolution with ``conv_channels`` channels on
     ``[H, W, C]`` images, then ``hidden_sizes``; MinAtar's dense layer is ``[128]``),
-    ``"auto"`` (conv for image observations, else mlp).
+    ``"resnet"`` (IMPALA's deep ResNet, sections of 16, 32 and 32 channels, then
+    ``hidden_sizes``; IMPALA's dense layer is ``[256]``), ``"auto"`` (the ResNet for images
+    of at least 32 x 32 pixels such as Atari's frames, conv for smaller images, else mlp).
     """
 
     hidden_sizes: tuple[int, ...] = (64, 64)

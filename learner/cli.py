@@ -46,7 +46,13 @@ SUBCOMMANDS = ("train", "sweep", "plot", "presets")
 
 #: Flags that set one config field: (flag, dotted key, type, help).
 FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("--env", "env.id", str, "Gymnasium env id (impala_frodo/Catch-v0, CartPole-v1, ...)"),
+    (
+        "--env",
+        "env.id",
+        str,
+        "Gymnasium env id (impala_frodo/Catch-v0, CartPole-v1, ...); ALE/<Game>-v5 alone "
+        "starts from that Atari game's preset",
+    ),
     ("--algo", "algo", str, f"learning rule: {', '.join(ALGOS)}"),
     ("--num-actors", "run.num_actors", int, "rollout actors"),
     ("--envs-per-actor", "run.envs_per_actor", int, "envs each actor steps together"),
@@ -301,8 +307,14 @@ def config_from_args(args: argparse.Namespace, preset: str | None = None) -> Con
         if preset:
             raise UsageError("--preset cannot be combined with --resume (the run has its config)")
         cfg = read_config(resume_paths(resume)[0])
+    elif preset:
+        cfg = load_preset(preset)
     else:
-        cfg = load_preset(preset) if preset else Config()
+        # Atari's short form: --env ALE/<Game>-v5 starts from that game's preset.
+        from impala_frodo.atari_presets import atari_defaults
+
+        cfg = atari_defaults(getattr(args, "env.id", None), getattr(args, "algo", None))
+        cfg = cfg or Config()
     if args.config:
         cfg = merge(cfg, load_file(args.config))
     cfg = merge(cfg, _nested(_flag_overrides(args), cfg))
@@ -315,13 +327,19 @@ def check_env_id(env_id: str) -> None:
     import gymnasium
 
     import impala_frodo.envs  # noqa: F401 (registers our ids)
-    from impala_frodo.envs import minatar_envs
+    from impala_frodo.envs import atari, minatar_envs
 
     if minatar_envs.is_minatar_id(env_id):
         try:
             minatar_envs.register_minatar_envs()  # on first use; says how to install minatar
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if atari.is_atari_id(env_id):  # not in gymnasium's registry: our ALE vector env
+        try:
+            atari.check_atari_id(env_id)  # a known game; says how to install ale-py
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return
     if env_id not in gymnasium.registry:
         ours = [k for k in gymnasium.registry if k.startswith("impala_frodo/")]
         raise ConfigError(
