@@ -370,3 +370,47 @@ def test_pong_through_the_ray_actor_learner_writes_records(ray_local, tmp_path):
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
     assert len(records) >= 2 and all(np.isfinite(r["loss/policy"]) for r in records)
     assert any("episode/return" in r for r in records)
+
+
+# ------------------------------------------------------------------ summaries
+
+
+def _fake_run(root, name: str, preset: str, scores: list[float], seed: int = 0):
+    """A run directory as ``train`` writes it: config.json and metrics.jsonl records."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    cfg = set_dotted(load_preset(preset), {"run.seed": seed})
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
+    lines = [
+        json.dumps({"env_steps": 1000 * (i + 1), "episode/return": s}) for i, s in enumerate(scores)
+    ]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return run_dir
+
+
+def test_atari_summary_reports_scores_and_median_and_mean_hns(tmp_path, capsys):
+    from impala_frodo.atari_summary import atari_summary, hns_curves
+    from impala_frodo.plotting import load_runs
+    from learner.cli import main
+
+    dirs = [
+        _fake_run(tmp_path, "p", "atari-pong-impala", [-21.0] * 9 + [0.0]),  # final 0
+        _fake_run(tmp_path, "b", "atari-breakout-impala", [1.0] * 9 + [100.0]),  # final 100
+        _fake_run(tmp_path, "m", "atari-mspacman-impala", [6951.6] * 10),  # human
+        _fake_run(tmp_path, "c", "catch-impala", [1.0] * 10),  # not Atari: ignored
+    ]
+    runs = load_runs(dirs)
+    row = atari_summary(runs)["IMPALA (V-trace target)"]
+    assert set(row["games"]) == {"pong", "breakout", "ms_pacman"}
+    assert row["games"]["pong"]["score"] == 0.0
+    assert row["games"]["pong"]["hns"] == pytest.approx(0.5864, abs=1e-4)
+    assert row["median_hns"] == pytest.approx(1.0)
+    assert row["mean_hns"] == pytest.approx((0.5864023 + 3.4131944 + 1.0) / 3, abs=1e-4)
+    steps, median, mean, games = hns_curves(runs)["IMPALA (V-trace target)"]
+    assert games == 3 and steps[0] == 1000 and steps[-1] == 10_000
+    assert median[-1] == pytest.approx(1.0) and mean[-1] == pytest.approx(row["mean_hns"], 1e-3)
+    out = tmp_path / "fig.png"
+    assert main(["plot", *map(str, dirs[:3]), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "median human-normalised score 1.000" in err and "over 3 game(s)" in err
+    assert (tmp_path / "fig-hns.png").stat().st_size > 0
