@@ -9,13 +9,14 @@ Prints JSON. Sections (``--sections``, all by default):
 - ``acting``: seconds to choose the actions of one step of an actor's ``--envs`` envs with
   the ResNet: ``numpy`` (:class:`~impala_frodo.rollout.NumpyPolicy`, what actors do), ``torch``
   in the actor (one thread, as an actor process has), and ``learner_side``: one batched
-  forward pass for all ``--actors`` actors' envs in torch on the learner's device with the
-  learner's threads (``--learner-threads``), per actor's share; each with the agent steps/s
+  forward pass for all ``--actors`` actors' envs in torch on the learner's device
+  (``--device``; on the CPU with ``--learner-threads`` threads), frames sent as uint8 and
+  logits back, per actor's share; each with the agent steps/s
   it allows an actor (acting alone, and with the env's step time added). Alternated, median.
 - ``learner``: seconds per learner update on a real ``[T, B]`` Pong batch (the presets' T = 20,
   B = 32), IMPALA and FRODO (FRODO: averaged over whole meta cycles of M inner steps and the
-  outer step), on the CPU with ``--learner-threads`` threads, and the agent steps/s the
-  learner alone could take in.
+  outer step), on ``--device`` (the CPU with ``--learner-threads`` threads), and the agent
+  steps/s the learner alone could take in.
 
 On a shared machine the figures move with the load: the load average before and after is
 printed with them.
@@ -45,6 +46,7 @@ from impala_frodo.networks import AgentNet
 from impala_frodo.presets import load_preset
 from impala_frodo.rollout import NumpyPolicy, Roller
 from impala_frodo.updater import Updater
+from impala_frodo.utils import resolve_device
 
 SECTIONS = ("env", "acting", "learner")
 
@@ -120,11 +122,18 @@ def bench_env(game: str, envs: int, repeats: int, seconds: float) -> dict[str, o
     }
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bench_acting(
-    game: str, envs: int, actors: int, repeats: int, learner_threads: int
+    game: str, envs: int, actors: int, repeats: int, learner_threads: int, device: torch.device
 ) -> dict[str, object]:
     torch.manual_seed(0)
     agent = AgentNet((84, 84, 4), 18, (256,))
+    learner_agent = AgentNet((84, 84, 4), 18, (256,)).to(device)
+    learner_agent.load_state_dict(agent.state_dict())
     policy = NumpyPolicy.from_params(dict(agent.named_parameters()), obs_scale=1 / 255)
     env = make_batched_env(f"ALE/{game}-v5", envs, seed=0)
     frames = env.reset()
@@ -142,6 +151,12 @@ def bench_acting(
         with torch.inference_mode():
             agent(torch.from_numpy(obs).float().mul_(1 / 255))
 
+    def learner_logits(obs: np.ndarray) -> None:
+        """Frames to the learner's device as uint8, logits back: one batched pass."""
+        with torch.inference_mode():
+            x = torch.from_numpy(obs).to(device).float().mul_(1 / 255)
+            learner_agent(x)[0].cpu()
+
     times: dict[str, list[float]] = {"numpy": [], "torch": [], "learner_side": [], "env": []}
     actions = np.random.default_rng(1).integers(18, size=envs)
     for _ in range(repeats):
@@ -149,7 +164,8 @@ def bench_acting(
         times["numpy"].append(timed(policy, frames))
         times["torch"].append(timed(torch_logits, frames))
         torch.set_num_threads(learner_threads)
-        times["learner_side"].append(timed(torch_logits, all_frames) / actors)
+        learner_logits(all_frames)  # warm (CUDA: kernels chosen)
+        times["learner_side"].append(timed(learner_logits, all_frames) / actors)
         times["env"].append(timed(env.step, actions))
     env.close()
     env_s = statistics.median(times["env"])
@@ -172,7 +188,7 @@ def learner_cfg(game: str, algo: str, envs: int) -> Config:
     )
 
 
-def learner_seconds_per_update(cfg: Config, cycles: int) -> float:
+def learner_seconds_per_update(cfg: Config, cycles: int, device: torch.device) -> float:
     """Median seconds per update over whole meta cycles (M + 1 updates each; IMPALA: 3)."""
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=0, **cfg.env.kwargs)
     agent = AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent)
@@ -180,26 +196,30 @@ def learner_seconds_per_update(cfg: Config, cycles: int) -> float:
     policy = NumpyPolicy.from_params(
         dict(agent.named_parameters()), obs_scale=env.observation_scale
     )
-    batches = [Batch.from_trajectories([roller.unroll(policy)]) for _ in range(2)]
+    batches = [Batch.from_trajectories([roller.unroll(policy)], device) for _ in range(2)]
     env.close()
-    updater = Updater(cfg, env.observation_shape, env.num_actions)
+    updater = Updater(cfg, env.observation_shape, env.num_actions, device)
     per_cycle = cfg.meta.num_inner_steps + 1 if cfg.is_meta else 3
     updater.update(batches[0])  # warm-up
+    _sync(device)
     times = []
     for i in range(cycles):
         start = time.perf_counter()
         for j in range(per_cycle):
             updater.update(batches[(i + j) % len(batches)])
+        _sync(device)
         times.append((time.perf_counter() - start) / per_cycle)
     return statistics.median(times)
 
 
-def bench_learner(game: str, envs: int, cycles: int, threads: int) -> dict[str, object]:
+def bench_learner(
+    game: str, envs: int, cycles: int, threads: int, device: torch.device
+) -> dict[str, object]:
     torch.set_num_threads(threads)
     out: dict[str, object] = {}
     for algo in ("impala", "frodo"):
         cfg = learner_cfg(game, algo, envs)
-        s = learner_seconds_per_update(cfg, cycles)
+        s = learner_seconds_per_update(cfg, cycles, device)
         steps = cfg.run.unroll_length * envs
         out[algo] = {
             "s_per_update_median": round(s, 3),
@@ -220,7 +240,9 @@ def main() -> None:
     parser.add_argument("--env-seconds", type=float, default=3.0, help="per timed env window")
     parser.add_argument("--cycles", type=int, default=2, help="learner cycles timed")
     parser.add_argument("--learner-threads", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="the learner's: auto, cpu, cuda")
     args = parser.parse_args()
+    device = resolve_device(args.device)
 
     load_before = os.getloadavg()[0]
     results: dict[str, object] = {}
@@ -228,10 +250,12 @@ def main() -> None:
         results["env"] = bench_env(args.game, args.envs, args.repeats, args.env_seconds)
     if "acting" in args.sections:
         results["acting"] = bench_acting(
-            args.game, args.envs, args.actors, args.repeats, args.learner_threads
+            args.game, args.envs, args.actors, args.repeats, args.learner_threads, device
         )
     if "learner" in args.sections:
-        results["learner"] = bench_learner(args.game, args.envs, args.cycles, args.learner_threads)
+        results["learner"] = bench_learner(
+            args.game, args.envs, args.cycles, args.learner_threads, device
+        )
     print(
         json.dumps(
             {
@@ -240,6 +264,8 @@ def main() -> None:
                 "envs_per_actor": args.envs,
                 "repeats": args.repeats,
                 "learner_threads": args.learner_threads,
+                "learner_device": str(device),
+                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                 "load_avg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "cpus": os.cpu_count(),
                 "torch": torch.__version__,
