@@ -27,6 +27,8 @@ TARGET_FORMS = ("residual", "plain", "plain-zero-head", "residual-centred")
 RESIDUAL_FORMS = ("residual", "residual-centred")
 META_SCHEDULES = ("chain", "sliding")
 TORSOS = ("auto", "mlp", "conv", "resnet")  # impala_frodo.torsos
+#: How actors evaluate mu (impala_frodo.torch_policy): auto = torch for a ResNet, else numpy.
+ACTOR_INFERENCE = ("auto", "numpy", "torch")
 #: numpy seeds are 32-bit.
 MAX_SEED = 2**32 - 1
 
@@ -249,6 +251,8 @@ class RunConfig:
     broadcast_every: int = 1  # learner updates between weight publications
     policy_lag: int = 0  # act with weights this many versions old, on purpose (0: newest)
     actor_num_cpus: float = 0.5
+    # mu in the actors: numpy, or torch (measured faster for the Atari ResNet; "auto").
+    actor_inference: str = "auto"
     device: str = "auto"
     logdir: str = "runs"
     checkpoint_every_s: float = 60.0
@@ -293,6 +297,7 @@ class RunConfig:
         )
         _in_range("run.actor_num_cpus", self.actor_num_cpus, 0.0, 64.0, low_open=True)
         _one_of("run.device", self.device, DEVICES)
+        _one_of("run.actor_inference", self.actor_inference, ACTOR_INFERENCE)
         _in_range("run.checkpoint_every_s", self.checkpoint_every_s, 0.0, 1e9, low_open=True)
         _in_range("run.log_every_s", self.log_every_s, 0.0, 1e9, low_open=True)
         _in_range("run.progress_timeout_s", self.progress_timeout_s, 0.0, 1e9, low_open=True)

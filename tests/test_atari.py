@@ -414,3 +414,41 @@ def test_atari_summary_reports_scores_and_median_and_mean_hns(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "median human-normalised score 1.000" in err and "over 3 game(s)" in err
     assert (tmp_path / "fig-hns.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------ torch acting
+
+
+def test_actors_act_in_torch_for_the_resnet_and_in_numpy_otherwise():
+    """``run.actor_inference = "auto"``: torch for IMPALA's ResNet (measured faster),
+    numpy for the MLP and MinAtar's conv; both give the torch agent's logits."""
+    from impala_frodo.networks import agent_layout
+    from impala_frodo.rollout import pack_params
+    from impala_frodo.torch_policy import TorchPolicy, make_policy
+
+    cfg = load_preset("atari-pong-impala")
+    torch.manual_seed(0)
+    agent = AgentNet.from_config((84, 84, 4), 18, cfg.agent)
+    layout = agent_layout((84, 84, 4), 18, cfg.agent)
+    flat = pack_params(dict(agent.named_parameters()))
+    policies = {}
+    for inference in ("auto", "torch", "numpy"):
+        policy = make_policy(
+            layout, cfg.agent, (84, 84, 4), 18, obs_scale=1 / 255, inference=inference
+        )
+        policy.load(flat, version=3)
+        policies[inference] = policy
+    assert isinstance(policies["auto"], TorchPolicy) and isinstance(policies["torch"], TorchPolicy)
+    assert type(policies["numpy"]) is NumpyPolicy and policies["auto"].version == 3
+    frames = np.random.default_rng(2).integers(0, 256, size=(4, 84, 84, 4), dtype=np.uint8)
+    with torch.no_grad():
+        expected = agent(torch.from_numpy(frames).float() / 255)[0].numpy()
+    for policy in policies.values():
+        np.testing.assert_allclose(policy.logits(frames), expected, rtol=1e-4, atol=1e-5)
+    actions, log_probs = policies["auto"](frames)
+    assert actions.shape == (4,) and np.all(log_probs <= 0)
+    small = Config().agent  # Catch's MLP: numpy under auto
+    mlp_layout = agent_layout((10, 5), 3, small)
+    assert type(make_policy(mlp_layout, small, (10, 5), 3)) is NumpyPolicy
+    with pytest.raises(ConfigError, match="actor_inference"):
+        set_dotted(Config(), {"run.actor_inference": "jax"})
