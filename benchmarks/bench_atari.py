@@ -19,7 +19,8 @@ Prints JSON. Sections (``--sections``, all by default):
   steps/s the learner alone could take in.
 
 On a shared machine the figures move with the load: the load average before and after is
-printed with them.
+printed with them, and the single-threaded figures also per CPU second (``time.process_time``),
+what a core of one's own would give, less the cache and memory-bandwidth contention.
 
     python benchmarks/bench_atari.py                              # everything, Pong
     python benchmarks/bench_atari.py --sections env acting --repeats 5
@@ -55,22 +56,24 @@ def median_rate(fn, repeats: int) -> float:
     return statistics.median(fn() for _ in range(repeats))
 
 
-def ale_rate(game: str, envs: int, seconds: float) -> float:
-    """Agent steps/s of ale-py's vector env (one thread), BatchedAtari's settings."""
+def ale_rate(game: str, envs: int, seconds: float) -> tuple[float, float]:
+    """Agent steps per wall second and per CPU second of ale-py's vector env (one thread),
+    BatchedAtari's settings."""
     env = make_batched_env(f"ALE/{game}-v5", envs, seed=0)
     env.reset()
     rng = np.random.default_rng(0)
-    steps, start = 0, time.perf_counter()
+    steps, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         env.step(rng.integers(18, size=envs))
         steps += envs
-    rate = steps / (time.perf_counter() - start)
+    rates = steps / (time.perf_counter() - start), steps / (time.process_time() - cpu)
     env.close()
-    return rate
+    return rates
 
 
-def envpool_rate(game: str, envs: int, seconds: float) -> float:
-    """Agent steps/s of envpool's Atari env (one thread), the same settings."""
+def envpool_rate(game: str, envs: int, seconds: float) -> tuple[float, float]:
+    """Agent steps per wall second and per CPU second of envpool's Atari env (one
+    thread), the same settings."""
     import envpool
 
     s = AtariSettings()
@@ -94,13 +97,13 @@ def envpool_rate(game: str, envs: int, seconds: float) -> float:
     )
     env.reset()
     rng = np.random.default_rng(0)
-    steps, start = 0, time.perf_counter()
+    steps, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         env.step(rng.integers(18, size=envs))
         steps += envs
-    rate = steps / (time.perf_counter() - start)
+    rates = steps / (time.perf_counter() - start), steps / (time.process_time() - cpu)
     env.close()
-    return rate
+    return rates
 
 
 def bench_env(game: str, envs: int, repeats: int, seconds: float) -> dict[str, object]:
@@ -108,18 +111,20 @@ def bench_env(game: str, envs: int, repeats: int, seconds: float) -> dict[str, o
     backends = {"ale_py": ale_rate}
     if importlib.util.find_spec("envpool") is not None:
         backends["envpool"] = envpool_rate
-    rates: dict[str, list[float]] = {name: [] for name in backends}
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in backends}
     for _ in range(repeats):  # alternate, so that both see the same load
         for name, fn in backends.items():
             rates[name].append(fn(game, envs, seconds))
-    return {
-        name: {
-            "agent_steps_per_s_median": round(statistics.median(r)),
-            "frames_per_s_median": round(4 * statistics.median(r)),
-            "all": [round(x) for x in r],
+    out = {}
+    for name, pairs in rates.items():
+        wall = statistics.median(w for w, _ in pairs)
+        out[name] = {
+            "agent_steps_per_s_median": round(wall),
+            "frames_per_s_median": round(4 * wall),
+            "agent_steps_per_cpu_s_median": round(statistics.median(c for _, c in pairs)),
+            "all_wall": [round(w) for w, _ in pairs],
         }
-        for name, r in rates.items()
-    }
+    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -142,9 +147,13 @@ def bench_acting(
     frames = np.ascontiguousarray(frames)
     all_frames = np.concatenate([frames] * actors)
 
-    def timed(fn, *args) -> float:
-        start = time.perf_counter()
+    cpu_times: dict[str, list[float]] = {"numpy": [], "torch": [], "env": []}
+
+    def timed(fn, *args, cpu_key: str | None = None) -> float:
+        start, cpu = time.perf_counter(), time.process_time()
         fn(*args)
+        if cpu_key is not None:
+            cpu_times[cpu_key].append(time.process_time() - cpu)
         return time.perf_counter() - start
 
     def torch_logits(obs: np.ndarray) -> None:
@@ -161,15 +170,19 @@ def bench_acting(
     actions = np.random.default_rng(1).integers(18, size=envs)
     for _ in range(repeats):
         torch.set_num_threads(1)  # an actor process: one thread
-        times["numpy"].append(timed(policy, frames))
-        times["torch"].append(timed(torch_logits, frames))
+        times["numpy"].append(timed(policy, frames, cpu_key="numpy"))
+        times["torch"].append(timed(torch_logits, frames, cpu_key="torch"))
         torch.set_num_threads(learner_threads)
         learner_logits(all_frames)  # warm (CUDA: kernels chosen)
         times["learner_side"].append(timed(learner_logits, all_frames) / actors)
-        times["env"].append(timed(env.step, actions))
+        times["env"].append(timed(env.step, actions, cpu_key="env"))
     env.close()
     env_s = statistics.median(times["env"])
-    out: dict[str, object] = {"env_step_s_median": round(env_s, 4)}
+    env_cpu_s = statistics.median(cpu_times["env"])
+    out: dict[str, object] = {
+        "env_step_s_median": round(env_s, 4),
+        "env_step_cpu_s_median": round(env_cpu_s, 4),
+    }
     for name in ("numpy", "torch", "learner_side"):
         s = statistics.median(times[name])
         out[name] = {
@@ -178,6 +191,12 @@ def bench_acting(
             "acting_only_agent_steps_per_s": round(envs / s, 1),
             "with_env_agent_steps_per_s": round(envs / (s + env_s), 1),
         }
+        if name in cpu_times:  # single-threaded: CPU seconds, what a dedicated core gives
+            cpu_s = statistics.median(cpu_times[name])
+            out[name] |= {
+                "cpu_s_per_step_median": round(cpu_s, 4),
+                "with_env_agent_steps_per_cpu_s": round(envs / (cpu_s + env_cpu_s), 1),
+            }
     return out
 
 
@@ -188,8 +207,11 @@ def learner_cfg(game: str, algo: str, envs: int) -> Config:
     )
 
 
-def learner_seconds_per_update(cfg: Config, cycles: int, device: torch.device) -> float:
-    """Median seconds per update over whole meta cycles (M + 1 updates each; IMPALA: 3)."""
+def learner_seconds_per_update(
+    cfg: Config, cycles: int, device: torch.device
+) -> tuple[float, float]:
+    """Median (wall, CPU) seconds per update over whole meta cycles (M + 1 updates each;
+    IMPALA: 3)."""
     env = make_batched_env(cfg.env.id, cfg.run.num_envs, seed=0, **cfg.env.kwargs)
     agent = AgentNet.from_config(env.observation_shape, env.num_actions, cfg.agent)
     roller = Roller(env, cfg.run.unroll_length, seed=0)
@@ -202,14 +224,15 @@ def learner_seconds_per_update(cfg: Config, cycles: int, device: torch.device) -
     per_cycle = cfg.meta.num_inner_steps + 1 if cfg.is_meta else 3
     updater.update(batches[0])  # warm-up
     _sync(device)
-    times = []
+    times, cpu_times = [], []
     for i in range(cycles):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for j in range(per_cycle):
             updater.update(batches[(i + j) % len(batches)])
         _sync(device)
         times.append((time.perf_counter() - start) / per_cycle)
-    return statistics.median(times)
+        cpu_times.append((time.process_time() - cpu) / per_cycle)
+    return statistics.median(times), statistics.median(cpu_times)
 
 
 def bench_learner(
@@ -219,11 +242,12 @@ def bench_learner(
     out: dict[str, object] = {}
     for algo in ("impala", "frodo"):
         cfg = learner_cfg(game, algo, envs)
-        s = learner_seconds_per_update(cfg, cycles, device)
+        s, cpu_s = learner_seconds_per_update(cfg, cycles, device)
         steps = cfg.run.unroll_length * envs
         out[algo] = {
             "s_per_update_median": round(s, 3),
             "ms_per_update_median": round(1e3 * s),
+            "cpu_s_per_update_median": round(cpu_s, 3),
             "batch": [cfg.run.unroll_length, envs],
             "learner_only_agent_steps_per_s": round(steps / s, 1),
         }
