@@ -89,7 +89,7 @@ class TorchPolicy(NumpyPolicy):
         super().load(flat, version)
         with self._torch.no_grad():
             for name, param in self.module.named_parameters():
-                param.copy_(self._torch.from_numpy(np.ascontiguousarray(self._params[name])))
+                param.copy_(self._torch.from_numpy(np.array(self._params[name])))  # a copy
 
     def logits(self, obs: np.ndarray) -> np.ndarray:
         """``obs [B, *obs_shape]`` (stored dtype) to ``logits [B, A]`` float32, in torch."""
