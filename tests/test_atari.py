@@ -275,6 +275,13 @@ def test_same_seed_same_game_and_noop_starts_differ_between_envs():
     a, b = first_frames(5), first_frames(5)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, first_frames(6))
+    # Up to 30 no-ops: Space Invaders' invaders march from the first frame, so envs that
+    # waited different numbers of no-ops start from different frames; with none, alike.
+    for noop_max, alike in ((30, False), (0, True)):
+        env = make_batched_env("ALE/SpaceInvaders-v5", 4, seed=1, noop_max=noop_max)
+        obs = env.reset()
+        assert all(np.array_equal(obs[0], obs[i]) for i in range(1, 4)) == alike, noop_max
+        env.close()
 
 
 def test_atari_settings_are_checked():
