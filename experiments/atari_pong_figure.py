@@ -33,27 +33,30 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     runs = load_runs(expand_run_dirs(args.run_dirs))
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = {"IMPALA (V-trace target)": "tab:blue", "FRODO": "tab:orange"}
-    for run in runs:
-        colour = colours.get(run.label)
-        steps, values = run.series("episode/return")
-        if steps.size:
-            ax.plot(steps, values, ".", color=colour, alpha=0.35, ms=4)
-        steps, window = run.series("episode/return_window")
-        if steps.size:
-            ax.plot(steps, window, "-", color=colour, label=f"{run.label}, mean of last 100")
     random, human = REFERENCE_SCORES["pong"]
-    ax.axhline(
-        IMPALA_PUBLISHED_PONG, color="k", ls="--", lw=1, label="IMPALA published, 200M frames"
-    )
-    ax.axhline(human, color="tab:green", ls=":", lw=1, label=f"human {human:g}")
-    ax.axhline(random, color="tab:red", ls=":", lw=1, label=f"random {random:g}")
-    ax.set_xlabel("env steps (agent steps; frames = 4 x)")
-    ax.set_ylabel("Pong score (unclipped)")
-    ax.set_ylim(-22, 22)
-    ax.legend(fontsize=7, loc="center right")
-    ax.set_title("Pong through the Ray actor-learner, 2 actors x 8 envs, 2 shared CPU cores")
+    for ax, zoom in zip(axes, (False, True), strict=True):
+        for run in runs:
+            colour = colours.get(run.label)
+            steps, values = run.series("episode/return")
+            if steps.size:
+                ax.plot(steps, values, ".", color=colour, alpha=0.35, ms=4)
+            steps, window = run.series("episode/return_window")
+            if steps.size:
+                ax.plot(steps, window, "-", color=colour, label=f"{run.label}, last 100 episodes")
+        ax.axhline(random, color="tab:red", ls=":", lw=1, label=f"random {random:g}")
+        if not zoom:
+            ax.axhline(IMPALA_PUBLISHED_PONG, color="k", ls="--", lw=1, label="IMPALA, 200M frames")
+            ax.axhline(human, color="tab:green", ls=":", lw=1, label=f"human {human:g}")
+            ax.set_ylim(-22, 22)
+        else:
+            ax.set_ylim(-21.3, -16.5)
+            ax.set_title("the same, zoomed (dots: each log interval's episodes)", fontsize=9)
+        ax.set_xlabel("env steps (agent steps; frames = 4 x)")
+        ax.set_ylabel("Pong score (unclipped)")
+        ax.legend(fontsize=7, loc="center right" if not zoom else "upper left")
+    axes[0].set_title("Pong, Ray actor-learner, 2 actors x 8 envs, 2 shared cores", fontsize=9)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)

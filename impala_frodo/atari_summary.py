@@ -6,9 +6,9 @@ takes the seed-mean score curve (:func:`~impala_frodo.plotting.seed_curves`), tu
 human-normalised scores (:mod:`impala_frodo.atari_scores`), and reports the median and the
 mean over games, against env steps (frames = 4 x agent steps):
 
-- :func:`atari_summary`: per algorithm, each game's final score (the mean of the last 10 %
-  of log records, averaged over seeds) and its human-normalised score, and their median
-  and mean over games;
+- :func:`atari_summary`: per algorithm, each game's final score (the mean score of the last
+  ``run.returns_window`` episodes at the end of each run, averaged over seeds) and its
+  human-normalised score, and their median and mean over games;
 - :func:`plot_hns`: two panels, the median and the mean human-normalised score over games
   against env steps, one curve per algorithm (over the step range every game reached).
 
@@ -31,6 +31,8 @@ from impala_frodo.atari_scores import human_normalised
 from impala_frodo.envs.atari import atari_game, is_atari_id
 from impala_frodo.plotting import CONTROL_METRIC, Run, final_values, load_runs, seed_curves
 
+#: The mean return of the last ``run.returns_window`` episodes, in each log record.
+WINDOW_METRIC = "episode/return_window"
 #: Points on the common env-step grid of the median/mean curves.
 GRID_POINTS = 100
 
@@ -51,7 +53,11 @@ def atari_summary(runs: Sequence[Run]) -> dict[str, Any]:
     for label, games in sorted(atari_runs(runs).items()):
         per_game = {}
         for game, members in sorted(games.items()):
-            finals = final_values(members, CONTROL_METRIC)
+            # The score: the mean of the last run.returns_window episodes at the run's end
+            # (the usual "last 100 episodes"); runs without it, the last 10 % of records.
+            finals = final_values(members, WINDOW_METRIC, fraction=0.0)
+            if label not in finals:
+                finals = final_values(members, CONTROL_METRIC)
             if label not in finals:
                 continue  # no episode ended yet
             score, se, seeds = finals[label]

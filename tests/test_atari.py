@@ -382,15 +382,18 @@ def test_pong_through_the_ray_actor_learner_writes_records(ray_local, tmp_path):
 # ------------------------------------------------------------------ summaries
 
 
-def _fake_run(root, name: str, preset: str, scores: list[float], seed: int = 0):
+def _fake_run(root, name: str, preset: str, scores: list[float], window: bool = True):
     """A run directory as ``train`` writes it: config.json and metrics.jsonl records."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    cfg = set_dotted(load_preset(preset), {"run.seed": seed})
+    cfg = load_preset(preset)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
-    lines = [
-        json.dumps({"env_steps": 1000 * (i + 1), "episode/return": s}) for i, s in enumerate(scores)
-    ]
+    lines = []
+    for i, score in enumerate(scores):
+        record = {"env_steps": 1000 * (i + 1), "episode/return": score}
+        if window:  # the last-episodes mean, here of the last 2 intervals' scores
+            record["episode/return_window"] = float(np.mean(scores[max(0, i - 1) : i + 1]))
+        lines.append(json.dumps(record))
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return run_dir
 
@@ -401,9 +404,11 @@ def test_atari_summary_reports_scores_and_median_and_mean_hns(tmp_path, capsys):
     from learner.cli import main
 
     dirs = [
-        _fake_run(tmp_path, "p", "atari-pong-impala", [-21.0] * 9 + [0.0]),  # final 0
-        _fake_run(tmp_path, "b", "atari-breakout-impala", [1.0] * 9 + [100.0]),  # final 100
-        _fake_run(tmp_path, "m", "atari-mspacman-impala", [6951.6] * 10),  # human
+        # the window (last 2 intervals) ends at 0 and at 100; the last intervals at 21, 150
+        _fake_run(tmp_path, "p", "atari-pong-impala", [-21.0] * 9 + [21.0]),
+        _fake_run(tmp_path, "b", "atari-breakout-impala", [1.0] * 8 + [50.0, 150.0]),
+        # no window in the records: the last 10 % of the interval means, 6951.6 (human)
+        _fake_run(tmp_path, "m", "atari-mspacman-impala", [6951.6] * 10, window=False),
         _fake_run(tmp_path, "c", "catch-impala", [1.0] * 10),  # not Atari: ignored
     ]
     runs = load_runs(dirs)
@@ -415,7 +420,9 @@ def test_atari_summary_reports_scores_and_median_and_mean_hns(tmp_path, capsys):
     assert row["mean_hns"] == pytest.approx((0.5864023 + 3.4131944 + 1.0) / 3, abs=1e-4)
     steps, median, mean, games = hns_curves(runs)["IMPALA (V-trace target)"]
     assert games == 3 and steps[0] == 1000 and steps[-1] == 10_000
-    assert median[-1] == pytest.approx(1.0) and mean[-1] == pytest.approx(row["mean_hns"], 1e-3)
+    # the curves are of the interval scores: 21, 150 and 6951.6 at the end
+    last = [human_normalised("pong", 21.0), human_normalised("breakout", 150.0), 1.0]
+    assert median[-1] == pytest.approx(sorted(last)[1]) and mean[-1] == pytest.approx(np.mean(last))
     out = tmp_path / "fig.png"
     assert main(["plot", *map(str, dirs[:3]), "--out", str(out)]) == 0
     err = capsys.readouterr().err
