@@ -4,7 +4,7 @@
 ``version``, ``logits``, ``__call__``) evaluated by a torch copy of the agent built from
 the packed layout, one thread, no autograd. It exists because of a measurement
 (``benchmarks/bench_atari.py``, docs/results-atari.md): on Atari frames the 15-layer ResNet
-costs about 2.6x more time in numpy than in torch on one core (im2col copies and small
+costs about 3x (2.6x to 3.5x) more time in numpy than in torch on one core (im2col copies and small
 matrix products against oneDNN's direct convolutions), while for the MLP and MinAtar's one
 convolution numpy is as fast and saves the actor torch's import.
 
