@@ -180,8 +180,8 @@ def ensure_venv() -> Path:
     (venv / STAMP).unlink(missing_ok=True)
     if not torch_installed(python):
         install_torch(python)
-    say("installing the project and its dependencies (pip install -e '.[dev,minatar]')")
-    pip(python, "install", "-e", f"{ROOT}[dev,minatar]")
+    say("installing the project and its dependencies (pip install -e '.[dev,minatar,atari]')")
+    pip(python, "install", "-e", f"{ROOT}[dev,minatar,atari]")
     (venv / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
     say(f"venv ready in {time.monotonic() - start:.0f} s")
     return python

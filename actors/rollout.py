@@ -36,6 +36,7 @@ import numpy as np
 from impala_frodo.config import Config
 from impala_frodo.envs import make_batched_env
 from impala_frodo.numpy_policy import NumpyPolicy
+from impala_frodo.torch_policy import make_policy
 from impala_frodo.trajectory import Trajectory
 from impala_frodo.unroll import Unroller
 from impala_frodo.weights import ParamLayout, pack_params
@@ -91,7 +92,16 @@ class RolloutActor:
         self.actor_id = actor_id
         seed = actor_seed(cfg.run.seed, actor_id) if seed is None else seed
         self.env = make_batched_env(cfg.env.id, cfg.run.envs_per_actor, seed=seed, **cfg.env.kwargs)
-        self.policy = NumpyPolicy(layout, seed=seed, obs_scale=self.env.observation_scale)
+        # numpy, or torch for IMPALA's ResNet (run.actor_inference; impala_frodo.torch_policy)
+        self.policy: NumpyPolicy = make_policy(
+            layout,
+            cfg.agent,
+            self.env.observation_shape,
+            self.env.num_actions,
+            seed=seed,
+            obs_scale=self.env.observation_scale,
+            inference=cfg.run.actor_inference,
+        )
         self.unroller = Unroller(self.env, cfg.run.unroll_length, seed=seed)
         self.num_unrolls = 0
         # The newest weights offered while an unroll runs (another thread, under Ray):

@@ -28,7 +28,9 @@ TARGET_FORMS = ("residual", "plain", "plain-zero-head", "residual-centred")
 #: The target forms that add the learned correction to the canonical V-trace target v_s.
 RESIDUAL_FORMS = ("residual", "residual-centred")
 META_SCHEDULES = ("chain", "sliding")
-TORSOS = ("auto", "mlp", "conv")  # impala_frodo.torsos
+TORSOS = ("auto", "mlp", "conv", "resnet")  # impala_frodo.torsos
+#: How actors evaluate mu (impala_frodo.torch_policy): auto = torch for a ResNet, else numpy.
+ACTOR_INFERENCE = ("auto", "numpy", "torch")
 #: numpy seeds are 32-bit.
 MAX_SEED = 2**32 - 1
 
@@ -93,7 +95,9 @@ class AgentConfig:
     ``torso``: ``"mlp"`` (the flat observation into ``hidden_sizes``; none = linear),
     ``"conv"`` (MinAtar's: a 3x3 convolution with ``conv_channels`` channels on
     ``[H, W, C]`` images, then ``hidden_sizes``; MinAtar's dense layer is ``[128]``),
-    ``"auto"`` (conv for image observations, else mlp).
+    ``"resnet"`` (IMPALA's deep ResNet, sections of 16, 32 and 32 channels, then
+    ``hidden_sizes``; IMPALA's dense layer is ``[256]``), ``"auto"`` (the ResNet for images
+    of at least 32 x 32 pixels such as Atari's frames, conv for smaller images, else mlp).
     """
 
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -249,6 +253,8 @@ class RunConfig:
     broadcast_every: int = 1  # learner updates between weight publications
     policy_lag: int = 0  # act with weights this many versions old, on purpose (0: newest)
     actor_num_cpus: float = 0.5
+    # mu in the actors: numpy, or torch (measured faster for the Atari ResNet; "auto").
+    actor_inference: str = "auto"
     device: str = "auto"
     logdir: str = "runs"
     checkpoint_every_s: float = 60.0
@@ -293,6 +299,7 @@ class RunConfig:
         )
         _in_range("run.actor_num_cpus", self.actor_num_cpus, 0.0, 64.0, low_open=True)
         _one_of("run.device", self.device, DEVICES)
+        _one_of("run.actor_inference", self.actor_inference, ACTOR_INFERENCE)
         _in_range("run.checkpoint_every_s", self.checkpoint_every_s, 0.0, 1e9, low_open=True)
         _in_range("run.log_every_s", self.log_every_s, 0.0, 1e9, low_open=True)
         _in_range("run.progress_timeout_s", self.progress_timeout_s, 0.0, 1e9, low_open=True)

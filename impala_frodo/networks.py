@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from impala_frodo.torsos import ConvTorso, is_image_shape, resolve_torso
+from impala_frodo.torsos import ConvTorso, ResNetTorso, is_image_shape, resolve_torso
 from impala_frodo.weights import ParamLayout, param_layout
 
 if TYPE_CHECKING:
@@ -36,7 +36,9 @@ class AgentNet(nn.Module):
     ``hidden_sizes`` ReLU layers (none: both heads linear in it, the random walk's
     linear V on one-hot states); ``"conv"`` is MinAtar's network for ``[H, W, C]``
     images, a 3x3 convolution with ``conv_channels`` channels, then ``hidden_sizes``;
-    ``"auto"`` takes conv for images and the MLP otherwise.
+    ``"resnet"`` is IMPALA's deep ResNet (Atari), then ``hidden_sizes``;
+    ``"auto"`` takes the ResNet for Atari-sized images, conv for small ones (MinAtar) and
+    the MLP otherwise.
     """
 
     def __init__(
@@ -56,6 +58,9 @@ class AgentNet(nn.Module):
         self.torso_kind = resolve_torso(torso, self.obs_shape)
         if self.torso_kind == "conv":
             self.torso = ConvTorso(self.obs_shape, conv_channels, hidden_sizes)
+            width = self.torso.out_features
+        elif self.torso_kind == "resnet":  # IMPALA's deep ResNet (Atari frames)
+            self.torso = ResNetTorso(self.obs_shape, hidden_sizes=hidden_sizes)
             width = self.torso.out_features
         else:
             self.torso, width = _mlp(math.prod(self.obs_shape), hidden_sizes)
@@ -78,7 +83,7 @@ class AgentNet(nn.Module):
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """``obs [..., *obs_shape]`` to ``(logits [..., A], values [...])``."""
         lead = obs.shape[: obs.dim() - len(self.obs_shape)]
-        if self.torso_kind == "conv":
+        if self.torso_kind in ("conv", "resnet"):
             x = self.torso(obs.reshape(-1, *self.obs_shape)).reshape(*lead, -1)
         else:
             x = self.torso(obs.reshape(*lead, -1))
@@ -108,7 +113,10 @@ class MetaNet(nn.Module):
 
     phi(x) is the flat observation, except for images ``[H, W, C]``: there it is a
     learned embedding (part of eta), MinAtar's convolution with ``embed_channels``
-    channels, then one ReLU layer of ``embed_size`` units (:class:`ConvTorso`).
+    channels, then one ReLU layer of ``embed_size`` units (:class:`ConvTorso`); for
+    Atari-sized frames (the torso ``"auto"`` picks IMPALA's ResNet for) it is a ResNet of
+    the same form with ``embed_channels``, ``2 embed_channels`` and ``2 embed_channels``
+    channels (IMPALA's with 16), then ``embed_size`` units (:class:`ResNetTorso`).
     """
 
     def __init__(
@@ -125,9 +133,13 @@ class MetaNet(nn.Module):
         self.obs_shape = tuple(obs_shape)
         self.hidden_size = hidden_size
         self.ratio_input = ratio_input
-        self.embed: ConvTorso | None = None
+        self.embed: ConvTorso | ResNetTorso | None = None
         phi_size = math.prod(self.obs_shape)
-        if is_image_shape(self.obs_shape):
+        if resolve_torso("auto", self.obs_shape) == "resnet":  # Atari frames
+            channels = (embed_channels, 2 * embed_channels, 2 * embed_channels)
+            self.embed = ResNetTorso(self.obs_shape, channels, (embed_size,))
+            phi_size = embed_size
+        elif is_image_shape(self.obs_shape):
             self.embed = ConvTorso(self.obs_shape, embed_channels, (embed_size,))
             phi_size = embed_size
         num_inputs = phi_size + 3 + int(ratio_input)

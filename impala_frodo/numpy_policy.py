@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from impala_frodo.numpy_resnet import is_resnet_layout, resnet_features, resnet_structure
 from impala_frodo.weights import ParamLayout, pack_params, param_layout
 
 #: A dense layer of the torso: ``torso.<i>.weight`` (MLP) or ``torso.dense.<i>.weight`` (conv).
@@ -22,8 +23,9 @@ _DENSE = re.compile(r"torso\.(?:dense\.)?(\d+)\.weight")
 class NumpyPolicy:
     """mu: the agent's policy evaluated with numpy from packed weights; samples actions.
 
-    Computes the same logits as :class:`~impala_frodo.networks.AgentNet` (MLP torso, or
-    MinAtar's conv torso: a 3x3 convolution, then dense ReLU layers) from the flat float32
+    Computes the same logits as :class:`~impala_frodo.networks.AgentNet` (MLP torso,
+    MinAtar's conv torso: a 3x3 convolution, then dense ReLU layers, or IMPALA's ResNet,
+    :mod:`impala_frodo.numpy_resnet`) from the flat float32
     vector of :func:`pack_params`, read as views in ``layout``. It takes observations as the
     env stores them and feeds the network ``obs_scale * obs`` as float32. Actions are drawn
     by Gumbel-max from a ``numpy`` generator seeded with ``seed``.
@@ -36,6 +38,8 @@ class NumpyPolicy:
             raise ValueError(f"not an agent's packed parameter layout: {names}")
         self.size = sum(int(np.prod(shape)) for _, shape in self.layout)
         self.conv = "torso.conv.weight" in names
+        # IMPALA's ResNet torso (Atari): its conv stack in impala_frodo.numpy_resnet.
+        self.resnet = resnet_structure(names) if is_resnet_layout(names) else None
         self.dense = sorted(
             (int(m.group(1)), m.group(0).removesuffix(".weight"))
             for name in names
@@ -83,6 +87,8 @@ class NumpyPolicy:
             x = x * np.float32(self.obs_scale)
         if self.conv:
             x = _conv3x3_relu(x, p["torso.conv.weight"], p["torso.conv.bias"])
+        elif self.resnet is not None:
+            x = resnet_features(x, p, self.resnet)
         x = x.reshape(x.shape[0], -1)
         for _, layer in self.dense:
             x = np.maximum(x @ p[f"{layer}.weight"].T + p[f"{layer}.bias"], 0.0)

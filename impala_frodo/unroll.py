@@ -53,7 +53,8 @@ class Unroller:
             rewards[t] = step.rewards
             done = step.terminated | step.truncated
             continues[t] = ~done
-            self._episode_return += step.rewards
+            # Episode returns are the raw score where rewards are clipped (Atari).
+            self._episode_return += step.rewards if step.raw_rewards is None else step.raw_rewards
             self._episode_length += 1
             if done.any():
                 ended = np.flatnonzero(done)

@@ -209,8 +209,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     if args.dpi <= 0:
         raise UsageError(f"--dpi must be > 0, got {args.dpi}")
+    run_dirs = expand_run_dirs(args.run_dirs)
     figure = plot_runs(
-        expand_run_dirs(args.run_dirs),
+        run_dirs,
         args.out,
         metric=args.metric,
         title=args.title,
@@ -218,6 +219,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
         dpi=args.dpi,
     )
     _say(f"wrote {figure}")
+    # Atari runs: median and mean human-normalised scores over games, and their figure.
+    from impala_frodo.atari_summary import report_atari
+
+    for line in report_atari(run_dirs, figure):
+        _say(line)
     return ExitCode.OK
 
 

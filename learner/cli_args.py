@@ -39,7 +39,13 @@ SUBCOMMANDS = ("train", "sweep", "plot", "presets")
 
 #: Flags that set one config field: (flag, dotted key, type, help).
 FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("--env", "env.id", str, "Gymnasium env id (impala_frodo/Catch-v0, CartPole-v1, ...)"),
+    (
+        "--env",
+        "env.id",
+        str,
+        "Gymnasium env id (impala_frodo/Catch-v0, CartPole-v1, ...); ALE/<Game>-v5 alone "
+        "starts from that Atari game's preset",
+    ),
     ("--algo", "algo", str, f"learning rule: {', '.join(ALGOS)}"),
     ("--num-actors", "run.num_actors", int, "rollout actors"),
     ("--envs-per-actor", "run.envs_per_actor", int, "envs each actor steps together"),
@@ -253,8 +259,14 @@ def config_from_args(args: argparse.Namespace, preset: str | None = None) -> Con
         if preset:
             raise UsageError("--preset cannot be combined with --resume (the run has its config)")
         cfg = read_config(resume_paths(resume)[0])
+    elif preset:
+        cfg = load_preset(preset)
     else:
-        cfg = load_preset(preset) if preset else Config()
+        # Atari's short form: --env ALE/<Game>-v5 starts from that game's preset.
+        from impala_frodo.atari_presets import atari_defaults
+
+        cfg = atari_defaults(getattr(args, "env.id", None), getattr(args, "algo", None))
+        cfg = cfg or Config()
     if args.config:
         cfg = merge(cfg, load_file(args.config))
     cfg = set_dotted(cfg, _flag_overrides(args))

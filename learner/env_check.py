@@ -6,7 +6,7 @@ import gymnasium
 
 from actors.rollout import EnvSpec, env_spec
 from impala_frodo.config import Config, ConfigError
-from impala_frodo.envs import minatar_envs  # (importing impala_frodo.envs registers our ids)
+from impala_frodo.envs import atari, minatar_envs  # (importing impala_frodo.envs registers ids)
 from impala_frodo.utils import first_line
 
 
@@ -17,6 +17,12 @@ def check_env_id(env_id: str) -> None:
             minatar_envs.register_minatar_envs()  # on first use; says how to install minatar
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if atari.is_atari_id(env_id):  # not in gymnasium's registry: our ALE vector env
+        try:
+            atari.check_atari_id(env_id)  # a known game; says how to install ale-py
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return
     if env_id not in gymnasium.registry:
         ours = [k for k in gymnasium.registry if k.startswith("impala_frodo/")]
         raise ConfigError(

@@ -8,12 +8,16 @@ again):
 - ``impala_frodo/RandomWalk-v0`` -> ``NonStationaryRandomWalk`` (kwargs ``switch_every``,
   ``left_rewards``). No ``TimeLimit`` either: the walk terminates with probability 1, and a
   time limit would cut the long episodes that the prediction metric is about.
+
+Atari's ``ALE/<Game>-v5`` ids (the ``atari`` extra) are served by :class:`BatchedAtari`
+(``impala_frodo.envs.atari``), not through Gymnasium's registry.
 """
 
 from __future__ import annotations
 
 import gymnasium
 
+from impala_frodo.envs.atari import AtariSettings, BatchedAtari
 from impala_frodo.envs.batched import (
     BatchedCatch,
     BatchedEnv,
@@ -45,7 +49,9 @@ register_envs()
 __all__ = [
     "CATCH_ID",
     "RANDOM_WALK_ID",
+    "AtariSettings",
     "BatchStep",
+    "BatchedAtari",
     "BatchedCatch",
     "BatchedEnv",
     "BatchedRandomWalk",

@@ -56,6 +56,8 @@ class BatchStep:
         final_obs: ``[N, *obs_shape]`` in ``observation_dtype``: the last observations of the
             episodes truncated at this step, rows in the order of ``np.flatnonzero(truncated)``
             (N may be 0).
+        raw_rewards: float32 ``[B]`` or None: the unclipped rewards where ``rewards`` are
+            clipped for learning (Atari); episode returns sum these. None: ``rewards`` are.
     """
 
     obs: np.ndarray
@@ -63,6 +65,7 @@ class BatchStep:
     terminated: np.ndarray
     truncated: np.ndarray
     final_obs: np.ndarray
+    raw_rewards: np.ndarray | None = None
 
 
 def _check_num_envs(num_envs: Any) -> int:
@@ -482,11 +485,17 @@ def make_batched_env(
     """Build B auto-resetting envs: the numpy versions for our ids, Gymnasium for the rest.
 
     ``impala_frodo/Catch-v0`` takes ``rows``, ``columns``, ``random_start_row``;
-    ``impala_frodo/RandomWalk-v0`` takes ``switch_every``, ``left_rewards``; any other id gets
+    ``impala_frodo/RandomWalk-v0`` takes ``switch_every``, ``left_rewards``; ``ALE/<Game>-v5``
+    (Atari, :class:`~impala_frodo.envs.atari.BatchedAtari`) takes the fields of
+    :class:`~impala_frodo.envs.atari.AtariSettings`; any other id gets
     ``env_kwargs`` passed to ``gymnasium.make``. Raises ``ValueError`` for an unknown id.
     """
     if env_id == catch.ENV_ID:
         return BatchedCatch(num_envs, seed=seed, **env_kwargs)
     if env_id == random_walk.ENV_ID:
         return BatchedRandomWalk(num_envs, seed=seed, **env_kwargs)
+    if env_id.startswith("ALE/"):  # Atari: the ALE's vector env (impala_frodo.envs.atari)
+        from impala_frodo.envs.atari import BatchedAtari
+
+        return BatchedAtari(env_id, num_envs, seed=seed, **env_kwargs)
     return GymnasiumBatchedEnv(env_id, num_envs, seed=seed, **env_kwargs)
