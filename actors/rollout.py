@@ -147,6 +147,7 @@ class RolloutActor:
             raise RuntimeError("RolloutActor.unroll before any weights were set")
         trajectory = self.unroller.unroll(self.policy, self.policy.version)
         trajectory.actor_id = self.actor_id
+        trajectory.actor_pid = os.getpid()
         self.num_unrolls += 1
         return trajectory
 

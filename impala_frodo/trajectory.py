@@ -49,6 +49,7 @@ class Trajectory:
     episode_lengths: list[int] = field(default_factory=list)
     ground_truth: GroundTruth | None = None  # the env's, at the unroll's end (random walk)
     actor_id: int = 0
+    actor_pid: int = 0  # the acting process: a new one on the same actor is a restart
     obs_scale: float = 1.0  # the network's input is obs_scale * obs (1/255 for uint8 pixels)
 
     @property

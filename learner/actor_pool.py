@@ -105,6 +105,10 @@ class _Slot:
     #: When this handle was made, and when it last returned an unroll (monotonic s).
     created_at: float = field(default_factory=time.monotonic)
     returned_at: float | None = None
+    #: The processes seen returning unrolls on this handle, and the incarnation when the
+    #: newest appeared: a new one with no death counted since is a restart no call saw.
+    pids: set[int] = field(default_factory=set)
+    pid_incarnation: int = 0
 
 
 class ActorPool:
@@ -241,6 +245,8 @@ class ActorPool:
             self.lost_unrolls += 1
             raise TrainingError(f"actor {slot.actor_id} raised {remote_error(e)}") from e
         self.collected += 1
+        if handle == slot.replacements:
+            self._note_process(slot, trajectory.actor_pid)
         if incarnation == slot.incarnation:
             slot.healthy = True
         slot.returned_at = time.monotonic()
@@ -299,12 +305,37 @@ class ActorPool:
                 self.max_restarts,
             )
 
-    def _count_failure(self, slot: _Slot, error: RayActorError) -> None:
+    def _note_process(self, slot: _Slot, pid: int) -> None:
+        """Count a restart that no failed call showed, once.
+
+        An actor that dies with no call in flight (its results all back) and that Ray has
+        restarted before its next call fails no call: only the new process id that its
+        next unroll carries shows the death. A death already counted from a failed call
+        (the incarnation moved since the newest process appeared) is not counted again.
+        """
+        if pid in slot.pids:
+            return
+        if slot.pids and slot.pid_incarnation == slot.incarnation:
+            slot.deaths_on_handle += 1
+            self._count_failure(slot, f"restarted unseen (a new process, pid {pid})")
+            log.warning(
+                "actor %d was restarted by Ray with no call in flight (new pid %d): "
+                "counted as a death (%d/%d)",
+                slot.actor_id,
+                pid,
+                slot.deaths_on_handle,
+                self.max_restarts,
+            )
+        slot.pids.add(pid)
+        slot.pid_incarnation = slot.incarnation
+
+    def _count_failure(self, slot: _Slot, what: RayActorError | str) -> None:
         self.failures += 1
         if self.failures > self.max_failures:
+            reason = what if isinstance(what, str) else first_line(what)
             raise TrainingError(
                 f"rollout actors failed {self.failures} times (limit {self.max_failures}); "
-                f"last: actor {slot.actor_id}: {first_line(error)}"
+                f"last: actor {slot.actor_id}: {reason}"
             )
 
     def describe_waits(self) -> str:
@@ -337,6 +368,7 @@ class ActorPool:
         slot.healthy, slot.retry_at = True, 0.0
         slot.needs_weights, slot.offers = True, []
         slot.created_at, slot.returned_at = time.monotonic(), None
+        slot.pids, slot.pid_incarnation = set(), slot.incarnation
 
     def shutdown(self) -> None:
         """Kill the actors; unfinished calls are abandoned (never counted as trained on)."""

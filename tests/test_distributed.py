@@ -21,6 +21,7 @@ from impala_frodo.checkpoint import load_checkpoint
 from impala_frodo.config import Config, set_dotted
 from impala_frodo.presets import load_preset
 from impala_frodo.runlog import read_metrics
+from learner.actor_pool import ActorPool, _Slot
 from learner.driver import TrainOptions, train
 from learner.exit_codes import ExitCode
 
@@ -205,6 +206,23 @@ def test_killed_actors_are_restarted_and_the_run_finishes(ray_local, tmp_path, c
     assert any(m.startswith("actor 1 died") for m in died)
     records = read_metrics(result.run_dir / "metrics.jsonl")
     assert records[-1]["perf/actor_failures"] == 2
+
+
+def test_a_restart_no_failed_call_showed_is_counted_once_by_its_new_process():
+    """An actor killed with no call in flight and restarted by Ray before its next call
+    fails no call: the new process id its next unroll carries is the death, counted once
+    (late results of the old process do not count again), and a death a failed call
+    already counted is not counted a second time."""
+    pool = object.__new__(ActorPool)  # the bookkeeping alone: no Ray, no actors
+    pool.failures, pool.max_failures, pool.max_restarts = 0, 10, 3
+    slot = _Slot(handle=None, actor_id=0)
+    for pid in (100, 100, 200, 100, 200):
+        pool._note_process(slot, pid)
+    assert pool.failures == 1 and slot.deaths_on_handle == 1
+    slot.incarnation += 1  # a failed call counted the next death (ActorPool._on_actor_error)
+    pool.failures += 1
+    pool._note_process(slot, 300)  # the process Ray started after it
+    assert pool.failures == 2 and slot.deaths_on_handle == 1
 
 
 def test_an_actor_out_of_restarts_is_replaced(ray_local, tmp_path, caplog):
