@@ -194,14 +194,23 @@ def read_config(run_dir: str | Path) -> Config:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` (a torn last line from a crash is skipped)."""
+    """All records of a ``metrics.jsonl`` (a torn last line from a crash is skipped).
+
+    Raises :class:`RunDirError` (bad input) if the file is not UTF-8 text.
+    """
     records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                with contextlib.suppress(json.JSONDecodeError):
-                    records.append(json.loads(line))
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as e:
+        raise RunDirError(
+            f"{str(path)!r} is not UTF-8 text (byte {e.start}): not a metrics file of a run"
+        ) from None
+    for line in lines:
+        line = line.strip()
+        if line:
+            with contextlib.suppress(json.JSONDecodeError):
+                records.append(json.loads(line))
     return records
 
 

@@ -21,6 +21,7 @@ are :class:`learner.exit_codes.ExitCode`, described in
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -56,8 +57,10 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parser.parse_args(normalise_argv(argv))
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+    except SystemExit as e:  # argparse's --help (0)
         return int(e.code or 0)
+    except UsageError as e:  # argparse's errors, one line (OneLineErrorParser)
+        return _error(str(e))
     try:
         return _run_command(args)
     except BAD_INPUT as e:
@@ -112,6 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     check_device(cfg)
+    if args.stop_at_return is not None and not math.isfinite(args.stop_at_return):
+        raise UsageError(f"--stop-at-return must be a finite number, got {args.stop_at_return}")
     resume_dir, resume_checkpoint = resume_paths(args.resume) if args.resume else (None, None)
     options = TrainOptions(
         resume_dir=resume_dir,

@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from impala_frodo.checkpoint import CheckpointError
 from impala_frodo.config import (
@@ -103,9 +103,18 @@ class UsageError(Exception):
 
 
 # ------------------------------------------------------------------ parser
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with its errors as :class:`UsageError` (one line, exit code 2), not the
+    usage block: ``--seed abc`` reads like every other bad input. ``--help`` is unchanged.
+    Subcommand parsers are of the same class (``add_subparsers`` uses the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The ``impala-frodo`` parser: ``train``, ``sweep``, ``plot`` and ``presets``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog,
         description="FRODO meta-gradient RL on an IMPALA-style Ray actor-learner.",
         epilog="With options but no subcommand, the options are those of 'train'. "

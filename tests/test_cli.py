@@ -138,6 +138,15 @@ BAD_INPUTS = [
      ["actor_num_cpus"], None),
     ("checkpoint-without-counters",
      lambda t: ["--resume", _run_dir_with(t, {})], ["no valid counters"], None),
+    # Issue 23: argparse's type errors in one line; non-finite and over-long numbers.
+    ("seed-not-a-number", lambda t: ["--seed", "abc"],
+     ["argument --seed", "invalid int value: 'abc'"], None),
+    ("num-actors-float", lambda t: ["--num-actors", "1e12"],
+     ["argument --num-actors", "invalid int value"], None),
+    ("stop-at-return-nan", lambda t: ["--stop-at-return", "nan"],
+     ["--stop-at-return must be a finite number"], None),
+    ("lr-5000-digits", lambda t: ["--set", "optim.lr=" + "9" * 5000],
+     ["optim.lr must be a number"], None),
 ]  # fmt: skip
 
 
@@ -156,6 +165,16 @@ def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, monkeypatch, build, f
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     argv = ["train", "--logdir", str(tmp_path / "runs"), *build(tmp_path), "--no-progress"]
     assert_usage_error(capsys, argv, *fragments)
+
+
+def test_plot_refuses_a_metrics_file_that_is_not_utf8(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(Config().to_dict()))
+    (run_dir / "metrics.jsonl").write_bytes(b'{"env_steps": 1}\n\xff\xfe\n')
+    assert_usage_error(
+        capsys, ["plot", str(run_dir), "--out", str(tmp_path / "f.png")], "is not UTF-8 text"
+    )
 
 
 def test_module_entry_point_reports_bad_input_without_traceback():
