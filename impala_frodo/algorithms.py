@@ -60,7 +60,6 @@ class Objective(ABC):
     meta_net: nn.Module | None = None
 
     def __init__(self, cfg: Config, agent: nn.Module, obs_shape: Sequence[int]) -> None:
-        self.cfg = cfg
         self.loss = cfg.loss
         self.agent = agent
         self.control = cfg.task == "control"

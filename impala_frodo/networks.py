@@ -13,20 +13,17 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from impala_frodo.torsos import ConvTorso, ResNetTorso, is_image_shape, resolve_torso
+from impala_frodo.torsos import (
+    ConvTorso,
+    ResNetTorso,
+    dense_relu_stack,
+    is_image_shape,
+    resolve_torso,
+)
 from impala_frodo.weights import ParamLayout, param_layout
 
 if TYPE_CHECKING:
     from impala_frodo.config import AgentConfig
-
-
-def _mlp(in_features: int, hidden_sizes: Sequence[int]) -> tuple[nn.Sequential, int]:
-    layers: list[nn.Module] = []
-    width = in_features
-    for h in hidden_sizes:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    return nn.Sequential(*layers), width
 
 
 class AgentNet(nn.Module):
@@ -63,7 +60,7 @@ class AgentNet(nn.Module):
             self.torso = ResNetTorso(self.obs_shape, hidden_sizes=hidden_sizes)
             width = self.torso.out_features
         else:
-            self.torso, width = _mlp(math.prod(self.obs_shape), hidden_sizes)
+            self.torso, width = dense_relu_stack(math.prod(self.obs_shape), hidden_sizes)
         self.policy = nn.Linear(width, num_actions)
         self.value = nn.Linear(width, 1)
 

@@ -37,6 +37,16 @@ RESNET_MIN_SIZE = 32
 RESNET_CHANNELS = (16, 32, 32)
 
 
+def dense_relu_stack(in_features: int, hidden_sizes: Sequence[int]) -> tuple[nn.Sequential, int]:
+    """Dense ReLU layers of ``hidden_sizes`` after ``in_features`` inputs, and their width."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden_sizes:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    return nn.Sequential(*layers), width
+
+
 def is_image_shape(obs_shape: Sequence[int]) -> bool:
     """An image observation: rank 3, channels last ``[H, W, C]``."""
     return len(obs_shape) == 3
@@ -84,12 +94,7 @@ class ConvTorso(nn.Module):
         self.obs_shape = (height, width, in_channels)
         self.conv = nn.Conv2d(in_channels, channels, KERNEL_SIZE)
         size = channels * (height - KERNEL_SIZE + 1) * (width - KERNEL_SIZE + 1)
-        layers: list[nn.Module] = []
-        for h in hidden_sizes:
-            layers += [nn.Linear(size, h), nn.ReLU()]
-            size = h
-        self.dense = nn.Sequential(*layers)
-        self.out_features = size
+        self.dense, self.out_features = dense_relu_stack(size, hidden_sizes)
 
     def forward(self, obs: Tensor) -> Tensor:
         x = self.conv(obs.permute(0, 3, 1, 2)).relu()  # a view: [N, C, H, W], channels_last
@@ -155,12 +160,7 @@ class ResNetTorso(nn.Module):
         self.sections = nn.Sequential(*sections)
         size = in_channels * resnet_output_size(height, len(channels))
         size *= resnet_output_size(width, len(channels))
-        layers: list[nn.Module] = []
-        for h in hidden_sizes:
-            layers += [nn.Linear(size, h), nn.ReLU()]
-            size = h
-        self.dense = nn.Sequential(*layers)
-        self.out_features = size
+        self.dense, self.out_features = dense_relu_stack(size, hidden_sizes)
 
     def forward(self, obs: Tensor) -> Tensor:
         x = self.sections(obs.permute(0, 3, 1, 2))  # a view: [N, C, H, W], channels_last
