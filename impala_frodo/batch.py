@@ -40,6 +40,30 @@ class Batch:
     def shape(self) -> tuple[int, int]:
         return tuple(self.actions.shape)  # type: ignore[return-value]
 
+    def shard(self, index: int, count: int) -> Batch:
+        """Columns ``[index B/count, (index + 1) B/count)``: one of ``count`` equal shards
+        along B (for data-parallel learners; B must divide evenly)."""
+        steps, width = self.shape
+        if not 0 <= index < count or width % count:
+            raise ValueError(f"cannot take shard {index} of {count} of a batch of B = {width}")
+        size = width // count
+        start, stop = index * size, (index + 1) * size
+        t, b = (
+            torch.div(self.truncation_index, width, rounding_mode="floor"),
+            (self.truncation_index % width),
+        )
+        inside = (b >= start) & (b < stop)
+        return Batch(
+            obs=self.obs[:, start:stop],
+            actions=self.actions[:, start:stop],
+            rewards=self.rewards[:, start:stop],
+            continues=self.continues[:, start:stop],
+            behaviour_log_probs=self.behaviour_log_probs[:, start:stop],
+            truncation_index=t[inside] * size + b[inside] - start,
+            truncation_obs=self.truncation_obs[inside],
+            policy_versions=self.policy_versions,
+        )
+
     @classmethod
     def from_trajectories(
         cls,
