@@ -42,8 +42,9 @@ class Batch:
 
     def shard(self, index: int, count: int) -> Batch:
         """Columns ``[index B/count, (index + 1) B/count)``: one of ``count`` equal shards
-        along B (for data-parallel learners; B must divide evenly)."""
-        steps, width = self.shape
+        along B (for data-parallel learners; B must divide evenly), in its own memory (a
+        view would carry the whole batch's storage when it is sent to another process)."""
+        width = self.shape[1]
         if not 0 <= index < count or width % count:
             raise ValueError(f"cannot take shard {index} of {count} of a batch of B = {width}")
         size = width // count
@@ -53,12 +54,16 @@ class Batch:
             (self.truncation_index % width),
         )
         inside = (b >= start) & (b < stop)
+
+        def columns(tensor: Tensor) -> Tensor:
+            return tensor[:, start:stop].contiguous()
+
         return Batch(
-            obs=self.obs[:, start:stop],
-            actions=self.actions[:, start:stop],
-            rewards=self.rewards[:, start:stop],
-            continues=self.continues[:, start:stop],
-            behaviour_log_probs=self.behaviour_log_probs[:, start:stop],
+            obs=columns(self.obs),
+            actions=columns(self.actions),
+            rewards=columns(self.rewards),
+            continues=columns(self.continues),
+            behaviour_log_probs=columns(self.behaviour_log_probs),
             truncation_index=t[inside] * size + b[inside] - start,
             truncation_obs=self.truncation_obs[inside],
             policy_versions=self.policy_versions,

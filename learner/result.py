@@ -18,6 +18,7 @@ from impala_frodo.updater import NonFiniteLossError
 from learner.actor_pool import TrainingError
 from learner.exit_codes import ExitCode
 from learner.learner import History
+from learner.learner_group import LearnerFailure
 
 
 class StopReason(StrEnum):
@@ -33,6 +34,7 @@ class StopReason(StrEnum):
     NAN = ("nan", ExitCode.FAILED, "failed: a non-finite loss")
     DISK = ("disk", ExitCode.FAILED, "failed: a write refused by the disk")
     ACTORS = ("actors", ExitCode.FAILED, "failed: the rollout actors")
+    LEARNERS = ("learners", ExitCode.FAILED, "failed: a learner process")
 
     def __new__(cls, value: str, exit_code: ExitCode, summary: str) -> StopReason:
         member = str.__new__(cls, value)
@@ -63,6 +65,8 @@ FAILURES: dict[type[BaseException], Failure] = {
     NonFiniteLossError: Failure(StopReason.NAN, False, "training stopped: {error}; {last_good}"),
     StorageError: Failure(StopReason.DISK, False, "training stopped: {error}; {last_good}"),
     TrainingError: Failure(StopReason.ACTORS, True, "{error}", "training stopped: {message}"),
+    # The other learners may be stuck in a collective: rank 0's state cannot be read.
+    LearnerFailure: Failure(StopReason.LEARNERS, False, "training stopped: {error}; {last_good}"),
     # A second SIGINT/SIGTERM: abort now; the last periodic checkpoint stays.
     KeyboardInterrupt: Failure(
         StopReason.SIGNAL, False, "aborted by a second signal: no final checkpoint"
