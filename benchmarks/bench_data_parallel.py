@@ -196,7 +196,11 @@ def e2e(repeats: int, steps: int) -> list[dict[str, Any]]:
                                 "run.logdir": logdir,
                             },
                         )
-                        result = train(cfg, TrainOptions(progress=False, handle_signals=False))
+                        # One torch thread for the driver's learner, as each of two has.
+                        options = TrainOptions(
+                            progress=False, handle_signals=False, learner_threads=1
+                        )
+                        result = train(cfg, options)
                         if result.exit_code != 0:
                             raise RuntimeError(f"{algo} {name}: {result.message}")
                         rates.setdefault((algo, name), []).append(steady_rate(result.run_dir))

@@ -145,10 +145,22 @@ class RankLearner:
         return self.updater.values(obs).cpu()
 
     def state_dict(self) -> dict[str, Any]:
-        return self.updater.state_dict()
+        """The updater's state on CPU (the driver that saves it may have no GPU)."""
+        return _on_cpu(self.updater.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updater.load_state_dict(state)
+
+
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in its nested dicts and lists moved to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
