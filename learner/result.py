@@ -63,9 +63,9 @@ FAILURES: dict[type[BaseException], Failure] = {
     NonFiniteLossError: Failure(StopReason.NAN, False, "training stopped: {error}; {last_good}"),
     StorageError: Failure(StopReason.DISK, False, "training stopped: {error}; {last_good}"),
     TrainingError: Failure(StopReason.ACTORS, True, "{error}", "training stopped: {message}"),
-    # A second SIGINT/SIGTERM: abort now; the last periodic checkpoint stays.
+    # Ctrl-C without our handler (a second signal ends the process in learner.signals).
     KeyboardInterrupt: Failure(
-        StopReason.SIGNAL, False, "aborted by a second signal: no final checkpoint"
+        StopReason.SIGNAL, False, "interrupted: no final checkpoint"
     ),
 }
 

@@ -1,21 +1,40 @@
-"""SIGINT/SIGTERM during a run: the first asks for a graceful stop, a second aborts."""
+"""SIGINT/SIGTERM during a run: the first asks for a graceful stop, a second aborts.
+
+The handler does as little as it can: Python runs it in the main thread between two
+bytecodes, wherever that thread is, inside a logging lock or a ``print`` included. So
+it never logs, never raises and takes no lock: the first signal sets a flag and
+writes one line with ``os.write``; a second writes one line and ends the process with
+``os._exit(130)`` at once (the run's files stay as the last checkpoint left them; the
+kernel drops ``run.lock``; a local Ray instance's processes are ended by its reaper,
+:mod:`learner.reaper`, where one runs, and by Ray's own fate-sharing).
+"""
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import os
 import signal
 import threading
 from typing import Any
 
-log = logging.getLogger("impala_frodo")
+from learner.exit_codes import ExitCode
+
+#: The prefix of the handler's lines (the CLI's name, as its log lines have).
+_PREFIX = "[impala-frodo]"
+
+
+def write_stderr(text: str) -> None:
+    """Best-effort ``os.write`` of ``text`` to fd 2: no lock, no buffer, never raises."""
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode("utf-8", "replace"))
 
 
 class StopSignal:
     """SIGINT/SIGTERM -> a flag the loop checks (graceful stop); a second one aborts.
 
-    The abort is a ``KeyboardInterrupt`` raised wherever the driver is, so that a run
-    stuck in a call still ends; the first signal only sets :attr:`signum`, and the loop
-    stops after its current update with a final checkpoint.
+    The first signal only sets :attr:`signum`: the loop stops after its current update
+    with a final checkpoint. A second one ends the process at once with exit code 130
+    (``os._exit``: no final checkpoint, no clean-up that could hang).
     """
 
     def __init__(self) -> None:
@@ -37,12 +56,14 @@ class StopSignal:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
         if self.signum is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting")
+            write_stderr(f"{_PREFIX} second {name}: aborted, without a final checkpoint\n")
+            os._exit(ExitCode.INTERRUPTED)
         self.signum = signum
-        log.warning(
-            "%s: stopping after this update with a final checkpoint (again to abort)",
-            signal.Signals(signum).name,
+        write_stderr(
+            f"{_PREFIX} {name}: stopping after this update with a final checkpoint "
+            f"(again to abort)\n"
         )
 
     @property
