@@ -38,6 +38,7 @@ from learner.cli_args import (
     UsageError,
     build_parser,
     check_device,
+    check_paths,
     check_sweep_args,
     config_from_args,
     max_actor_restarts,
@@ -97,6 +98,7 @@ def _main(argv: Sequence[str], prog: str) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    check_paths(args)
     if args.command == "presets":
         return cmd_presets()
     if args.command == "sweep":

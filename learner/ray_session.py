@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -196,12 +197,27 @@ def _quiet_default_token_auth() -> Iterator[None]:
 
 
 def check_local_cpus(cfg: Config) -> None:
-    """On the local Ray a run starts (``os.cpu_count()`` CPUs) every actor must fit."""
+    """On the local Ray a run starts (``os.cpu_count()`` CPUs) every actor must fit.
+
+    An actor holds its ``run.actor_num_cpus`` for the whole run, so actors beyond what
+    the instance's CPUs hold at once are never placed: the run would wait for them until
+    ``run.progress_timeout_s``. Refused as bad input before Ray starts. (A cluster may
+    grow: there :func:`check_resources` only warns.)
+    """
     cpus = os.cpu_count() or 1
-    if cfg.run.actor_num_cpus > cpus:
+    per_actor = cfg.run.actor_num_cpus
+    if per_actor > cpus:
         raise ConfigError(
-            f"run.actor_num_cpus = {cfg.run.actor_num_cpus:g} is more than the {cpus} CPUs of "
+            f"run.actor_num_cpus = {per_actor:g} is more than the {cpus} CPUs of "
             f"the local Ray instance this run starts: no actor could ever be placed"
+        )
+    placeable = math.floor(cpus / per_actor + 1e-9)
+    if cfg.run.num_actors > placeable:
+        raise ConfigError(
+            f"run.num_actors = {cfg.run.num_actors:,} actors of run.actor_num_cpus = "
+            f"{per_actor:g} need {cfg.run.num_actors * per_actor:,.1f} CPUs, but the local Ray "
+            f"instance this run starts has {cpus}: at most {placeable} actors can be placed; "
+            f"lower --num-actors or --actor-num-cpus, or join a cluster with --address"
         )
 
 

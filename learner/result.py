@@ -64,9 +64,7 @@ FAILURES: dict[type[BaseException], Failure] = {
     StorageError: Failure(StopReason.DISK, False, "training stopped: {error}; {last_good}"),
     TrainingError: Failure(StopReason.ACTORS, True, "{error}", "training stopped: {message}"),
     # Ctrl-C without our handler (a second signal ends the process in learner.signals).
-    KeyboardInterrupt: Failure(
-        StopReason.SIGNAL, False, "interrupted: no final checkpoint"
-    ),
+    KeyboardInterrupt: Failure(StopReason.SIGNAL, False, "interrupted: no final checkpoint"),
 }
 
 
