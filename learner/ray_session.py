@@ -22,6 +22,7 @@ import ray
 
 from impala_frodo.config import Config, ConfigError
 from impala_frodo.utils import first_line, os_error_reason
+from learner.reaper import Reaper
 
 log = logging.getLogger("impala_frodo")
 
@@ -70,11 +71,13 @@ def ray_session(
         yield False
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    reaper = None
     if address:
         _connect(address, connect_timeout_s, should_stop)
     else:
         with _quiet_default_token_auth():
             ray.init(**local_ray_init_kwargs())
+        reaper = _start_reaper()
     try:
         yield True
     finally:
@@ -82,6 +85,30 @@ def ray_session(
             ray.shutdown()  # only disconnects: the cluster stays up
         else:
             _shutdown_local()
+            if reaper is not None:
+                reaper.close()
+
+
+def _head_pids() -> list[int]:
+    """The pids of the local instance's head processes (GCS, raylet, monitors, API server)."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    processes = getattr(node, "all_processes", None) or {}
+    return [
+        info.process.pid
+        for infos in processes.values()
+        for info in infos
+        if getattr(info, "process", None) is not None
+    ]
+
+
+def _start_reaper() -> Reaper | None:
+    """A :class:`~learner.reaper.Reaper` for the instance just started (None if Ray's
+    internals differ, or where there is no ``/proc``)."""
+    pids = _head_pids()
+    if not pids or not os.path.isdir("/proc"):
+        log.warning("no reaper for the local Ray instance: its processes may outlive a crash")
+        return None
+    return Reaper(pids)
 
 
 #: The process type of Ray's autoscaler monitor (``ray_constants.PROCESS_TYPE_MONITOR``).
