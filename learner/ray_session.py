@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -89,6 +90,35 @@ def ray_session(
                 reaper.close()
 
 
+def lost_local_node() -> str | None:
+    """What is wrong with the local instance this process started, if its node is gone
+    (its raylet exited: SIGKILL, OOM); None if it is fine, or if this process started none.
+    """
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None or not ray.is_initialized() or not getattr(node, "head", False):
+        return None
+    return raylet_failure(getattr(node, "all_processes", None) or {})
+
+
+def raylet_failure(processes: dict[str, Any]) -> str | None:
+    """The death of the raylet among a local node's ``all_processes`` (Ray's
+    ``ProcessInfo`` lists by type), said in words; None while it runs."""
+    for info in processes.get(_RAYLET, []):
+        process = getattr(info, "process", None)
+        code = None if process is None else process.poll()
+        if code is not None:
+            how = f"killed by {_signal_name(-code)}" if code < 0 else f"exit status {code}"
+            return f"the local Ray node is lost: its raylet (pid {process.pid}) died ({how})"
+    return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _head_pids() -> list[int]:
     """The pids of the local instance's head processes (GCS, raylet, monitors, API server)."""
     node = getattr(ray._private.worker, "_global_node", None)
@@ -111,8 +141,9 @@ def _start_reaper() -> Reaper | None:
     return Reaper(pids)
 
 
-#: The process type of Ray's autoscaler monitor (``ray_constants.PROCESS_TYPE_MONITOR``).
+#: The process types of Ray's autoscaler monitor and raylet (``ray_constants.PROCESS_TYPE_*``).
 _MONITOR = "monitor"
+_RAYLET = "raylet"
 
 
 def _shutdown_local() -> None:
