@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from impala_frodo import checkpoint as ckpt
+from impala_frodo import utils as ckpt_utils
 from impala_frodo.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -221,3 +223,25 @@ def test_a_save_onto_a_full_file_system_is_enospc_and_keeps_latest(small_tmpfs, 
     assert manager.latest.read_bytes() == before
     assert load_checkpoint(manager.latest)["counters"] == _state(1)["counters"]
     assert sorted(p.name for p in manager.directory.iterdir()) == ["latest.pt"]
+
+
+@pytest.mark.parametrize(
+    "fault", [errno.EDQUOT, errno.EIO, errno.EROFS], ids=["quota", "io-error", "read-only"]
+)
+def test_a_save_the_file_system_refuses_late_is_an_oserror_and_keeps_latest(
+    tmp_path, monkeypatch, fault
+):
+    """A quota or a file-system error often shows only at fsync (NFS, FUSE)."""
+    manager = CheckpointManager(tmp_path)
+    manager.save(_state(1))
+    before = manager.latest.read_bytes()
+
+    def fsync(fd):
+        raise OSError(fault, os.strerror(fault))
+
+    monkeypatch.setattr(ckpt_utils.os, "fsync", fsync)
+    with pytest.raises(OSError) as failure:
+        manager.save(_state(2))
+    assert failure.value.errno == fault and failure.value.strerror == os.strerror(fault)
+    assert manager.latest.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
