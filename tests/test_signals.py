@@ -75,3 +75,39 @@ def test_one_sigterm_stops_with_a_final_checkpoint_and_130(tmp_path):
     assert "SIGTERM: stopping after this update with a final checkpoint" in err
     assert "final checkpoint: " in err and "stopped by a signal." in err
     assert "Logging error" not in err and "Traceback" not in err, err
+
+
+#: A main thread stuck for good in native code with the GIL released (as in a Ray call
+#: that never returns): a second lock of a default pthread mutex never returns, and no
+#: Python signal handler can run in that thread.
+STUCK_IN_NATIVE_CODE = """
+import ctypes, sys
+from learner.signals import StopSignal
+StopSignal().install()
+libc = ctypes.CDLL(None)
+mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER
+libc.pthread_mutex_lock(mutex)
+print("stuck", flush=True)
+libc.pthread_mutex_lock(mutex)
+"""
+
+
+def test_a_second_signal_aborts_a_main_thread_stuck_in_native_code():
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUCK_IN_NATIVE_CODE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline().strip() == "stuck"
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+    assert process.returncode == ExitCode.INTERRUPTED, err
+    assert "second SIGTERM: aborted, without a final checkpoint" in err
