@@ -23,6 +23,8 @@ lists by :func:`capture_rng_state` and put back by :func:`restore_rng_state`.
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import logging
 import os
 import pickle
@@ -98,14 +100,52 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------- file level
+#: The prefix of errors raised by torch's C++ zip writer (``[enforce fail at x.cc:1] . ``).
+_ENFORCE_PREFIX = re.compile(r"^\[enforce fail at [^\]]*\]\s*\.?\s*")
+
+
+def serialise(state: Any) -> bytes:
+    """``torch.save`` of ``state`` into memory; a failure of torch's writer is an ``OSError``.
+
+    The file is then written by plain ``write`` calls, so that a full disk, a quota or a
+    file-system error is the kernel's ``OSError`` (errno and all), not torch's
+    ``RuntimeError: [enforce fail at inline_container.cc] ...`` that its zip writer
+    raises over the ``OSError`` it met. Should torch's writer fail anyway, that
+    ``RuntimeError`` becomes an ``OSError`` too: the OSError it wraps if there is one,
+    else ``EIO`` with torch's reason in one line.
+    """
+    buffer = io.BytesIO()
+    try:
+        torch.save(state, buffer)
+    except RuntimeError as e:
+        raise _as_os_error(e) from None
+    return buffer.getvalue()
+
+
+def _as_os_error(error: RuntimeError) -> OSError:
+    """The ``OSError`` behind torch's writer error, or one made of its first line."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    reason = _ENFORCE_PREFIX.sub("", first_line(error)) or type(error).__name__
+    return OSError(errno.EIO, f"torch.save failed ({reason})")
+
+
 def _write_temp(state: Any, path: Path) -> Path:
-    """``torch.save`` to a flushed and fsync'ed temp file beside ``path`` (removed on failure)."""
-    return write_temp_beside(path, lambda f: torch.save(state, f))
+    """``torch.save`` to a flushed and fsync'ed temp file beside ``path`` (removed on failure).
+
+    Raises ``OSError`` whatever layer fails (:func:`serialise`).
+    """
+    data = serialise(state)
+    return write_temp_beside(path, lambda f: f.write(data))
 
 
 def save_atomic(state: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` atomically (:func:`impala_frodo.utils.write_atomic`)."""
-    return write_atomic(path, lambda f: torch.save(state, f))
+    data = serialise(state)
+    return write_atomic(path, lambda f: f.write(data))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

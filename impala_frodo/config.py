@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from impala_frodo.utils import os_error_reason
+from impala_frodo.utils import os_error_reason, path_too_long, shorten
 
 ALGOS = ("impala", "frodo", "frodo-ext", "mgrl")
 META_ALGOS = ("frodo", "frodo-ext", "mgrl")
@@ -284,6 +284,11 @@ class RunConfig:
             isinstance(self.logdir, str) and self.logdir != "" and _is_utf8(self.logdir),
             f"run.logdir must be a non-empty path in UTF-8 text (it is saved in config.json), "
             f"got {self.logdir!r}",
+        )
+        too_long = path_too_long(self.logdir)
+        _require(
+            too_long is None,
+            f"run.logdir {shorten(self.logdir)} is too long for the file system ({too_long})",
         )
         for name in (
             "total_env_steps",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from impala_frodo.config import Config, ConfigError, load_config
+from impala_frodo.utils import shorten
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -18,10 +19,11 @@ def preset_names() -> list[str]:
 
 
 def preset_path(name: str) -> Path:
-    path = PRESET_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
-    return path
+    """The preset's file; :class:`ConfigError` for a name that is not a preset's."""
+    names = preset_names()
+    if name not in names:  # a name, never a path: "../x" or a 10,000-character one
+        raise ConfigError(f"unknown preset {shorten(name)}; available: {', '.join(names)}")
+    return PRESET_DIR / f"{name}.toml"
 
 
 def preset_summary(name: str) -> str:

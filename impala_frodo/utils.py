@@ -56,6 +56,33 @@ def os_error_reason(error: OSError) -> str:
     return error.strerror or first_line(error)
 
 
+#: Linux's limits on a file name (one path component) and a whole path, in bytes.
+NAME_MAX = 255
+PATH_MAX = 4096
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``repr(text)``, or that of its first ``limit`` characters and its length (messages)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def path_too_long(path: str) -> str | None:
+    """Why ``path`` is too long for the file system (``NAME_MAX``, ``PATH_MAX``), else None.
+
+    Checked up front, so that such a path is bad input in one line, not an
+    ``OSError: File name too long`` from wherever it is first used.
+    """
+    data = os.fsencode(path)
+    if len(data) >= PATH_MAX:
+        return f"{len(data):,} bytes, the file system takes at most {PATH_MAX - 1:,}"
+    longest = max(data.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        return f"a name in it has {len(longest):,} bytes, the file system takes at most {NAME_MAX}"
+    return None
+
+
 # ------------------------------------------------------------------ atomic writes
 def fsync_dir(directory: Path) -> None:
     """Make a rename inside ``directory`` durable (where the filesystem lets a folder open)."""

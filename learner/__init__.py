@@ -2,6 +2,7 @@
 
 - :mod:`learner.learner`: :class:`~learner.learner.Learner`, a plain class (no Ray).
 - :mod:`learner.ray_session`: join a Ray cluster, or start and stop a local one.
+- :mod:`learner.reaper`: no process of a local Ray instance outlives its driver.
 - :mod:`learner.actor_pool`: the rollout actors, their calls in flight (the queue),
   weight publication and actor faults.
 - :mod:`learner.driver`: a training run set up and torn down (run directory, learner,

@@ -28,8 +28,8 @@ from impala_frodo.config import (
 )
 from impala_frodo.plotting import FORMATS as FIGURE_FORMATS
 from impala_frodo.presets import load_preset, preset_names
-from impala_frodo.runlog import read_config
-from impala_frodo.utils import resolve_device
+from impala_frodo.runlog import CONFIG_FILE, read_config
+from impala_frodo.utils import path_too_long, resolve_device, shorten
 from learner.env_check import check_env
 from learner.exit_codes import EXIT_CODES_HELP
 from learner.progress import Mode
@@ -304,15 +304,63 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def resume_paths(resume: str) -> tuple[Path, Path | None]:
-    """``RUN_DIR`` -> (RUN_DIR, None); ``RUN_DIR/checkpoints/x.pt`` -> (RUN_DIR, that file)."""
+    """``RUN_DIR`` -> (RUN_DIR, None); ``RUN_DIR/checkpoints/x.pt`` -> (RUN_DIR, that file).
+
+    :class:`ConfigError` naming the path if it is not a run directory (a file, or a
+    folder without ``config.json``).
+    """
     path = Path(resume)
     if path.suffix == ".pt":
         if not path.is_file():
             raise CheckpointError(f"no checkpoint at {str(path)!r}")
-        return path.parent.parent, path
-    if not path.is_dir():
+        run_dir = path.parent.parent
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise ConfigError(
+                f"--resume {str(path)!r}: a checkpoint is resumed inside its run directory "
+                f"(RUN_DIR/checkpoints/x.pt), and {str(run_dir)!r} has no {CONFIG_FILE}"
+            )
+        return run_dir, path
+    if not path.exists():
         raise ConfigError(f"run directory {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ConfigError(
+            f"--resume {str(path)!r} is not a run directory but a file; give the folder "
+            f"of a run (or a checkpoint .pt in its checkpoints/)"
+        )
+    if not (path / CONFIG_FILE).is_file():
+        raise ConfigError(
+            f"--resume {str(path)!r} is not a run directory: it has no {CONFIG_FILE} "
+            f"(a run directory is made by 'train' under run.logdir)"
+        )
     return path, None
+
+
+#: The options that name files or folders: ``(flag, attribute)``.
+PATH_OPTIONS = (
+    ("--config", "config"),
+    ("--logdir", "run.logdir"),
+    ("--resume", "resume"),
+    ("--out", "out"),
+    ("--plot", "plot"),
+    ("DIR", "run_dirs"),
+)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Every path given on the command line fits the file system's limits.
+
+    :class:`UsageError` (one line) for one that is too long, before it is used anywhere.
+    """
+    for flag, attribute in PATH_OPTIONS:
+        value = getattr(args, attribute, None)
+        for path in value if isinstance(value, list) else [value]:
+            if path is None:
+                continue
+            too_long = path_too_long(path)
+            if too_long is not None:
+                raise UsageError(
+                    f"{flag} {shorten(path)} is too long for the file system ({too_long})"
+                )
 
 
 def check_device(cfg: Config) -> None:

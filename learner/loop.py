@@ -23,7 +23,7 @@ from impala_frodo.trajectory import Trajectory
 from learner.actor_pool import ActorPool, TrainingError
 from learner.learner import Learner
 from learner.progress import Progress
-from learner.ray_session import WAIT_SLICE_S
+from learner.ray_session import WAIT_SLICE_S, lost_local_node
 from learner.result import FAILURES, StopReason, TrainResult, failure_of
 from learner.signals import StopSignal
 
@@ -51,6 +51,13 @@ class StallWatchdog:
     Without one for ``warn_every_s`` it logs a warning (again every ``warn_every_s``);
     without one for ``timeout_s`` (``run.progress_timeout_s``) it raises
     :class:`TrainingError`, naming the actors waited on.
+
+    The time measured is since the last unroll *finished*, as far as the driver can
+    tell, not since it was taken: an unroll that was already waiting when the learner
+    looked finished before that look, at the latest after the previous one
+    (:meth:`looked`). So a driver blocked in a Ray call (13 s when the local raylet
+    was SIGKILLed) that then takes the unrolls finished before the block does not
+    restart the deadline.
     """
 
     def __init__(
@@ -62,11 +69,21 @@ class StallWatchdog:
         self.timeout_s = timeout_s
         self.warn_every_s = warn_every_s
         self._clock = clock
-        self._last_progress = self._last_warning = clock()
+        self._last_progress = self._last_warning = self._last_look = clock()
 
-    def progressed(self) -> None:
-        """A trajectory came: the wait starts again."""
-        self._last_progress = self._last_warning = self._clock()
+    def looked(self) -> None:
+        """The learner has just looked for finished unrolls (a take ended)."""
+        self._last_look = self._clock()
+
+    def progressed(self, waiting_already: bool = False) -> None:
+        """A trajectory came: the wait starts again, from when it finished.
+
+        ``waiting_already``: it was finished before this look began, so it finished
+        after the previous look at the earliest; the wait starts from that look.
+        """
+        finished = self._last_look if waiting_already else self._clock()
+        self._last_progress = max(self._last_progress, finished)
+        self._last_warning = self._clock()
 
     def check(self, waiting_on: Callable[[], str]) -> None:
         """No trajectory came this time: warn, or raise past the timeout."""
@@ -136,8 +153,12 @@ class TrainingLoop:
         while not self.learner.done:
             if self.stop.requested:
                 return StopReason.SIGNAL
-            got = self._take(waits)
+            got, queued = self._take(waits)
+            if got:
+                watchdog.progressed(waiting_already=queued > 0)
+            watchdog.looked()
             if not got:
+                _check_local_node()
                 watchdog.check(self.pool.describe_waits)
                 self.pool.fill()  # slots whose calls failed get new ones
                 continue
@@ -145,7 +166,6 @@ class TrainingLoop:
                 self._flowing = True
                 self.learner.restart_intervals()  # actor start-up is not in the first interval
                 waits.restart()
-            watchdog.progressed()
             self._pending.extend(got)
             if len(self._pending) < self.cfg.run.trajectories_per_update:
                 self.pool.fill()  # keep the actors we took from busy while we wait for the rest
@@ -155,8 +175,9 @@ class TrainingLoop:
                 return StopReason.RETURN
         return StopReason.BUDGET
 
-    def _take(self, waits: _WaitShare) -> list[Trajectory]:
-        """The unrolls finished within one wait slice (up to what the next update needs)."""
+    def _take(self, waits: _WaitShare) -> tuple[list[Trajectory], int]:
+        """The unrolls finished within one wait slice (up to what the next update needs),
+        and how many were finished before the wait (the queue size)."""
         start = time.monotonic()
         wanted = self.cfg.run.trajectories_per_update - len(self._pending)
         got, queued = self.pool.take(wanted, timeout=WAIT_SLICE_S)
@@ -164,7 +185,7 @@ class TrainingLoop:
         self.learner.counters.actor_failures = self.earlier_failures + self.pool.failures
         if got:
             self._queue_sizes.add({"perf/queue_size": queued})
-        return got
+        return got, queued
 
     def _update(self, waits: _WaitShare) -> None:
         """One update on the pending batches, then publish, refill, log, checkpoint."""
@@ -181,6 +202,14 @@ class TrainingLoop:
         self.learner.maybe_checkpoint()
         if self.callback is not None:
             self.callback(self._context)
+
+
+def _check_local_node() -> None:
+    """:class:`TrainingError` at once if the local Ray instance's node is gone (its raylet
+    died): no actor can ever run again there, and waiting out the deadline is pointless."""
+    lost = lost_local_node()
+    if lost is not None:
+        raise TrainingError(f"{lost}: no actor can run on it any more")
 
 
 def pool_scalars(pool: ActorPool) -> dict[str, float]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -21,6 +23,7 @@ import ray
 
 from impala_frodo.config import Config, ConfigError
 from impala_frodo.utils import first_line, os_error_reason
+from learner.reaper import Reaper
 
 log = logging.getLogger("impala_frodo")
 
@@ -69,11 +72,13 @@ def ray_session(
         yield False
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    reaper = None
     if address:
         _connect(address, connect_timeout_s, should_stop)
     else:
         with _quiet_default_token_auth():
             ray.init(**local_ray_init_kwargs())
+        reaper = _start_reaper()
     try:
         yield True
     finally:
@@ -81,10 +86,64 @@ def ray_session(
             ray.shutdown()  # only disconnects: the cluster stays up
         else:
             _shutdown_local()
+            if reaper is not None:
+                reaper.close()
 
 
-#: The process type of Ray's autoscaler monitor (``ray_constants.PROCESS_TYPE_MONITOR``).
+def lost_local_node() -> str | None:
+    """What is wrong with the local instance this process started, if its node is gone
+    (its raylet exited: SIGKILL, OOM); None if it is fine, or if this process started none.
+    """
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None or not ray.is_initialized() or not getattr(node, "head", False):
+        return None
+    return raylet_failure(getattr(node, "all_processes", None) or {})
+
+
+def raylet_failure(processes: dict[str, Any]) -> str | None:
+    """The death of the raylet among a local node's ``all_processes`` (Ray's
+    ``ProcessInfo`` lists by type), said in words; None while it runs."""
+    for info in processes.get(_RAYLET, []):
+        process = getattr(info, "process", None)
+        code = None if process is None else process.poll()
+        if code is not None:
+            how = f"killed by {_signal_name(-code)}" if code < 0 else f"exit status {code}"
+            return f"the local Ray node is lost: its raylet (pid {process.pid}) died ({how})"
+    return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _head_pids() -> list[int]:
+    """The pids of the local instance's head processes (GCS, raylet, monitors, API server)."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    processes = getattr(node, "all_processes", None) or {}
+    return [
+        info.process.pid
+        for infos in processes.values()
+        for info in infos
+        if getattr(info, "process", None) is not None
+    ]
+
+
+def _start_reaper() -> Reaper | None:
+    """A :class:`~learner.reaper.Reaper` for the instance just started (None if Ray's
+    internals differ, or where there is no ``/proc``)."""
+    pids = _head_pids()
+    if not pids or not os.path.isdir("/proc"):
+        log.warning("no reaper for the local Ray instance: its processes may outlive a crash")
+        return None
+    return Reaper(pids)
+
+
+#: The process types of Ray's autoscaler monitor and raylet (``ray_constants.PROCESS_TYPE_*``).
 _MONITOR = "monitor"
+_RAYLET = "raylet"
 
 
 def _shutdown_local() -> None:
@@ -197,14 +256,33 @@ def _quiet_default_token_auth() -> Iterator[None]:
 
 def check_local_cpus(cfg: Config) -> None:
     """On the local Ray a run starts (``os.cpu_count()`` CPUs) every actor must fit, and
-    data-parallel learners with at least one actor."""
+    data-parallel learners with at least one actor.
+
+    An actor holds its ``run.actor_num_cpus`` for the whole run, so actors beyond what
+    the instance's CPUs hold at once (beside the learners) are never placed: the run would
+    wait for them until ``run.progress_timeout_s``. Refused as bad input before Ray starts.
+    (A cluster may grow: there :func:`check_resources` only warns about actors.)
+    """
     cpus = os.cpu_count() or 1
-    if cfg.run.actor_num_cpus > cpus:
+    per_actor = cfg.run.actor_num_cpus
+    if per_actor > cpus:
         raise ConfigError(
-            f"run.actor_num_cpus = {cfg.run.actor_num_cpus:g} is more than the {cpus} CPUs of "
+            f"run.actor_num_cpus = {per_actor:g} is more than the {cpus} CPUs of "
             f"the local Ray instance this run starts: no actor could ever be placed"
         )
     _check_learner_cpus(cfg, cpus, "the local Ray instance this run starts")
+    learner_cpus = (
+        cfg.run.num_learners * cfg.run.learner_num_cpus if cfg.run.num_learners > 1 else 0
+    )
+    placeable = math.floor((cpus - learner_cpus) / per_actor + 1e-9)
+    if cfg.run.num_actors > placeable:
+        beside = f" beside {cfg.run.num_learners} learners" if learner_cpus else ""
+        raise ConfigError(
+            f"run.num_actors = {cfg.run.num_actors:,} actors of run.actor_num_cpus = "
+            f"{per_actor:g} need {cfg.run.num_actors * per_actor:,.1f} CPUs, but the local Ray "
+            f"instance this run starts has {cpus}: at most {placeable} actors can be placed"
+            f"{beside}; lower --num-actors or --actor-num-cpus, or join a cluster with --address"
+        )
 
 
 def _check_learner_cpus(cfg: Config, cpus: float, where: str) -> None:

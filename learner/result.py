@@ -67,10 +67,8 @@ FAILURES: dict[type[BaseException], Failure] = {
     TrainingError: Failure(StopReason.ACTORS, True, "{error}", "training stopped: {message}"),
     # The other learners may be stuck in a collective: rank 0's state cannot be read.
     LearnerFailure: Failure(StopReason.LEARNERS, False, "training stopped: {error}; {last_good}"),
-    # A second SIGINT/SIGTERM: abort now; the last periodic checkpoint stays.
-    KeyboardInterrupt: Failure(
-        StopReason.SIGNAL, False, "aborted by a second signal: no final checkpoint"
-    ),
+    # Ctrl-C without our handler (a second signal ends the process in learner.signals).
+    KeyboardInterrupt: Failure(StopReason.SIGNAL, False, "interrupted: no final checkpoint"),
 }
 
 

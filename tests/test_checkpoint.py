@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from impala_frodo import checkpoint as ckpt
+from impala_frodo import utils as ckpt_utils
 from impala_frodo.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -175,3 +177,71 @@ def test_the_refusal_of_foreign_objects_does_not_advise_an_unsafe_load(tmp_path)
     message = str(info.value)
     assert "weights_only" not in message.replace("weights-only", "") and "\n" not in message
     assert "_Arbitrary" in message and "refuses" in message
+
+
+#: What torch's zip writer raises over an OSError it met (ENOSPC) while writing a file.
+ZIP_WRITER_ERROR = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["over-an-oserror", "alone"])
+def test_a_save_torch_s_zip_writer_fails_is_an_oserror_and_keeps_latest(
+    tmp_path, monkeypatch, wrapped
+):
+    manager = CheckpointManager(tmp_path)
+    manager.save(_state(1))
+    before = manager.latest.read_bytes()
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        if wrapped:
+            try:
+                raise OSError(28, "No space left on device")
+            except OSError:
+                raise RuntimeError(ZIP_WRITER_ERROR) from None  # as torch: context only
+        raise RuntimeError(ZIP_WRITER_ERROR)
+
+    monkeypatch.setattr(ckpt.torch, "save", failing_save)
+    with pytest.raises(OSError) as failure:
+        manager.save(_state(2))
+    reason = failure.value.strerror
+    assert reason == (
+        "No space left on device" if wrapped else "torch.save failed (unexpected pos 576 vs 534)"
+    )
+    assert manager.latest.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
+
+
+@pytest.mark.parametrize("room", [0, 128 * 1024], ids=["full", "nearly-full"])
+def test_a_save_onto_a_full_file_system_is_enospc_and_keeps_latest(small_tmpfs, fill_up, room):
+    manager = CheckpointManager(small_tmpfs / "checkpoints")
+    manager.save(_state(1))
+    before = manager.latest.read_bytes()
+    fill_up(small_tmpfs, leave=room)  # nearly full: torch's writer fails mid-file
+    with pytest.raises(OSError) as failure:
+        manager.save({"x": torch.zeros(100_000), **_state(2)})
+    assert failure.value.errno == 28, failure.value  # not torch's RuntimeError
+    assert manager.latest.read_bytes() == before
+    assert load_checkpoint(manager.latest)["counters"] == _state(1)["counters"]
+    assert sorted(p.name for p in manager.directory.iterdir()) == ["latest.pt"]
+
+
+@pytest.mark.parametrize(
+    "fault", [errno.EDQUOT, errno.EIO, errno.EROFS], ids=["quota", "io-error", "read-only"]
+)
+def test_a_save_the_file_system_refuses_late_is_an_oserror_and_keeps_latest(
+    tmp_path, monkeypatch, fault
+):
+    """A quota or a file-system error often shows only at fsync (NFS, FUSE)."""
+    manager = CheckpointManager(tmp_path)
+    manager.save(_state(1))
+    before = manager.latest.read_bytes()
+
+    def fsync(fd):
+        raise OSError(fault, os.strerror(fault))
+
+    monkeypatch.setattr(ckpt_utils.os, "fsync", fsync)
+    with pytest.raises(OSError) as failure:
+        manager.save(_state(2))
+    assert failure.value.errno == fault and failure.value.strerror == os.strerror(fault)
+    assert manager.latest.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]

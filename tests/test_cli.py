@@ -116,6 +116,8 @@ def _write(tmp_path, name: str, data: bytes) -> str:
 
 NO_BOX2D = None if _missing("Box2D") else "Box2D is installed here"
 TOO_MANY_CPUS = str(min(64, (os.cpu_count() or 1) + 1))  # 64: the config's own limit
+#: Actors of the default 0.5 CPU: one more than the local instance (os.cpu_count()) places.
+ONE_ACTOR_TOO_MANY = str(2 * (os.cpu_count() or 1) + 1)
 
 #: (id, argv builder, fragments of the one-line message, skip reason or None): the bad
 #: inputs that once crashed or hung (issue 13), each an exit code 2 with one line now.
@@ -147,6 +149,29 @@ BAD_INPUTS = [
      ["--stop-at-return must be a finite number"], None),
     ("lr-5000-digits", lambda t: ["--set", "optim.lr=" + "9" * 5000],
      ["optim.lr must be a number"], None),
+    # Issue 23: more actors than a local instance could ever place (it hung); names too
+    # long for the file system (tracebacks); a --resume that is not a run directory.
+    ("num-actors-10**12", lambda t: ["--num-actors", str(10**12)],
+     ["run.num_actors = 1,000,000,000,000 actors", "actors can be placed", "--address"], None),
+    ("num-actors-one-beyond-local", lambda t: ["--num-actors", ONE_ACTOR_TOO_MANY,
+                                               "--total-env-steps", "2000"],
+     [f"run.num_actors = {ONE_ACTOR_TOO_MANY} actors", "actors can be placed"], None),
+    ("preset-10000-chars", lambda t: ["--preset", "x" * 10_000],
+     ["unknown preset 'xxxx", "(10,000 characters)", "catch-frodo"], None),
+    ("config-path-too-long", lambda t: ["--config", str(t / ("x" * 300))],
+     ["--config '", "too long for the file system", "has 300 bytes", "at most 255"], None),
+    ("config-path-10000-chars", lambda t: ["--config", "x" * 10_000],
+     ["--config 'xxxx", "(10,000 characters)", "at most 4,095"], None),
+    ("logdir-too-long", lambda t: ["--logdir", str(t / ("x" * 300))],
+     ["--logdir", "too long for the file system"], None),
+    ("logdir-too-long-by-set", lambda t: ["--set", f"run.logdir={'x/' * 3000}"],
+     ["run.logdir 'x/x/", "too long for the file system", "at most 4,095"], None),
+    ("resume-too-long", lambda t: ["--resume", "x" * 10_000],
+     ["--resume 'xxxx", "too long for the file system"], None),
+    ("resume-a-text-file", lambda t: ["--resume", _write(t, "notes.txt", b"some notes\n")],
+     ["notes.txt' is not a run directory but a file"], None),
+    ("resume-a-folder-without-config", lambda t: ["--resume", str(t)],
+     ["--resume '{t}' is not a run directory: it has no config.json"], None),
 ]  # fmt: skip
 
 
@@ -164,7 +189,7 @@ def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, monkeypatch, build, f
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     argv = ["train", "--logdir", str(tmp_path / "runs"), *build(tmp_path), "--no-progress"]
-    assert_usage_error(capsys, argv, *fragments)
+    assert_usage_error(capsys, argv, *(f.replace("{t}", str(tmp_path)) for f in fragments))
 
 
 def test_plot_refuses_a_metrics_file_that_is_not_utf8(capsys, tmp_path):

@@ -155,6 +155,59 @@ def test_a_full_disk_at_a_later_save_stops_with_exit_1_and_keeps_the_last_checkp
     assert len(saves) == 4, "a save was tried after the disk had failed"
 
 
+#: What torch's zip writer raises over the ENOSPC it met (torch.save onto a file).
+ZIP_WRITER_ERROR = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
+
+
+@pytest.mark.ray
+def test_a_run_on_a_file_system_that_fills_up_exits_1_in_one_line(
+    ray_local, tmp_path, small_tmpfs, fill_up
+):
+    """A real full disk (a 4 MiB tmpfs): whichever write meets it first, the run stops
+    with exit 1, one line, and the last good checkpoint kept."""
+    kept: list[bytes] = []
+
+    def callback(ctx) -> None:
+        latest = ctx.learner.checkpoints.latest
+        if ctx.learner.counters.updates == 10 and latest.is_file():
+            kept.append(latest.read_bytes())
+            fill_up(small_tmpfs, leave=64 * 1024)  # the next save fails inside torch's writer
+
+    cfg = small_cfg(tmp_path, **{"run.logdir": str(small_tmpfs), "run.total_env_steps": 10**9})
+    result = train(cfg, options(callback=callback))
+    assert result.exit_code == ExitCode.FAILED and result.reason == "disk", result.message
+    assert "No space left on device" in result.message and "\n" not in result.message
+    latest = result.run_dir / "checkpoints" / "latest.pt"
+    assert kept and latest.read_bytes() == kept[0], "latest.pt changed after the disk filled"
+    assert f"the last good checkpoint is kept at {latest}" in result.message
+
+
+@pytest.mark.ray
+def test_a_final_checkpoint_torch_s_writer_fails_exits_1_in_one_line(
+    ray_local, tmp_path, monkeypatch
+):
+    real_save = ckpt.torch.save
+    failing: list[bool] = []
+
+    def save(obj, f, *args, **kwargs):
+        if failing:
+            raise RuntimeError(ZIP_WRITER_ERROR)
+        return real_save(obj, f, *args, **kwargs)
+
+    def callback(ctx) -> None:
+        if ctx.learner.counters.updates == 10:
+            failing.append(True)
+            ctx.stop.signum = signal.SIGTERM  # stop now: the final checkpoint fails
+
+    monkeypatch.setattr(ckpt.torch, "save", save)
+    cfg = small_cfg(tmp_path, **{"run.checkpoint_every_s": 1e6, "run.total_env_steps": 10**9})
+    result = train(cfg, options(callback=callback))
+    assert result.exit_code == ExitCode.FAILED and result.reason == "disk", result.message
+    assert result.message.startswith("the final checkpoint failed: cannot save a checkpoint")
+    assert "torch.save failed (unexpected pos 576 vs 534)" in result.message
+    assert "\n" not in result.message and "enforce fail" not in result.message
+
+
 @pytest.mark.ray
 def test_a_resume_changes_config_json_only_with_its_first_checkpoint(ray_local, tmp_path):
     first = train(small_cfg(tmp_path), options())

@@ -76,3 +76,51 @@ def test_the_stall_watchdog_warns_then_stops_and_progress_resets_it(caplog):
 def test_the_ray_session_does_not_import_the_driver():
     code = "import sys, learner.ray_session; assert 'learner.driver' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unrolls_finished_before_a_blocked_driver_looked_do_not_restart_the_deadline():
+    """The raylet SIGKILLed: the driver blocks 13 s in a Ray call, then takes the unrolls
+    finished before the kill. The deadline still counts from then, not from the take."""
+    clock = _Clock()
+    watchdog = StallWatchdog(timeout_s=30.0, clock=clock)
+    clock.now = 10.0
+    watchdog.progressed()  # the last unroll before the kill, taken as it finished
+    watchdog.looked()
+    clock.now = 23.0  # the driver was blocked from 10 s to 23 s
+    watchdog.progressed(waiting_already=True)  # finished by 10 s: it was waiting
+    watchdog.looked()
+    clock.now = 39.0
+    watchdog.check(lambda: "actor 0")  # 29 s since the last unroll finished
+    clock.now = 41.0
+    with pytest.raises(TrainingError, match=r"no progress for 31 s"):
+        watchdog.check(lambda: "actor 0")
+
+
+def test_an_unroll_that_finished_during_the_wait_restarts_the_deadline_then():
+    clock = _Clock()
+    watchdog = StallWatchdog(timeout_s=30.0, clock=clock)
+    clock.now = 25.0
+    watchdog.progressed(waiting_already=False)
+    watchdog.looked()
+    clock.now = 50.0
+    watchdog.check(lambda: "actor 0")  # 25 s since it came
+
+
+def test_a_dead_raylet_is_named():
+    from types import SimpleNamespace
+
+    from learner.ray_session import raylet_failure
+
+    process = subprocess.Popen(["sleep", "60"])
+    processes = {"raylet": [SimpleNamespace(process=process)]}
+    try:
+        assert raylet_failure(processes) is None
+        process.kill()
+        process.wait(timeout=60)
+        assert raylet_failure(processes) == (
+            f"the local Ray node is lost: its raylet (pid {process.pid}) died (killed by SIGKILL)"
+        )
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert raylet_failure({}) is None
