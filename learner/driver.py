@@ -63,11 +63,13 @@ from learner.actor_pool import ActorPool, TrainingError
 from learner.env_check import env_spec_or_config_error
 from learner.learner import Counters, Learner, check_resume_state
 from learner.loop import LoopCallback, LoopContext, run_session
+from learner.meta_actor import RayMetaLink
 from learner.progress import Mode, Progress
 from learner.ray_session import (
     ClusterConnectError,
     check_local_cpus,
     check_resources,
+    meta_learner_cpus,
     ray_session,
 )
 from learner.result import StopReason, TrainResult, describe_result
@@ -133,6 +135,7 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
             with (
                 _actor_pool(cfg, spec, state, options) as pool,
                 _learner(cfg, spec, device, run_dir, state) as learner,
+                _meta_learner(cfg, spec, learner),
             ):
                 progress = Progress(
                     _progress_mode(options.progress),
@@ -220,7 +223,7 @@ def _learner_threads(cfg: Config, options: TrainOptions, local: bool) -> int:
         return options.learner_threads
     if not local:
         return torch.get_num_threads()
-    actor_cpus = math.ceil(cfg.run.num_actors * cfg.run.actor_num_cpus)
+    actor_cpus = math.ceil(cfg.run.num_actors * cfg.run.actor_num_cpus + meta_learner_cpus(cfg))
     return max(1, (os.cpu_count() or 1) - actor_cpus)
 
 
@@ -290,6 +293,21 @@ def _make_learner(
     learner.run_logger = RunLogger(run_dir, resume_step=resume_step)
     learner.run_logger.add_config(cfg, learner.counters.env_steps)
     return learner
+
+
+@contextmanager
+def _meta_learner(cfg: Config, spec: EnvSpec, learner: Learner) -> Iterator[None]:
+    """In async mode, the meta-learner actor, started from the learner's (restored) eta and
+    attached to its updater; stopped after. Nothing in inline mode."""
+    if meta_learner_cpus(cfg) == 0:
+        yield
+        return
+    link = RayMetaLink(cfg, spec.observation_shape, spec.num_actions, learner.updater.meta_state())
+    learner.updater.meta_link = link
+    try:
+        yield
+    finally:
+        link.close()
 
 
 def _close_learner(learner: Learner) -> None:

@@ -203,11 +203,34 @@ def check_local_cpus(cfg: Config) -> None:
             f"run.actor_num_cpus = {cfg.run.actor_num_cpus:g} is more than the {cpus} CPUs of "
             f"the local Ray instance this run starts: no actor could ever be placed"
         )
+    check_meta_learner_fits(cfg, cpus, "the local Ray instance this run starts")
+
+
+def meta_learner_cpus(cfg: Config) -> float:
+    """The Ray CPUs the async meta-learner reserves (0 without one)."""
+    return cfg.meta.learner_num_cpus if cfg.is_meta and cfg.meta.mode == "async" else 0.0
+
+
+def check_meta_learner_fits(cfg: Config, cpus: float, where: str) -> None:
+    """The async meta-learner and the actors fit in ``cpus`` together (else
+    :class:`ConfigError`): the actors start first, and a meta-learner left without a place
+    would never run."""
+    meta = meta_learner_cpus(cfg)
+    actors = cfg.run.num_actors * cfg.run.actor_num_cpus
+    if meta > 0 and meta + actors > cpus:
+        raise ConfigError(
+            f"the async meta-learner (meta.learner_num_cpus = {meta:g}) and {cfg.run.num_actors} "
+            f"actors x {cfg.run.actor_num_cpus:g} CPU need {meta + actors:g} CPUs, but {where} "
+            f"has {cpus:g}: lower meta.learner_num_cpus or run.actor_num_cpus, or use "
+            "meta.mode = 'inline'"
+        )
 
 
 def check_resources(cfg: Config) -> None:
-    """Warn when the cluster has fewer CPUs than the actors reserve."""
+    """Refuse an async meta-learner the cluster cannot place beside the actors; warn when
+    the cluster has fewer CPUs than the actors reserve."""
     cpus = ray.cluster_resources().get("CPU", 0.0)
+    check_meta_learner_fits(cfg, cpus, "the cluster")
     need = cfg.run.num_actors * cfg.run.actor_num_cpus
     if need > cpus:
         log.warning(

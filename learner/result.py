@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from impala_frodo.meta_learner import MetaLearnerError
 from impala_frodo.runlog import StorageError
 from impala_frodo.updater import NonFiniteLossError
 from learner.actor_pool import TrainingError
@@ -33,6 +34,7 @@ class StopReason(StrEnum):
     NAN = ("nan", ExitCode.FAILED, "failed: a non-finite loss")
     DISK = ("disk", ExitCode.FAILED, "failed: a write refused by the disk")
     ACTORS = ("actors", ExitCode.FAILED, "failed: the rollout actors")
+    META = ("meta", ExitCode.FAILED, "failed: the async meta-learner")
 
     def __new__(cls, value: str, exit_code: ExitCode, summary: str) -> StopReason:
         member = str.__new__(cls, value)
@@ -63,6 +65,8 @@ FAILURES: dict[type[BaseException], Failure] = {
     NonFiniteLossError: Failure(StopReason.NAN, False, "training stopped: {error}; {last_good}"),
     StorageError: Failure(StopReason.DISK, False, "training stopped: {error}; {last_good}"),
     TrainingError: Failure(StopReason.ACTORS, True, "{error}", "training stopped: {message}"),
+    # eta as last received, and its Adam state, are in the final checkpoint.
+    MetaLearnerError: Failure(StopReason.META, True, "{error}", "training stopped: {message}"),
     # A second SIGINT/SIGTERM: abort now; the last periodic checkpoint stays.
     KeyboardInterrupt: Failure(
         StopReason.SIGNAL, False, "aborted by a second signal: no final checkpoint"

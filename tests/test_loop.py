@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from impala_frodo.meta_learner import MetaLearnerError
 from impala_frodo.runlog import StorageError
 from impala_frodo.updater import NonFiniteLossError
 from learner.actor_pool import TrainingError
@@ -27,6 +28,7 @@ def test_every_stop_reason_is_its_string_and_carries_its_exit_code():
         "nan": ExitCode.FAILED,
         "disk": ExitCode.FAILED,
         "actors": ExitCode.FAILED,
+        "meta": ExitCode.FAILED,
     }
     result = TrainResult(Path("runs/x"), reason=StopReason.SIGNAL)
     assert result.exit_code == 130 and describe_result(result).startswith("stopped by a signal. ")
@@ -36,6 +38,8 @@ def test_the_exceptions_that_end_a_loop_map_to_their_reasons():
     assert failure_of(NonFiniteLossError("loss")).reason is StopReason.NAN
     assert failure_of(StorageError("disk")).reason is StopReason.DISK
     assert failure_of(TrainingError("actors")).final_checkpoint  # the learner is fine
+    meta = failure_of(MetaLearnerError("gone"))
+    assert meta.reason is StopReason.META and meta.final_checkpoint  # eta as last received
     aborted = failure_of(KeyboardInterrupt())
     assert aborted.reason is StopReason.SIGNAL and not aborted.final_checkpoint
 
