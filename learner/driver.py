@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,7 @@ import torch
 from actors.rollout import DEFAULT_MAX_RESTARTS, EnvSpec
 from impala_frodo.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from impala_frodo.config import Config
+from impala_frodo.meta_learner import MetaLearnerError
 from impala_frodo.networks import agent_layout
 from impala_frodo.runlog import (
     CHECKPOINT_DIR,
@@ -132,25 +133,35 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
                 stop.install()  # over the failure-signal handler Ray's core worker set
             check_resources(cfg)
             # The actors start first: their processes come up while the learner is built.
-            with (
-                _actor_pool(cfg, spec, state, options) as pool,
-                _learner(cfg, spec, device, run_dir, state) as learner,
-                _meta_learner(cfg, spec, learner),
-            ):
-                progress = Progress(
-                    _progress_mode(options.progress),
-                    cfg.run.total_env_steps,
-                    learner.counters.env_steps,
-                )
-                return run_session(
-                    cfg,
-                    learner,
-                    pool,
-                    run_dir,
-                    stop,
-                    progress,
-                    stop_at_return=options.stop_at_return,
-                    callback=options.callback,
+            try:
+                with (
+                    _actor_pool(cfg, spec, state, options) as pool,
+                    _learner(cfg, spec, device, run_dir, state) as learner,
+                    _meta_learner(cfg, spec, learner, lambda: stop.requested),
+                ):
+                    progress = Progress(
+                        _progress_mode(options.progress),
+                        cfg.run.total_env_steps,
+                        learner.counters.env_steps,
+                    )
+                    return run_session(
+                        cfg,
+                        learner,
+                        pool,
+                        run_dir,
+                        stop,
+                        progress,
+                        stop_at_return=options.stop_at_return,
+                        callback=options.callback,
+                    )
+            except MetaLearnerError as error:  # at start-up; later, run_session's result
+                log.error("training stopped: %s", error)
+                return TrainResult(
+                    run_dir=run_dir,
+                    reason=StopReason.META,
+                    message=str(error),
+                    budget=cfg.run.total_env_steps,
+                    returns_window=cfg.run.returns_window,
                 )
 
 
@@ -296,15 +307,19 @@ def _make_learner(
 
 
 @contextmanager
-def _meta_learner(cfg: Config, spec: EnvSpec, learner: Learner) -> Iterator[None]:
-    """In async mode, the meta-learner actor, started from the learner's (restored) eta and
-    attached to its updater; stopped after. Nothing in inline mode."""
+def _meta_learner(
+    cfg: Config, spec: EnvSpec, learner: Learner, should_stop: Callable[[], bool]
+) -> Iterator[None]:
+    """In async mode, the meta-learner actor, started from the learner's (restored) eta,
+    waited for (:meth:`RayMetaLink.wait_started`) and attached to its updater; stopped
+    after. Nothing in inline mode."""
     if meta_learner_cpus(cfg) == 0:
         yield
         return
     link = RayMetaLink(cfg, spec.observation_shape, spec.num_actions, learner.updater.meta_state())
     learner.updater.meta_link = link
     try:
+        link.wait_started(should_stop)
         yield
     finally:
         link.close()

@@ -16,8 +16,8 @@ or a step takes longer than ``run.progress_timeout_s``, :meth:`RayMetaLink.poll`
 :class:`~impala_frodo.meta_learner.MetaLearnerError` and the run stops (exit code 1)
 with a final checkpoint that holds the last eta installed and its Adam state; resuming
 starts a new meta-learner from there. Start-up waits at most
-``run.progress_timeout_s`` too, without blocking the learner: the learner trains with
-its first eta meanwhile.
+``run.progress_timeout_s`` (the driver waits for it while the actors start, as a
+meta-learner process can take tens of seconds to start on a busy machine).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from impala_frodo.config import Config
 from impala_frodo.meta_learner import EtaUpdate, MetaLearner, MetaLearnerError, MetaWindow
 from impala_frodo.updater import NonFiniteLossError
 from impala_frodo.utils import first_line
+from learner.ray_session import WAIT_SLICE_S
 
 
 class MetaLearnerProcess(MetaLearner):
@@ -86,6 +87,17 @@ class RayMetaLink:
         self._waiting = None
         self._in_flight = self.actor.load_state_dict.remote(cpu_state)
         self._loading, self._since = True, self._clock()
+
+    def wait_started(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Wait until the meta-learner has loaded its start state, at most
+        ``run.progress_timeout_s`` (:class:`MetaLearnerError` after), or until
+        ``should_stop()``."""
+        while self._loading and not should_stop():
+            ready, _ = ray.wait([self._in_flight], timeout=WAIT_SLICE_S)
+            if ready:
+                self.poll()
+            elif self._clock() - self._since > self.timeout_s:
+                self.poll()  # raises: not started within the timeout
 
     def send(self, window: MetaWindow) -> None:
         """Start a meta step on ``window``, or let it wait (replacing one waiting)."""

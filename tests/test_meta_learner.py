@@ -1,4 +1,5 @@
-"""The async meta-learner without Ray, in float64: exact in lock-step, lagging when delayed.
+"""The async meta-learner without Ray (float64 updaters, and the synchronous trainer):
+exact in lock-step, lagging when delayed; bad settings refused.
 
 In lock-step (the learner installs each window's eta before its next inner step) the
 async learner's first-order steps use the eta the meta-learner recomputes the window
@@ -11,10 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from impala_frodo.config import Config, ConfigError
+from impala_frodo.config import Config, ConfigError, set_dotted
 from impala_frodo.meta_learner import InProcessLink, MetaLearner
+from impala_frodo.runlog import METRICS_FILE, read_metrics
 from impala_frodo.schedules import WindowSchedule
 from impala_frodo.updater import Updater
+from learner.cli import main
+from learner.exit_codes import ExitCode
+from learner.ray_session import check_local_cpus
+from learner.sync import train_sync
 from tests.test_metagrad import random_batch, tiny_updater
 
 M = 2
@@ -166,3 +172,57 @@ def test_a_window_holds_its_start_its_batches_and_the_held_out_batch():
 def test_bad_async_settings_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         Config.from_dict(overrides)
+
+
+def sync_cfg(**overrides) -> Config:
+    base = {
+        "algo": "frodo",
+        "run.num_envs": 8,
+        "run.unroll_length": 10,
+        "run.total_env_steps": 2_400,
+        "meta.num_inner_steps": 3,
+        "run.device": "cpu",
+    }
+    return set_dotted(Config(), base | overrides)
+
+
+def test_the_sync_trainer_in_lock_step_async_learns_as_inline():
+    """The synchronous trainer's in-process meta-learner is lock-step: the same run."""
+    seen: list[dict[str, float]] = []
+    inline = train_sync(sync_cfg())
+    lockstep = train_sync(
+        sync_cfg(**{"meta.mode": "async"}), on_update=lambda learner, m: seen.append(m)
+    )
+    assert lockstep.updates == inline.updates == 30
+    assert lockstep.history.episode_returns == inline.history.episode_returns
+    lags = [m["meta/lag"] for m in seen if "meta/lag" in m]
+    assert lags == [0.0] * ((30 - 1) // 3)
+
+
+def test_the_sync_trainer_logs_meta_lag_and_meta_steps_per_env_steps(tmp_path):
+    result = train_sync(
+        sync_cfg(**{"meta.mode": "async", "meta.delay_windows": 2}), run_dir=tmp_path
+    )
+    records = read_metrics(tmp_path / METRICS_FILE)
+    lags = [r["meta/lag"] for r in records if "meta/lag" in r]
+    assert lags and all(lag == 2.0 for lag in lags)
+    # Each record's meta steps per 1,000 env steps, times its env steps, add up to the
+    # etas installed: 9 windows (one per M = 3 of the 30 updates), the last 2 in flight.
+    steps = np.diff([0] + [r["env_steps"] for r in records])
+    rates = [r["perf/meta_updates_per_1k_env_steps"] for r in records]
+    assert sum(rate * n / 1000 for rate, n in zip(rates, steps, strict=True)) == pytest.approx(7)
+    assert result.reason == "budget"
+
+
+def test_async_impala_exits_2_with_one_line(capsys):
+    code = main(["train", "--algo", "impala", "--set", "meta.mode=async"])
+    err = capsys.readouterr().err.strip()
+    assert code == ExitCode.USAGE
+    assert len(err.splitlines()) == 1 and "needs an algorithm with meta-parameters" in err
+
+
+def test_a_meta_learner_that_cannot_be_placed_is_refused_up_front():
+    cfg = sync_cfg(**{"meta.mode": "async", "meta.learner_num_cpus": 64.0})
+    with pytest.raises(ConfigError, match="async meta-learner"):
+        check_local_cpus(cfg)
+    check_local_cpus(sync_cfg(**{"meta.learner_num_cpus": 64.0}))  # inline: no meta-learner
