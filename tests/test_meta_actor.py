@@ -162,11 +162,12 @@ def test_a_dead_meta_learner_ends_the_run_with_eta_kept_and_a_resume_goes_on(
         },
     )
 
+    killed: list[bool] = []
+
     def kill_after_two_meta_steps(ctx) -> None:
-        link = ctx.learner.updater.meta_link
-        if ctx.learner.updater.num_meta_updates >= 2 and link.actor is not None:
-            ray.kill(link.actor)
-            link.actor_killed = True
+        if ctx.learner.updater.num_meta_updates >= 2 and not killed:
+            ray.kill(ctx.learner.updater.meta_link.actor)
+            killed.append(True)
 
     result = train(
         cfg, TrainOptions(progress=False, handle_signals=False, callback=kill_after_two_meta_steps)
