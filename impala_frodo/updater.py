@@ -93,8 +93,12 @@ class Updater:
         return {} if self.meta_net is None else dict(self.meta_net.named_parameters())
 
     def inner_loss(self, params: Params, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_inner(theta; tau) of the configured algorithm, with the current eta."""
-        return self.objective.inner_loss(params, self.eta, batch)
+        """L_inner(theta; tau) of the configured algorithm, with the current eta (detached
+        in async mode: the learner's steps are first-order, and no graph to eta is built)."""
+        eta = self.eta
+        if isinstance(self.schedule, WindowSchedule):
+            eta = {k: v.detach() for k, v in eta.items()}
+        return self.objective.inner_loss(params, eta, batch)
 
     def outer_loss(
         self, params: Params, batch: Batch, inner_batches: Sequence[Batch]
