@@ -214,8 +214,9 @@ def test_the_sync_trainer_logs_meta_lag_and_meta_steps_per_env_steps(tmp_path):
     assert result.reason == "budget"
 
 
-def test_async_impala_exits_2_with_one_line(capsys):
-    code = main(["train", "--algo", "impala", "--set", "meta.mode=async"])
+@pytest.mark.parametrize("mode_args", [["--set", "meta.mode=async"], ["--meta-mode", "async"]])
+def test_async_impala_exits_2_with_one_line(capsys, mode_args):
+    code = main(["train", "--algo", "impala", *mode_args])
     err = capsys.readouterr().err.strip()
     assert code == ExitCode.USAGE
     assert len(err.splitlines()) == 1 and "needs an algorithm with meta-parameters" in err
