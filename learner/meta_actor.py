@@ -37,6 +37,9 @@ from impala_frodo.updater import NonFiniteLossError
 from impala_frodo.utils import first_line
 from learner.ray_session import WAIT_SLICE_S
 
+#: Seconds :meth:`RayMetaLink.close` waits for a meta step in flight.
+CLOSE_WAIT_S = 5.0
+
 
 class MetaLearnerProcess(MetaLearner):
     """A :class:`MetaLearner` in its own process, with torch on ``threads`` threads."""
@@ -132,7 +135,12 @@ class RayMetaLink:
         return update
 
     def close(self) -> None:
-        """Stop the actor (nothing else holds it)."""
+        """Stop the actor (nothing else holds it), after the call in flight, if any, has
+        finished or ``CLOSE_WAIT_S`` have passed (killing it mid-call makes Ray log a
+        worker death)."""
+        if self._in_flight is not None:
+            with contextlib.suppress(Exception):
+                ray.wait([self._in_flight], timeout=CLOSE_WAIT_S)
         self._in_flight = self._waiting = None
         with contextlib.suppress(Exception):  # already gone, or Ray shut down first
             ray.kill(self.actor)
