@@ -118,13 +118,25 @@ def model(times: dict[str, float], m: int) -> dict[str, object]:
     return {
         "assumptions": (
             "the learner is the bottleneck (actors keep the queue full); the meta-learner "
-            "has a core of its own, so the learner's update time is unchanged; a meta step "
-            "per window needs meta_learner_step_ms <= M x the async learner's update time; "
+            "has a core of its own, so the learner's update time is unchanged (the first "
+            "ratio: the learner never waits, eta moves on the share of windows given); a meta "
+            "step per window needs meta_learner_step_ms <= M x the async learner's update "
+            "time; "
             "an accelerator is not measured here: it would divide both sides by a like "
             "factor, and the ratio would hold while the CPU-side work stays small"
         ),
         "inline_ratio_to_impala": round(t_impala / t_inline, 2),
         "async_ratio_to_impala_one_more_core": round(t_impala / t_learner, 2),
+        # Every window stepped, the learner one window ahead (a lag of 1): per window the
+        # slower of the learner's M updates and the meta step.
+        "async_every_window_ratio_to_impala_one_more_core": round(
+            t_impala / max(t_learner, t_meta / m), 2
+        ),
+        # The same with both in one process, one after the other (the synchronous
+        # trainer's lock-step): the window's work is done twice, first-order and with graph.
+        "async_lock_step_one_process_ratio_to_impala": round(
+            t_impala / (t_learner + t_meta / m), 2
+        ),
         "meta_learner_keeps_up": t_meta <= window_ms,
         "windows_with_a_meta_step_share": round(min(1.0, window_ms / t_meta), 2),
     }
