@@ -20,7 +20,7 @@ Adding an algorithm adds a class and a line in :data:`OBJECTIVES`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +39,8 @@ Stats = dict[str, Tensor]
 #: The stats key of a learned inner target g ``[T, B]`` (detached): not a logged scalar,
 #: the :class:`~impala_frodo.updater.Updater` keeps it aside for ground-truth probes.
 LEARNED_TARGET = "target"
+#: The mean of a tensor over the whole batch (across data-parallel learners).
+BatchMean = Callable[[Tensor], Tensor]
 
 
 def loss_scalars(terms: LossTerms) -> Stats:
@@ -55,14 +57,24 @@ class Objective(ABC):
 
     ``meta_net`` is the module whose parameters are eta (``None``: nothing to meta-learn).
     Both losses return ``(loss, stats)``: stats are detached scalars for logging.
+    ``batch_mean`` takes the statistics a loss needs over its whole batch (the
+    :class:`~impala_frodo.metagrad.GradientReducer`'s: over every learner's batch when
+    several learn in parallel; :func:`torch.mean` for one).
     """
 
     meta_net: nn.Module | None = None
 
-    def __init__(self, cfg: Config, agent: nn.Module, obs_shape: Sequence[int]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        agent: nn.Module,
+        obs_shape: Sequence[int],
+        batch_mean: BatchMean = torch.mean,
+    ) -> None:
         self.loss = cfg.loss
         self.agent = agent
         self.control = cfg.task == "control"
+        self.batch_mean = batch_mean
 
     def policy(self, batch: Batch, outputs: AgentOutputs) -> PolicyTerms | None:
         """The policy's loss terms in control; ``None`` in prediction (on-policy targets)."""
@@ -116,8 +128,14 @@ class ImpalaObjective(Objective):
 class MGRLObjective(Objective):
     """MGRL: the V-trace loss with meta-learned gamma and lambda (Xu et al. 2018)."""
 
-    def __init__(self, cfg: Config, agent: nn.Module, obs_shape: Sequence[int]) -> None:
-        super().__init__(cfg, agent, obs_shape)
+    def __init__(
+        self,
+        cfg: Config,
+        agent: nn.Module,
+        obs_shape: Sequence[int],
+        batch_mean: BatchMean = torch.mean,
+    ) -> None:
+        super().__init__(cfg, agent, obs_shape, batch_mean)
         self.meta_net = MGRLMeta(cfg.meta.mgrl_init_gamma, cfg.meta.mgrl_init_lambda)
 
     def inner_loss(self, params: Params, eta: Params, batch: Batch) -> tuple[Tensor, Stats]:
@@ -171,10 +189,15 @@ class RevisionTerm:
     def __call__(
         self, objective: Objective, params: Params, outer: Tensor, inner_batches: Sequence[Batch]
     ) -> tuple[Tensor, Stats]:
-        """``beta L_revise`` given the canonical outer loss ``outer``."""
+        """``beta L_revise`` given the canonical outer loss ``outer`` (beta reads it over
+        the whole batch)."""
         revise = torch.stack([objective.canonical_loss(params, b) for b in inner_batches]).mean()
         beta = objectives.extension_beta(
-            outer, b1=self.b1, mode=self.mode, beta_max=self.beta_max, eps=self.eps
+            objective.batch_mean(outer.detach()),
+            b1=self.b1,
+            mode=self.mode,
+            beta_max=self.beta_max,
+            eps=self.eps,
         )
         return beta * revise, {"meta/beta": beta.detach(), "loss/revise": revise.detach()}
 
@@ -192,9 +215,10 @@ class FrodoObjective(Objective):
         cfg: Config,
         agent: nn.Module,
         obs_shape: Sequence[int],
+        batch_mean: BatchMean = torch.mean,
         revision: RevisionTerm | None = None,
     ) -> None:
-        super().__init__(cfg, agent, obs_shape)
+        super().__init__(cfg, agent, obs_shape, batch_mean)
         meta = cfg.meta
         self.form = TargetForm.named(meta.target)
         self.ratio_input = meta.ratio_input
@@ -235,6 +259,7 @@ class FrodoObjective(Objective):
             canonical=canonical if self.form.residual else None,
             log_rhos=log_rhos,
             centre=self.form.centred,
+            batch_mean=self.batch_mean,
         )
         return target, canonical
 
@@ -277,8 +302,14 @@ class FrodoObjective(Objective):
 class FrodoExtensionObjective(FrodoObjective):
     """FRODO with the report's extension in its outer loss (algorithm ``frodo-ext``)."""
 
-    def __init__(self, cfg: Config, agent: nn.Module, obs_shape: Sequence[int]) -> None:
-        super().__init__(cfg, agent, obs_shape, revision=RevisionTerm(cfg.meta))
+    def __init__(
+        self,
+        cfg: Config,
+        agent: nn.Module,
+        obs_shape: Sequence[int],
+        batch_mean: BatchMean = torch.mean,
+    ) -> None:
+        super().__init__(cfg, agent, obs_shape, batch_mean, revision=RevisionTerm(cfg.meta))
 
 
 #: The objective of each ``algo``.
@@ -290,6 +321,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
 }
 
 
-def make_objective(cfg: Config, agent: nn.Module, obs_shape: Sequence[int]) -> Objective:
+def make_objective(
+    cfg: Config, agent: nn.Module, obs_shape: Sequence[int], batch_mean: BatchMean = torch.mean
+) -> Objective:
     """The objective of ``cfg.algo`` for ``agent`` (builds the meta-network, if any)."""
-    return OBJECTIVES[cfg.algo](cfg, agent, obs_shape)
+    return OBJECTIVES[cfg.algo](cfg, agent, obs_shape, batch_mean)

@@ -40,6 +40,35 @@ class Batch:
     def shape(self) -> tuple[int, int]:
         return tuple(self.actions.shape)  # type: ignore[return-value]
 
+    def shard(self, index: int, count: int) -> Batch:
+        """Columns ``[index B/count, (index + 1) B/count)``: one of ``count`` equal shards
+        along B (for data-parallel learners; B must divide evenly), in its own memory (a
+        view would carry the whole batch's storage when it is sent to another process)."""
+        width = self.shape[1]
+        if not 0 <= index < count or width % count:
+            raise ValueError(f"cannot take shard {index} of {count} of a batch of B = {width}")
+        size = width // count
+        start, stop = index * size, (index + 1) * size
+        t, b = (
+            torch.div(self.truncation_index, width, rounding_mode="floor"),
+            (self.truncation_index % width),
+        )
+        inside = (b >= start) & (b < stop)
+
+        def columns(tensor: Tensor) -> Tensor:
+            return tensor[:, start:stop].contiguous()
+
+        return Batch(
+            obs=columns(self.obs),
+            actions=columns(self.actions),
+            rewards=columns(self.rewards),
+            continues=columns(self.continues),
+            behaviour_log_probs=columns(self.behaviour_log_probs),
+            truncation_index=t[inside] * size + b[inside] - start,
+            truncation_obs=self.truncation_obs[inside],
+            policy_versions=self.policy_versions,
+        )
+
     @classmethod
     def from_trajectories(
         cls,

@@ -34,6 +34,8 @@ META_MODES = ("inline", "async")
 TORSOS = ("auto", "mlp", "conv", "resnet")  # impala_frodo.torsos
 #: How actors evaluate mu (impala_frodo.torch_policy): auto = torch for a ResNet, else numpy.
 ACTOR_INFERENCE = ("auto", "numpy", "torch")
+#: How data-parallel learners are placed over nodes (Ray placement-group strategies).
+LEARNER_PLACEMENTS = ("pack", "spread", "strict-spread")
 #: numpy seeds are 32-bit.
 MAX_SEED = 2**32 - 1
 
@@ -278,7 +280,12 @@ class RunConfig:
     num_envs: int = 32  # envs per learner batch in the synchronous trainer
     num_actors: int = 2
     envs_per_actor: int = 32
-    batches_per_update: int = 1  # actor batches concatenated into one learner batch
+    batches_per_update: int = 1  # actor batches concatenated into one learner's batch
+    # Data-parallel learners (distributed trainer): each takes batches_per_update actor
+    # batches per update, so the global batch is num_learners times one learner's.
+    num_learners: int = 1
+    learner_num_cpus: float = 1.0  # per learner process when num_learners > 1
+    learner_placement: str = "pack"  # pack | spread | strict-spread (over nodes)
     queue_size: int = 8  # bounded trajectory queue, in actor batches
     broadcast_every: int = 1  # learner updates between weight publications
     policy_lag: int = 0  # act with weights this many versions old, on purpose (0: newest)
@@ -315,6 +322,7 @@ class RunConfig:
             "num_actors",
             "envs_per_actor",
             "batches_per_update",
+            "num_learners",
             "queue_size",
             "broadcast_every",
             "log_every_updates",
@@ -328,12 +336,24 @@ class RunConfig:
             f"run.policy_lag must be an integer >= 0, got {self.policy_lag!r}",
         )
         _in_range("run.actor_num_cpus", self.actor_num_cpus, 0.0, 64.0, low_open=True)
+        _in_range("run.learner_num_cpus", self.learner_num_cpus, 0.0, 1024.0, low_open=True)
+        _one_of("run.learner_placement", self.learner_placement, LEARNER_PLACEMENTS)
+        _require(
+            self.num_learners <= self.num_actors,
+            f"run.num_learners = {self.num_learners} is more than run.num_actors = "
+            f"{self.num_actors}: give every learner at least one actor",
+        )
         _one_of("run.device", self.device, DEVICES)
         _one_of("run.actor_inference", self.actor_inference, ACTOR_INFERENCE)
         _in_range("run.checkpoint_every_s", self.checkpoint_every_s, 0.0, 1e9, low_open=True)
         _in_range("run.log_every_s", self.log_every_s, 0.0, 1e9, low_open=True)
         _in_range("run.progress_timeout_s", self.progress_timeout_s, 0.0, 1e9, low_open=True)
         _in_range("run.connect_timeout_s", self.connect_timeout_s, 0.0, 1e9, low_open=True)
+
+    @property
+    def trajectories_per_update(self) -> int:
+        """Actor batches one update consumes: ``batches_per_update`` per learner."""
+        return self.batches_per_update * self.num_learners
 
 
 _SECTIONS: dict[str, type] = {
@@ -377,6 +397,11 @@ class Config:
             self.meta.mode == "inline" or self.is_meta,
             f"meta.mode = 'async' needs an algorithm with meta-parameters "
             f"({', '.join(META_ALGOS)}); algo {self.algo!r} has none",
+        )
+        _require(
+            self.meta.mode == "inline" or self.run.num_learners == 1,
+            f"meta.mode = 'async' runs one learner beside its meta-learner; "
+            f"run.num_learners = {self.run.num_learners} needs meta.mode = 'inline'",
         )
 
     @property

@@ -96,11 +96,16 @@ class GradientReducer(Protocol):
     ``inner`` combines an inner step's gradients (they may carry a graph to eta: a
     combination must keep it, so that the meta-gradient flows back through it); ``meta``
     combines eta's gradients before eta's optimizer step. Both keep the order of the list.
+    ``batch_mean`` is the mean of a per-learner tensor over the whole batch, for the
+    statistics a loss takes over its batch (differentiable where the tensor has a graph).
+    Data-parallel learners: :class:`~impala_frodo.data_parallel.AllReduceGradients`.
     """
 
     def inner(self, grads: list[Tensor]) -> list[Tensor]: ...
 
     def meta(self, grads: list[Tensor]) -> list[Tensor]: ...
+
+    def batch_mean(self, tensor: Tensor) -> Tensor: ...
 
 
 class LocalGradients:
@@ -111,6 +116,9 @@ class LocalGradients:
 
     def meta(self, grads: list[Tensor]) -> list[Tensor]:
         return grads
+
+    def batch_mean(self, tensor: Tensor) -> Tensor:
+        return tensor.mean()
 
 
 #: The reducer of a single learner.

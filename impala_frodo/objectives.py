@@ -11,7 +11,7 @@ so that the inner update stays a differentiable function of eta.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -214,6 +214,7 @@ def meta_target(
     canonical: Tensor | None = None,
     log_rhos: Tensor | None = None,
     centre: bool = False,
+    batch_mean: Callable[[Tensor], Tensor] = torch.mean,
 ) -> Tensor:
     """FRODO's target g ``[T, B]`` (DESIGN section 5).
 
@@ -224,7 +225,8 @@ def meta_target(
     ``canonical``: the residual form g = sg(v_s) + G_eta(tau), with v_s the
     canonical V-trace target ``[T, B]``; ``None``: the paper's plain g = G_eta(tau).
     ``centre``: the residual's correction centred over the batch,
-    g = sg(v_s) + G - mean_{T,B}(G).
+    g = sg(v_s) + G - mean_{T,B}(G), the mean taken by ``batch_mean`` (over every
+    learner's batch when several learn in parallel).
     """
     discounts = gamma * batch.continues
     inputs = [
@@ -240,7 +242,7 @@ def meta_target(
     if canonical is None:
         return learned
     if centre:
-        learned = learned - learned.mean()
+        learned = learned - batch_mean(learned)
     return stop_gradient(canonical) + learned
 
 

@@ -68,7 +68,7 @@ class Updater:
         self.max_grad_norm = cfg.optim.max_grad_norm
         self.reducer = reducer
 
-        self.objective = make_objective(cfg, self.agent, obs_shape)
+        self.objective = make_objective(cfg, self.agent, obs_shape, reducer.batch_mean)
         self.meta_net = self.objective.meta_net
         self.meta_optimizer: torch.optim.Optimizer | None = None
         if self.meta_net is not None:

@@ -63,6 +63,7 @@ FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ),
     ("--queue-size", "run.queue_size", int, "max unrolls in flight/queued in total"),
     ("--batches-per-update", "run.batches_per_update", int, "actor batches per learner batch"),
+    ("--num-learners", "run.num_learners", int, "data-parallel learner processes (Ray actors)"),
     ("--broadcast-every", "run.broadcast_every", int, "updates between weight publications"),
     ("--actor-num-cpus", "run.actor_num_cpus", float, "Ray CPUs reserved per actor"),
     ("--checkpoint-every-s", "run.checkpoint_every_s", float, "seconds between checkpoints"),

@@ -9,10 +9,13 @@ the reverse order. Signals are :mod:`learner.signals`'; the outcome is a
 :class:`~learner.result.TrainResult` whose stop reason carries the exit code
 (:data:`learner.exit_codes.EXIT_CODES_HELP` says what each code means).
 
-**Learner placement.** The learner runs in the driver process (no extra hop
+**Learner placement.** One learner runs in the driver process (no extra hop
 for trajectories): on CUDA when ``run.device`` is ``auto``/``cuda`` and the
 driver's machine has a GPU. Under ``ray job submit`` give the entrypoint a
-GPU with ``--entrypoint-num-gpus 1``. Actors are CPU-only.
+GPU with ``--entrypoint-num-gpus 1``. With ``run.num_learners`` N > 1 the learners
+are N Ray actors in a placement group (:mod:`learner.learner_group`), one GPU each
+where ``run.device`` is ``cuda``, or ``auto`` and the cluster has N GPUs; the driver
+deals them their shards, logs and checkpoints. Actors are CPU-only.
 
 **Faults.** Actor deaths are the pool's (:mod:`learner.actor_pool`). No wait
 is unbounded: with no unroll back for ``run.progress_timeout_s`` the run fails
@@ -63,6 +66,7 @@ from impala_frodo.utils import os_error_reason, resolve_device, seed_everything
 from learner.actor_pool import ActorPool, TrainingError
 from learner.env_check import env_spec_or_config_error
 from learner.learner import Counters, Learner, check_resume_state
+from learner.learner_group import LearnerGroup
 from learner.loop import LoopCallback, LoopContext, run_session
 from learner.meta_actor import RayMetaLink
 from learner.progress import Mode, Progress
@@ -131,7 +135,7 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
             warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
             if options.handle_signals:
                 stop.install()  # over the failure-signal handler Ray's core worker set
-            check_resources(cfg)
+            check_resources(cfg, learner_gpus=_learners_use_gpus(cfg))
             # The actors start first: their processes come up while the learner is built.
             try:
                 with (
@@ -276,6 +280,16 @@ def _learner(
         _close_learner(learner)
 
 
+def _learners_use_gpus(cfg: Config) -> bool:
+    """Data-parallel learners take a GPU each: with ``run.device = "cuda"``, or ``"auto"``
+    where the cluster has one per learner."""
+    if cfg.run.num_learners == 1:
+        return False
+    if cfg.run.device == "auto":
+        return ray.cluster_resources().get("GPU", 0.0) >= cfg.run.num_learners
+    return cfg.run.device == "cuda"
+
+
 def _make_learner(
     cfg: Config,
     spec: EnvSpec,
@@ -283,26 +297,48 @@ def _make_learner(
     run_dir: Path,
     state: dict[str, Any] | None,
 ) -> Learner:
-    """The learner, its checkpoints and its run logger; resumed from ``state`` if given."""
+    """The learner, its checkpoints and its run logger; resumed from ``state`` if given.
+
+    With ``run.num_learners`` > 1 its updater is a :class:`LearnerGroup` (the batches are
+    assembled on the driver's CPU and dealt to the learners).
+    """
     seed_everything(cfg.run.seed)
-    learner = Learner(
-        cfg,
-        spec.observation_shape,
-        spec.num_actions,
-        device=device,
-        state_observations=spec.state_observations,
-        checkpoints=CheckpointManager(run_dir / CHECKPOINT_DIR),
-    )
-    resume_step = None
-    if state is not None:
-        learner.load_state_dict(state)
-        resume_step = learner.counters.env_steps
-        learner.counters.resumes = resume_count(state)  # as the actors were seeded
-        # The resumed run's config (e.g. a larger budget) replaces config.json once this
-        # session has a checkpoint of its own: until then the old one still describes it.
-        learner.after_next_checkpoint = lambda: _write_config(run_dir, cfg)
-    learner.run_logger = RunLogger(run_dir, resume_step=resume_step)
-    learner.run_logger.add_config(cfg, learner.counters.env_steps)
+    group = None
+    if cfg.run.num_learners > 1:
+        group = LearnerGroup(
+            cfg, spec.observation_shape, spec.num_actions, use_gpus=_learners_use_gpus(cfg)
+        )
+        device = torch.device("cpu")
+        log.info(
+            "%d learners on %d node(s), %s",
+            group.size,
+            len(set(group.node_ids)),
+            "one GPU each" if _learners_use_gpus(cfg) else "CPU",
+        )
+    try:
+        learner = Learner(
+            cfg,
+            spec.observation_shape,
+            spec.num_actions,
+            device=device,
+            state_observations=spec.state_observations,
+            checkpoints=CheckpointManager(run_dir / CHECKPOINT_DIR),
+            updater=group,
+        )
+        resume_step = None
+        if state is not None:
+            learner.load_state_dict(state)  # every learner from the checkpoint
+            resume_step = learner.counters.env_steps
+            learner.counters.resumes = resume_count(state)  # as the actors were seeded
+            # The resumed run's config (e.g. a larger budget) replaces config.json once this
+            # session has a checkpoint of its own: until then the old one still describes it.
+            learner.after_next_checkpoint = lambda: _write_config(run_dir, cfg)
+        learner.run_logger = RunLogger(run_dir, resume_step=resume_step)
+        learner.run_logger.add_config(cfg, learner.counters.env_steps)
+    except BaseException:
+        if group is not None:
+            group.shutdown()
+        raise
     return learner
 
 
@@ -326,11 +362,15 @@ def _meta_learner(
 
 
 def _close_learner(learner: Learner) -> None:
-    """Close the run logger; a disk error here is reported, not raised over the result."""
+    """Close the run logger (a disk error here is reported, not raised over the result)
+    and stop data-parallel learners."""
     try:
         learner.close()
     except StorageError as e:
         log.error("%s; the last log records may be missing", e)
+    finally:
+        if isinstance(learner.updater, LearnerGroup):
+            learner.updater.shutdown()
 
 
 def _write_config(run_dir: Path, cfg: Config) -> None:

@@ -30,7 +30,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -120,8 +120,34 @@ def _check_shapes(saved: Mapping[str, Any], current: Mapping[str, torch.Tensor])
             )
 
 
+class UpdaterLike(Protocol):
+    """What the learner uses of its :class:`~impala_frodo.updater.Updater`; data-parallel
+    learners offer the same (:class:`~learner.learner_group.LearnerGroup`)."""
+
+    params: Mapping[str, torch.Tensor]
+    num_updates: int
+    num_meta_updates: int
+    last_target: torch.Tensor | None
+
+    def update(self, batch: Batch) -> dict[str, float]: ...
+
+    def acting_params(
+        self, device: torch.device | str | None = None
+    ) -> dict[str, torch.Tensor]: ...
+
+    def values(self, obs: torch.Tensor) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class Learner:
-    """Consumes trajectory batches, updates the agent, publishes weights, logs and checkpoints."""
+    """Consumes trajectory batches, updates the agent, publishes weights, logs and checkpoints.
+
+    ``updater``: the learning rule's state (default: an ``Updater`` on ``device``; a
+    :class:`~learner.learner_group.LearnerGroup` for data-parallel learners).
+    """
 
     def __init__(
         self,
@@ -134,12 +160,15 @@ class Learner:
         run_logger: RunLogger | None = None,
         checkpoints: CheckpointManager | None = None,
         clock: Callable[[], float] = time.monotonic,
+        updater: UpdaterLike | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.obs_shape = tuple(obs_shape)
         self.num_actions = int(num_actions)
-        self.updater = Updater(cfg, self.obs_shape, self.num_actions, device=self.device)
+        self.updater: UpdaterLike = updater or Updater(
+            cfg, self.obs_shape, self.num_actions, device=self.device
+        )
         self.counters = Counters()
         self.run_logger = run_logger
         self.checkpoints = checkpoints

@@ -147,7 +147,7 @@ class TrainingLoop:
                 waits.restart()
             watchdog.progressed()
             self._pending.extend(got)
-            if len(self._pending) < self.cfg.run.batches_per_update:
+            if len(self._pending) < self.cfg.run.trajectories_per_update:
                 self.pool.fill()  # keep the actors we took from busy while we wait for the rest
                 continue
             self._update(waits)
@@ -158,7 +158,7 @@ class TrainingLoop:
     def _take(self, waits: _WaitShare) -> list[Trajectory]:
         """The unrolls finished within one wait slice (up to what the next update needs)."""
         start = time.monotonic()
-        wanted = self.cfg.run.batches_per_update - len(self._pending)
+        wanted = self.cfg.run.trajectories_per_update - len(self._pending)
         got, queued = self.pool.take(wanted, timeout=WAIT_SLICE_S)
         waits.add(time.monotonic() - start)
         self.learner.counters.actor_failures = self.earlier_failures + self.pool.failures

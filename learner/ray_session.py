@@ -196,13 +196,15 @@ def _quiet_default_token_auth() -> Iterator[None]:
 
 
 def check_local_cpus(cfg: Config) -> None:
-    """On the local Ray a run starts (``os.cpu_count()`` CPUs) every actor must fit."""
+    """On the local Ray a run starts (``os.cpu_count()`` CPUs) every actor must fit, and
+    data-parallel learners with at least one actor."""
     cpus = os.cpu_count() or 1
     if cfg.run.actor_num_cpus > cpus:
         raise ConfigError(
             f"run.actor_num_cpus = {cfg.run.actor_num_cpus:g} is more than the {cpus} CPUs of "
             f"the local Ray instance this run starts: no actor could ever be placed"
         )
+    _check_learner_cpus(cfg, cpus, "the local Ray instance this run starts")
     check_meta_learner_fits(cfg, cpus, "the local Ray instance this run starts")
 
 
@@ -226,18 +228,43 @@ def check_meta_learner_fits(cfg: Config, cpus: float, where: str) -> None:
         )
 
 
-def check_resources(cfg: Config) -> None:
-    """Refuse an async meta-learner the cluster cannot place beside the actors; warn when
-    the cluster has fewer CPUs than the actors reserve."""
-    cpus = ray.cluster_resources().get("CPU", 0.0)
-    check_meta_learner_fits(cfg, cpus, "the cluster")
+def _check_learner_cpus(cfg: Config, cpus: float, where: str) -> None:
+    learners = cfg.run.num_learners
+    if learners == 1:
+        return
+    least = learners * cfg.run.learner_num_cpus + cfg.run.actor_num_cpus  # and one actor
+    if least > cpus:
+        raise ConfigError(
+            f"{learners} learners x run.learner_num_cpus = {cfg.run.learner_num_cpus:g} and "
+            f"an actor's {cfg.run.actor_num_cpus:g} need {least:g} CPUs but {where} has "
+            f"{cpus:g}: lower run.num_learners or run.learner_num_cpus"
+        )
+
+
+def check_resources(cfg: Config, learner_gpus: bool = False) -> None:
+    """Refuse data-parallel learners, or an async meta-learner, that the cluster can never
+    place (ConfigError); warn when it has fewer CPUs than the actors reserve."""
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", 0.0)
+    check_meta_learner_fits(cfg, cpus, "the cluster")  # async runs one learner (config)
+    learners = cfg.run.num_learners
+    if learners > 1:
+        _check_learner_cpus(cfg, cpus, "the cluster")
+        gpus = resources.get("GPU", 0.0)
+        if learner_gpus and learners > gpus:
+            raise ConfigError(
+                f"{learners} learners need a GPU each but the cluster has {gpus:g}: lower "
+                "run.num_learners, or set run.device=cpu"
+            )
+        cpus -= learners * cfg.run.learner_num_cpus
     need = cfg.run.num_actors * cfg.run.actor_num_cpus
     if need > cpus:
         log.warning(
-            "%d actors x %.2f CPU = %.1f CPUs but the cluster has %.1f: only %d can run at once",
+            "%d actors x %.2f CPU = %.1f CPUs but the cluster has %.1f%s: only %d can run at once",
             cfg.run.num_actors,
             cfg.run.actor_num_cpus,
             need,
             cpus,
+            " beside the learners" if learners > 1 else "",
             int(cpus // cfg.run.actor_num_cpus),
         )

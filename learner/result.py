@@ -19,6 +19,7 @@ from impala_frodo.updater import NonFiniteLossError
 from learner.actor_pool import TrainingError
 from learner.exit_codes import ExitCode
 from learner.learner import History
+from learner.learner_group import LearnerFailure
 
 
 class StopReason(StrEnum):
@@ -35,6 +36,7 @@ class StopReason(StrEnum):
     DISK = ("disk", ExitCode.FAILED, "failed: a write refused by the disk")
     ACTORS = ("actors", ExitCode.FAILED, "failed: the rollout actors")
     META = ("meta", ExitCode.FAILED, "failed: the async meta-learner")
+    LEARNERS = ("learners", ExitCode.FAILED, "failed: a learner process")
 
     def __new__(cls, value: str, exit_code: ExitCode, summary: str) -> StopReason:
         member = str.__new__(cls, value)
@@ -67,6 +69,8 @@ FAILURES: dict[type[BaseException], Failure] = {
     TrainingError: Failure(StopReason.ACTORS, True, "{error}", "training stopped: {message}"),
     # eta as last received, and its Adam state, are in the final checkpoint.
     MetaLearnerError: Failure(StopReason.META, True, "{error}", "training stopped: {message}"),
+    # The other learners may be stuck in a collective: rank 0's state cannot be read.
+    LearnerFailure: Failure(StopReason.LEARNERS, False, "training stopped: {error}; {last_good}"),
     # A second SIGINT/SIGTERM: abort now; the last periodic checkpoint stays.
     KeyboardInterrupt: Failure(
         StopReason.SIGNAL, False, "aborted by a second signal: no final checkpoint"

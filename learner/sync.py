@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from actors.rollout import RolloutActor, env_spec
-from impala_frodo.config import Config
+from impala_frodo.config import Config, ConfigError
 from impala_frodo.runlog import RunLogger
 from impala_frodo.utils import resolve_device, seed_everything
 from impala_frodo.weights import param_layout
@@ -44,6 +44,11 @@ def train_sync(
     episodes reaches it. ``run_dir``: write TensorBoard events and ``metrics.jsonl`` there,
     about ``num_records`` records evenly spaced in updates (so that seeds line up in plots).
     """
+    if cfg.run.num_learners > 1:
+        raise ConfigError(
+            f"run.num_learners = {cfg.run.num_learners}: data-parallel learners run in the "
+            "distributed trainer (impala-frodo train), the synchronous one has one learner"
+        )
     if run_dir is not None:
         cfg = _record_every(cfg, num_records)
     seed_everything(cfg.run.seed)

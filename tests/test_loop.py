@@ -13,6 +13,7 @@ from impala_frodo.runlog import StorageError
 from impala_frodo.updater import NonFiniteLossError
 from learner.actor_pool import TrainingError
 from learner.exit_codes import EXIT_CODES_HELP, ExitCode
+from learner.learner_group import LearnerFailure
 from learner.loop import StallWatchdog
 from learner.result import StopReason, TrainResult, describe_result, failure_of
 
@@ -29,6 +30,7 @@ def test_every_stop_reason_is_its_string_and_carries_its_exit_code():
         "disk": ExitCode.FAILED,
         "actors": ExitCode.FAILED,
         "meta": ExitCode.FAILED,
+        "learners": ExitCode.FAILED,
     }
     result = TrainResult(Path("runs/x"), reason=StopReason.SIGNAL)
     assert result.exit_code == 130 and describe_result(result).startswith("stopped by a signal. ")
@@ -40,6 +42,9 @@ def test_the_exceptions_that_end_a_loop_map_to_their_reasons():
     assert failure_of(TrainingError("actors")).final_checkpoint  # the learner is fine
     meta = failure_of(MetaLearnerError("gone"))
     assert meta.reason is StopReason.META and meta.final_checkpoint  # eta as last received
+    # Data-parallel learners may be stuck in a collective: no state to save.
+    learners = failure_of(LearnerFailure("rank 1 died"))
+    assert learners.reason is StopReason.LEARNERS and not learners.final_checkpoint
     aborted = failure_of(KeyboardInterrupt())
     assert aborted.reason is StopReason.SIGNAL and not aborted.final_checkpoint
 

@@ -167,6 +167,10 @@ def test_a_window_holds_its_start_its_batches_and_the_held_out_batch():
         ({"meta": {"mode": "later"}}, "meta.mode must be one of inline, async"),
         ({"meta": {"delay_windows": -1}}, "meta.delay_windows"),
         ({"meta": {"learner_num_cpus": 0}}, "meta.learner_num_cpus"),
+        (
+            {"meta": {"mode": "async"}, "run": {"num_learners": 2, "num_actors": 2}},
+            "runs one learner beside its meta-learner",
+        ),
     ],
 )
 def test_bad_async_settings_are_config_errors(overrides, message):

@@ -115,18 +115,7 @@ def scenario(address: str, logdir: str, worker_dir: str, worker_session: int) ->
     before in the same process lost track of new actors); returns what the test checks."""
     import ray
 
-    deadline = time.monotonic() + 120
-    while True:  # the head's GCS takes a few seconds to listen
-        try:
-            ray.init(address=address, logging_level="WARNING")
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
-    while sum(n["Alive"] for n in ray.nodes()) < 2:
-        assert time.monotonic() < deadline, "the worker node never joined"
-        time.sleep(0.5)
+    _connect(address)
     nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
     (head_id,) = [i for i, n in nodes.items() if "head" in n["Resources"]]
     (worker_id,) = [i for i, n in nodes.items() if "worker" in n["Resources"]]
@@ -176,6 +165,65 @@ def scenario(address: str, logdir: str, worker_dir: str, worker_session: int) ->
     }
 
 
+def learners_scenario(address: str, logdir: str) -> dict:
+    """Two data-parallel learners, one per node, train Catch to the end of a budget."""
+    import ray
+
+    _connect(address)
+    nodes: list[str] = []
+    meta_updates = [0]
+
+    def callback(ctx) -> None:
+        nodes[:] = ctx.learner.updater.node_ids
+        meta_updates[0] = ctx.learner.counters.meta_updates
+
+    cfg = set_dotted(
+        Config(),
+        {
+            "algo": "frodo",
+            "run.num_actors": 2,
+            "run.num_learners": 2,
+            "run.learner_num_cpus": 0.5,
+            "run.learner_placement": "strict-spread",
+            "run.envs_per_actor": 8,
+            "run.unroll_length": 10,
+            "run.total_env_steps": 8_000,
+            "run.actor_num_cpus": 0.5,
+            "run.progress_timeout_s": 120.0,
+            "run.logdir": logdir,
+            "meta.num_inner_steps": 3,
+        },
+    )
+    result = train(cfg, TrainOptions(progress=False, handle_signals=False, callback=callback))
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    ray.shutdown()
+    return {
+        "learner_nodes": nodes,
+        "cluster_nodes": sorted(alive),
+        "exit_code": result.exit_code,
+        "message": result.message,
+        "env_steps": result.env_steps,
+        "meta_updates": meta_updates[0],
+    }
+
+
+def _connect(address: str) -> None:
+    import ray
+
+    deadline = time.monotonic() + 120
+    while True:  # the head's GCS takes a few seconds to listen
+        try:
+            ray.init(address=address, logging_level="WARNING")
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+    while sum(n["Alive"] for n in ray.nodes()) < 2:
+        assert time.monotonic() < deadline, "the worker node never joined"
+        time.sleep(0.5)
+
+
 def _kill_session(session: int, marker: str) -> list[int]:
     for _ in range(3):  # a process may start another while we kill
         for pid in _our_processes(session, [marker]):
@@ -190,7 +238,8 @@ def _kill_session(session: int, marker: str) -> list[int]:
 def test_losing_the_worker_node_mid_run_loses_no_unroll_and_the_run_finishes(two_nodes, tmp_path):
     address, worker = two_nodes
     env = _clean_env(**AUTH)
-    argv = [address, str(tmp_path / "runs"), str(worker.temp_dir), str(worker.proc.pid)]
+    argv = ["node-loss", address, str(tmp_path / "runs"), str(worker.temp_dir)]
+    argv.append(str(worker.proc.pid))
     done = subprocess.run(
         [sys.executable, "-m", "tests.test_two_nodes", *argv],
         capture_output=True,
@@ -217,5 +266,26 @@ def test_losing_the_worker_node_mid_run_loses_no_unroll_and_the_run_finishes(two
     assert u["collected"] == seen["updates"]  # one unroll per update: all were trained on
 
 
+def test_two_learners_on_two_nodes_train_to_the_end_of_the_budget(two_nodes, tmp_path):
+    address, _ = two_nodes
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.test_two_nodes", "learners", address, str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        env=_clean_env(**AUTH),
+        timeout=400,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["exit_code"] == ExitCode.OK, seen["message"]
+    assert sorted(seen["learner_nodes"]) == seen["cluster_nodes"], "one learner on each node"
+    assert seen["env_steps"] >= 8_000 and seen["meta_updates"] >= 2
+
+
 if __name__ == "__main__":
-    print(json.dumps(scenario(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    kind, args = sys.argv[1], sys.argv[2:]
+    if kind == "learners":
+        print(json.dumps(learners_scenario(*args)))
+    else:
+        print(json.dumps(scenario(args[0], args[1], args[2], int(args[3]))))
