@@ -28,6 +28,9 @@ TARGET_FORMS = ("residual", "plain", "plain-zero-head", "residual-centred")
 #: The target forms that add the learned correction to the canonical V-trace target v_s.
 RESIDUAL_FORMS = ("residual", "residual-centred")
 META_SCHEDULES = ("chain", "sliding")
+#: Where the outer (meta) step is taken: inline in the learner's update, or by a
+#: meta-learner beside it (impala_frodo.meta_learner; docs/design.md, "The async meta-learner").
+META_MODES = ("inline", "async")
 TORSOS = ("auto", "mlp", "conv", "resnet")  # impala_frodo.torsos
 #: How actors evaluate mu (impala_frodo.torch_policy): auto = torch for a ResNet, else numpy.
 ACTOR_INFERENCE = ("auto", "numpy", "torch")
@@ -196,6 +199,16 @@ class MetaConfig:
     inner update, differentiated through the last M inner updates (recomputed from
     the parameters M updates ago with the current eta): M times the meta-steps, at
     about M times the meta-step cost.
+
+    ``mode = "inline"``: the learner takes the outer step itself (the schedule above).
+    ``"async"``: the learner takes first-order inner steps only, with the newest eta it
+    has, and hands every window (theta and the optimizer state at its start, its M
+    batches and the held-out batch) to a meta-learner, which recomputes the chain with its
+    eta, steps eta and sends it back (the chain schedule's windows; docs/design.md, "The
+    async meta-learner"). ``delay_windows``: in the synchronous trainer (the meta-learner
+    in process), deliver each new eta this many windows late, a model of a meta-learner
+    that lags; 0 is lock-step, equal to the chain schedule. ``learner_num_cpus``: the Ray
+    CPUs the meta-learner process reserves in the distributed trainer.
     """
 
     num_inner_steps: int = 5  # M
@@ -216,6 +229,10 @@ class MetaConfig:
     # MGRL: initial meta-parameters (gamma, lambda), learned through sigmoids.
     mgrl_init_gamma: float = 0.99
     mgrl_init_lambda: float = 0.95
+    # The async meta-learner.
+    mode: str = "inline"
+    delay_windows: int = 0
+    learner_num_cpus: float = 1.0
 
     def __post_init__(self) -> None:
         _positive_int("meta.num_inner_steps", self.num_inner_steps)
@@ -238,6 +255,19 @@ class MetaConfig:
         # Sigmoid-parameterised: the ends 0 and 1 are not reachable.
         _in_range("meta.mgrl_init_gamma", self.mgrl_init_gamma, 0.0, 0.9999, low_open=True)
         _in_range("meta.mgrl_init_lambda", self.mgrl_init_lambda, 0.0, 0.9999, low_open=True)
+        _one_of("meta.mode", self.mode, META_MODES)
+        _require(
+            isinstance(self.delay_windows, int)
+            and not isinstance(self.delay_windows, bool)
+            and 0 <= self.delay_windows <= 10_000,
+            f"meta.delay_windows must be an integer in [0, 10000], got {self.delay_windows!r}",
+        )
+        _in_range("meta.learner_num_cpus", self.learner_num_cpus, 0.0, 64.0, low_open=True)
+        _require(
+            self.mode == "inline" or self.schedule == "chain",
+            f"meta.mode = 'async' hands out the chain schedule's windows; use "
+            f"meta.schedule = 'chain', got {self.schedule!r}",
+        )
 
 
 @dataclass
@@ -367,6 +397,16 @@ class Config:
             not (self.task == "prediction" and self.algo == "mgrl"),
             "algo 'mgrl' is a control algorithm; use task = 'control' (prediction supports "
             "impala, frodo, frodo-ext)",
+        )
+        _require(
+            self.meta.mode == "inline" or self.is_meta,
+            f"meta.mode = 'async' needs an algorithm with meta-parameters "
+            f"({', '.join(META_ALGOS)}); algo {self.algo!r} has none",
+        )
+        _require(
+            self.meta.mode == "inline" or self.run.num_learners == 1,
+            f"meta.mode = 'async' runs one learner beside its meta-learner; "
+            f"run.num_learners = {self.run.num_learners} needs meta.mode = 'inline'",
         )
 
     @property

@@ -11,6 +11,9 @@ held-out batch, and says where training continues from after the outer step.
 - :class:`SlidingSchedule`: plain inner steps; before each one, once M are recorded, an
   outer step on the new batch through the last M updates, recomputed differentiably
   from the parameters M updates ago with the current eta.
+- :class:`WindowSchedule` (``meta.mode = "async"``): plain inner steps; every M of them,
+  with the next batch held out, form a window that the updater hands to a meta-learner
+  (:mod:`impala_frodo.meta_learner`), which takes the outer step.
 
 Adding a schedule adds a class and a line in :data:`SCHEDULES`.
 """
@@ -166,6 +169,29 @@ class SlidingSchedule(MetaSchedule):
         return EtaGradient(result.eta_grads, result.outer_loss, result.outer_aux)
 
 
+class WindowSchedule(MetaSchedule):
+    """The chain schedule's windows without its graph: plain inner steps, and every M of
+    them handed out (:meth:`take_window`) for a meta-learner to recompute and differentiate."""
+
+    def record(self, batch: Batch, params: Params, opt_state: OptState) -> None:
+        keep = not self.pending  # only the window's start is recomputed from
+        self.pending.append(
+            InnerUpdate(batch, params if keep else None, opt_state if keep else None)
+        )
+
+    def take_window(self) -> tuple[Params, OptState, list[Batch]]:
+        """theta and the optimizer state at the window's start and its M batches; the
+        next inner update starts a new window."""
+        first = self.pending[0]
+        assert first.params is not None and first.opt_state is not None
+        batches = [update.batch for update in self.pending]
+        self.pending.clear()
+        return first.params, first.opt_state, batches
+
+    def eta_gradient(self, rule: LearningRule, held_out: Batch) -> EtaGradient:
+        raise RuntimeError("in async mode the meta-learner takes eta's gradient")
+
+
 #: The schedule of each ``meta.schedule``.
 SCHEDULES: Mapping[str, type[MetaSchedule]] = {
     "chain": ChainSchedule,
@@ -174,6 +200,9 @@ SCHEDULES: Mapping[str, type[MetaSchedule]] = {
 
 
 def make_schedule(cfg: Config, has_meta_params: bool) -> MetaSchedule:
-    """``cfg.meta.schedule``'s schedule, or :class:`NoMeta` when there is nothing to learn."""
+    """``cfg.meta.schedule``'s schedule, :class:`WindowSchedule` in async mode, or
+    :class:`NoMeta` when there is nothing to learn."""
     kind = SCHEDULES[cfg.meta.schedule] if has_meta_params else NoMeta
+    if has_meta_params and cfg.meta.mode == "async":
+        kind = WindowSchedule
     return kind(cfg.meta.num_inner_steps)

@@ -29,6 +29,7 @@ from torch.func import functional_call
 from impala_frodo.algorithms import LEARNED_TARGET, make_objective
 from impala_frodo.batch import Batch
 from impala_frodo.config import Config
+from impala_frodo.meta_learner import EtaUpdate, InProcessLink, MetaLearner, MetaLink, MetaWindow
 from impala_frodo.metagrad import (
     LOCAL,
     GradientReducer,
@@ -40,7 +41,7 @@ from impala_frodo.metagrad import (
     make_inner_optimizer,
 )
 from impala_frodo.networks import AgentNet
-from impala_frodo.schedules import make_schedule
+from impala_frodo.schedules import WindowSchedule, make_schedule
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -79,6 +80,12 @@ class Updater:
         self.last_target: Tensor | None = None
         self.num_updates = 0  # inner updates = the policy version
         self.num_meta_updates = 0
+        self.obs_shape, self.num_actions = tuple(obs_shape), int(num_actions)
+        #: Async mode: where windows go and new etas come from (a lock-step meta-learner in
+        #: this process unless one is attached; the distributed driver attaches a Ray one).
+        self.meta_link: MetaLink | None = None
+        self.meta_windows = 0  # windows handed out (async mode), over the whole run
+        self.meta_skipped_before = 0  # windows skipped in earlier sessions
 
     # ----------------------------------------------------------------- losses
     @property
@@ -86,8 +93,12 @@ class Updater:
         return {} if self.meta_net is None else dict(self.meta_net.named_parameters())
 
     def inner_loss(self, params: Params, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_inner(theta; tau) of the configured algorithm, with the current eta."""
-        return self.objective.inner_loss(params, self.eta, batch)
+        """L_inner(theta; tau) of the configured algorithm, with the current eta (detached
+        in async mode: the learner's steps are first-order, and no graph to eta is built)."""
+        eta = self.eta
+        if isinstance(self.schedule, WindowSchedule):
+            eta = {k: v.detach() for k, v in eta.items()}
+        return self.objective.inner_loss(params, eta, batch)
 
     def outer_loss(
         self, params: Params, batch: Batch, inner_batches: Sequence[Batch]
@@ -99,7 +110,9 @@ class Updater:
     def update(self, batch: Batch) -> dict[str, float]:
         """Consume one batch (an outer step first when one is due); returns the metrics."""
         stats: dict[str, Tensor] = {}
-        if self.schedule.outer_step_due():
+        if isinstance(self.schedule, WindowSchedule):
+            stats |= self._exchange_window(batch)
+        elif self.schedule.outer_step_due():
             stats |= self._outer_step(batch)
         step = self._inner_step(batch)
         self._check_finite("inner loss", step.loss)
@@ -141,6 +154,62 @@ class Updater:
         self.num_meta_updates += 1
         return gradient.stats | {"loss/outer": gradient.outer_loss, "meta/grad_norm": norm}
 
+    # ------------------------------------------------------ async meta-learner
+    def _exchange_window(self, batch: Batch) -> dict[str, Tensor]:
+        """Hand out the completed window (``batch`` is its held-out batch), then install a
+        new eta if one has come back: in lock-step, this window's, before ``batch``'s
+        inner step, as the chain schedule has it."""
+        link = self._link()
+        if self.schedule.outer_step_due():
+            link.send(self.take_window(batch))
+        stats = {"meta/skipped_windows": torch.tensor(float(self.meta_skipped))}
+        update = link.poll()
+        if update is not None:
+            stats |= self.install_eta(update)
+        return stats
+
+    def take_window(self, held_out: Batch) -> MetaWindow:
+        """The window of the last M inner updates with ``held_out``; a new one starts."""
+        params, opt_state, batches = self.schedule.take_window()
+        window = MetaWindow(self.meta_windows, params, opt_state, batches, held_out)
+        self.meta_windows += 1
+        return window
+
+    def install_eta(self, update: EtaUpdate) -> dict[str, Tensor]:
+        """Take the meta-learner's eta and Adam state; returns its metrics, with the meta
+        lag (windows handed out since the one it was computed on)."""
+        self.meta_net.load_state_dict(update.state["meta_net"])
+        self.meta_optimizer.load_state_dict(update.state["meta_optimizer"])
+        self.num_meta_updates = update.version
+        stats = {k: torch.tensor(v) for k, v in update.stats.items()}
+        stats["meta/lag"] = torch.tensor(float(self.meta_windows - update.window - 1))
+        stats["perf/meta_step_s"] = torch.tensor(update.seconds)
+        return stats
+
+    def meta_state(self) -> dict[str, Any]:
+        """eta, Adam's state and eta's version: what a meta-learner starts from."""
+        return {
+            "meta_net": self.meta_net.state_dict(),
+            "meta_optimizer": self.meta_optimizer.state_dict(),
+            "version": self.num_meta_updates,
+        }
+
+    @property
+    def meta_skipped(self) -> int:
+        """Windows skipped because the meta-learner was behind, over the whole run."""
+        return self.meta_skipped_before + (0 if self.meta_link is None else self.meta_link.skipped)
+
+    def _link(self) -> MetaLink:
+        """The attached link, or a lock-step meta-learner in this process (made once)."""
+        if self.meta_link is None:
+            dtype = next(iter(self.eta.values())).dtype
+            meta_learner = MetaLearner(
+                self.cfg, self.obs_shape, self.num_actions, device=self.device, dtype=dtype
+            )
+            meta_learner.load_state_dict(self.meta_state())
+            self.meta_link = InProcessLink(meta_learner, self.cfg.meta.delay_windows)
+        return self.meta_link
+
     @staticmethod
     def _check_finite(what: str, value: Tensor) -> None:
         if not torch.isfinite(value).all():
@@ -168,6 +237,8 @@ class Updater:
             else self.meta_optimizer.state_dict(),
             "num_updates": self.num_updates,
             "num_meta_updates": self.num_meta_updates,
+            "meta_windows": self.meta_windows,
+            "meta_skipped": self.meta_skipped,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -180,3 +251,8 @@ class Updater:
         self.schedule.clear()
         self.num_updates = int(state["num_updates"])
         self.num_meta_updates = int(state["num_meta_updates"])
+        self.meta_windows = int(state.get("meta_windows", 0))
+        self.meta_skipped_before = int(state.get("meta_skipped", 0))
+        if self.meta_link is not None:  # the meta-learner starts from the restored eta
+            self.meta_skipped_before -= self.meta_link.skipped
+            self.meta_link.load_state_dict(self.meta_state())

@@ -19,6 +19,7 @@ from impala_frodo.checkpoint import CheckpointError
 from impala_frodo.config import (
     ALGOS,
     DEVICES,
+    META_MODES,
     Config,
     ConfigError,
     load_file,
@@ -54,6 +55,12 @@ FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--seed", "run.seed", int, "run seed"),
     ("--logdir", "run.logdir", str, "parent folder of run directories (default runs/)"),
     ("--device", "run.device", str, f"learner device: {', '.join(DEVICES)}"),
+    (
+        "--meta-mode",
+        "meta.mode",
+        str,
+        f"where the meta step runs: {', '.join(META_MODES)} (async: a meta-learner process)",
+    ),
     ("--queue-size", "run.queue_size", int, "max unrolls in flight/queued in total"),
     ("--batches-per-update", "run.batches_per_update", int, "actor batches per learner batch"),
     ("--num-learners", "run.num_learners", int, "data-parallel learner processes (Ray actors)"),

@@ -37,7 +37,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,7 @@ import torch
 from actors.rollout import DEFAULT_MAX_RESTARTS, EnvSpec
 from impala_frodo.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from impala_frodo.config import Config
+from impala_frodo.meta_learner import MetaLearnerError
 from impala_frodo.networks import agent_layout
 from impala_frodo.runlog import (
     CHECKPOINT_DIR,
@@ -67,11 +68,13 @@ from learner.env_check import env_spec_or_config_error
 from learner.learner import Counters, Learner, check_resume_state
 from learner.learner_group import LearnerGroup
 from learner.loop import LoopCallback, LoopContext, run_session
+from learner.meta_actor import RayMetaLink
 from learner.progress import Mode, Progress
 from learner.ray_session import (
     ClusterConnectError,
     check_local_cpus,
     check_resources,
+    meta_learner_cpus,
     ray_session,
 )
 from learner.result import StopReason, TrainResult, describe_result
@@ -134,24 +137,35 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
                 stop.install()  # over the failure-signal handler Ray's core worker set
             check_resources(cfg, learner_gpus=_learners_use_gpus(cfg))
             # The actors start first: their processes come up while the learner is built.
-            with (
-                _actor_pool(cfg, spec, state, options) as pool,
-                _learner(cfg, spec, device, run_dir, state) as learner,
-            ):
-                progress = Progress(
-                    _progress_mode(options.progress),
-                    cfg.run.total_env_steps,
-                    learner.counters.env_steps,
-                )
-                return run_session(
-                    cfg,
-                    learner,
-                    pool,
-                    run_dir,
-                    stop,
-                    progress,
-                    stop_at_return=options.stop_at_return,
-                    callback=options.callback,
+            try:
+                with (
+                    _actor_pool(cfg, spec, state, options) as pool,
+                    _learner(cfg, spec, device, run_dir, state) as learner,
+                    _meta_learner(cfg, spec, learner, lambda: stop.requested),
+                ):
+                    progress = Progress(
+                        _progress_mode(options.progress),
+                        cfg.run.total_env_steps,
+                        learner.counters.env_steps,
+                    )
+                    return run_session(
+                        cfg,
+                        learner,
+                        pool,
+                        run_dir,
+                        stop,
+                        progress,
+                        stop_at_return=options.stop_at_return,
+                        callback=options.callback,
+                    )
+            except MetaLearnerError as error:  # at start-up; later, run_session's result
+                log.error("training stopped: %s", error)
+                return TrainResult(
+                    run_dir=run_dir,
+                    reason=StopReason.META,
+                    message=str(error),
+                    budget=cfg.run.total_env_steps,
+                    returns_window=cfg.run.returns_window,
                 )
 
 
@@ -224,7 +238,7 @@ def _learner_threads(cfg: Config, options: TrainOptions, local: bool) -> int:
         return options.learner_threads
     if not local:
         return torch.get_num_threads()
-    actor_cpus = math.ceil(cfg.run.num_actors * cfg.run.actor_num_cpus)
+    actor_cpus = math.ceil(cfg.run.num_actors * cfg.run.actor_num_cpus + meta_learner_cpus(cfg))
     return max(1, (os.cpu_count() or 1) - actor_cpus)
 
 
@@ -326,6 +340,25 @@ def _make_learner(
             group.shutdown()
         raise
     return learner
+
+
+@contextmanager
+def _meta_learner(
+    cfg: Config, spec: EnvSpec, learner: Learner, should_stop: Callable[[], bool]
+) -> Iterator[None]:
+    """In async mode, the meta-learner actor, started from the learner's (restored) eta,
+    waited for (:meth:`RayMetaLink.wait_started`) and attached to its updater; stopped
+    after. Nothing in inline mode."""
+    if meta_learner_cpus(cfg) == 0:
+        yield
+        return
+    link = RayMetaLink(cfg, spec.observation_shape, spec.num_actions, learner.updater.meta_state())
+    learner.updater.meta_link = link
+    try:
+        link.wait_started(should_stop)
+        yield
+    finally:
+        link.close()
 
 
 def _close_learner(learner: Learner) -> None:

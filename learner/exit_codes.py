@@ -20,11 +20,11 @@ class ExitCode(IntEnum):
 
 _HELP_TEMPLATE = """\
 exit codes: {OK} done; {FAILED} training failed (non-finite loss, disk full or read-only at a save,
-actors keep dying, no progress for run.progress_timeout_s); {USAGE} bad input (unknown env,
-preset or key, counts < 1, more actors than a local Ray can place, a path too long, a
---resume that is not a run dir, unreadable config or checkpoint, a run dir not writable or
-in use, a cluster that cannot be reached); {INTERRUPTED} stopped by Ctrl-C or SIGTERM after a final
-checkpoint.
+actors keep dying, a learner process or the async meta-learner failed, no progress for
+run.progress_timeout_s); {USAGE} bad input (unknown env, preset or key, counts < 1, more
+actors or learners than a local Ray can place, a path too long, a --resume that is not a run
+dir, unreadable config or checkpoint, a run dir not writable or in use, a cluster that cannot
+be reached); {INTERRUPTED} stopped by Ctrl-C or SIGTERM after a final checkpoint.
 """
 
 #: The exit codes for users (``impala-frodo train --help``).

@@ -192,6 +192,7 @@ class Learner:
         self._last_log_time = self._session_start
         self._last_log_steps = 0
         self._last_log_updates = 0
+        self._last_log_meta_updates = 0
         self._logged_this_session = False
         self._last_checkpoint_time = self._session_start
 
@@ -295,6 +296,11 @@ class Learner:
         scalars["episode/count"] = float(episodes)
         scalars["perf/env_steps_per_s"] = (c.env_steps - self._last_log_steps) / elapsed
         scalars["perf/updates_per_s"] = (c.updates - self._last_log_updates) / elapsed
+        if self.cfg.is_meta:
+            meta_steps = c.meta_updates - self._last_log_meta_updates
+            env_steps = max(c.env_steps - self._last_log_steps, 1)
+            scalars["perf/meta_updates_per_s"] = meta_steps / elapsed
+            scalars["perf/meta_updates_per_1k_env_steps"] = 1000.0 * meta_steps / env_steps
         scalars["perf/actor_failures"] = float(c.actor_failures)
         scalars["progress/updates"] = float(c.updates)
         scalars["progress/episodes"] = float(c.episodes)
@@ -305,6 +311,7 @@ class Learner:
             c.env_steps,
             c.updates,
         )
+        self._last_log_meta_updates = c.meta_updates
         self._logged_this_session = True
         if self.run_logger is not None:
             self.run_logger.log(c.env_steps, scalars, self.wall_time_s())
@@ -395,6 +402,7 @@ class Learner:
         self._last_log_time = self._last_checkpoint_time = now
         self._last_log_steps = self.counters.env_steps
         self._last_log_updates = self.counters.updates
+        self._last_log_meta_updates = self.counters.meta_updates
 
     def close(self) -> None:
         if self.run_logger is not None:

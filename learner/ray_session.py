@@ -283,6 +283,27 @@ def check_local_cpus(cfg: Config) -> None:
             f"instance this run starts has {cpus}: at most {placeable} actors can be placed"
             f"{beside}; lower --num-actors or --actor-num-cpus, or join a cluster with --address"
         )
+    check_meta_learner_fits(cfg, cpus, "the local Ray instance this run starts")
+
+
+def meta_learner_cpus(cfg: Config) -> float:
+    """The Ray CPUs the async meta-learner reserves (0 without one)."""
+    return cfg.meta.learner_num_cpus if cfg.is_meta and cfg.meta.mode == "async" else 0.0
+
+
+def check_meta_learner_fits(cfg: Config, cpus: float, where: str) -> None:
+    """The async meta-learner and the actors fit in ``cpus`` together (else
+    :class:`ConfigError`): the actors start first, and a meta-learner left without a place
+    would never run."""
+    meta = meta_learner_cpus(cfg)
+    actors = cfg.run.num_actors * cfg.run.actor_num_cpus
+    if meta > 0 and meta + actors > cpus:
+        raise ConfigError(
+            f"the async meta-learner (meta.learner_num_cpus = {meta:g}) and {cfg.run.num_actors} "
+            f"actors x {cfg.run.actor_num_cpus:g} CPU need {meta + actors:g} CPUs, but {where} "
+            f"has {cpus:g}: lower meta.learner_num_cpus or run.actor_num_cpus, or use "
+            "meta.mode = 'inline'"
+        )
 
 
 def _check_learner_cpus(cfg: Config, cpus: float, where: str) -> None:
@@ -299,10 +320,11 @@ def _check_learner_cpus(cfg: Config, cpus: float, where: str) -> None:
 
 
 def check_resources(cfg: Config, learner_gpus: bool = False) -> None:
-    """Refuse data-parallel learners the cluster can never place (ConfigError); warn when
-    it has fewer CPUs than the actors reserve."""
+    """Refuse data-parallel learners, or an async meta-learner, that the cluster can never
+    place (ConfigError); warn when it has fewer CPUs than the actors reserve."""
     resources = ray.cluster_resources()
     cpus = resources.get("CPU", 0.0)
+    check_meta_learner_fits(cfg, cpus, "the cluster")  # async runs one learner (config)
     learners = cfg.run.num_learners
     if learners > 1:
         _check_learner_cpus(cfg, cpus, "the cluster")

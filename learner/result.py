@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from impala_frodo.meta_learner import MetaLearnerError
 from impala_frodo.runlog import StorageError
 from impala_frodo.updater import NonFiniteLossError
 from learner.actor_pool import TrainingError
@@ -34,6 +35,7 @@ class StopReason(StrEnum):
     NAN = ("nan", ExitCode.FAILED, "failed: a non-finite loss")
     DISK = ("disk", ExitCode.FAILED, "failed: a write refused by the disk")
     ACTORS = ("actors", ExitCode.FAILED, "failed: the rollout actors")
+    META = ("meta", ExitCode.FAILED, "failed: the async meta-learner")
     LEARNERS = ("learners", ExitCode.FAILED, "failed: a learner process")
 
     def __new__(cls, value: str, exit_code: ExitCode, summary: str) -> StopReason:
@@ -65,6 +67,8 @@ FAILURES: dict[type[BaseException], Failure] = {
     NonFiniteLossError: Failure(StopReason.NAN, False, "training stopped: {error}; {last_good}"),
     StorageError: Failure(StopReason.DISK, False, "training stopped: {error}; {last_good}"),
     TrainingError: Failure(StopReason.ACTORS, True, "{error}", "training stopped: {message}"),
+    # eta as last received, and its Adam state, are in the final checkpoint.
+    MetaLearnerError: Failure(StopReason.META, True, "{error}", "training stopped: {message}"),
     # The other learners may be stuck in a collective: rank 0's state cannot be read.
     LearnerFailure: Failure(StopReason.LEARNERS, False, "training stopped: {error}; {last_good}"),
     # Ctrl-C without our handler (a second signal ends the process in learner.signals).

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from impala_frodo.meta_learner import MetaLearnerError
 from impala_frodo.runlog import StorageError
 from impala_frodo.updater import NonFiniteLossError
 from learner.actor_pool import TrainingError
@@ -28,6 +29,7 @@ def test_every_stop_reason_is_its_string_and_carries_its_exit_code():
         "nan": ExitCode.FAILED,
         "disk": ExitCode.FAILED,
         "actors": ExitCode.FAILED,
+        "meta": ExitCode.FAILED,
         "learners": ExitCode.FAILED,
     }
     result = TrainResult(Path("runs/x"), reason=StopReason.SIGNAL)
@@ -38,6 +40,8 @@ def test_the_exceptions_that_end_a_loop_map_to_their_reasons():
     assert failure_of(NonFiniteLossError("loss")).reason is StopReason.NAN
     assert failure_of(StorageError("disk")).reason is StopReason.DISK
     assert failure_of(TrainingError("actors")).final_checkpoint  # the learner is fine
+    meta = failure_of(MetaLearnerError("gone"))
+    assert meta.reason is StopReason.META and meta.final_checkpoint  # eta as last received
     # Data-parallel learners may be stuck in a collective: no state to save.
     learners = failure_of(LearnerFailure("rank 1 died"))
     assert learners.reason is StopReason.LEARNERS and not learners.final_checkpoint

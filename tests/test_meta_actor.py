@@ -1,0 +1,190 @@
+"""The async meta-learner as a Ray actor: newest-first windows, a dead meta-learner, a run.
+
+On a local Ray with 2 CPUs (the ``ray_local`` fixture). Waits are polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from impala_frodo.checkpoint import load_checkpoint
+from impala_frodo.config import Config, ConfigError, set_dotted
+from impala_frodo.meta_learner import EtaUpdate, MetaLearnerError
+from impala_frodo.runlog import read_metrics
+from learner.driver import TrainOptions, train
+from learner.exit_codes import ExitCode
+from learner.meta_actor import RayMetaLink
+from learner.ray_session import check_resources
+from tests.test_metagrad import NUM_ACTIONS, OBS_SHAPE, random_batch
+
+pytestmark = pytest.mark.ray
+
+DEADLINE_S = 120.0
+
+
+def tiny_cfg() -> Config:
+    return Config.from_dict(
+        {
+            "algo": "frodo",
+            "agent": {"hidden_sizes": [4]},
+            "meta": {"num_inner_steps": 2, "hidden_size": 3, "mode": "async"},
+        }
+    )
+
+
+def float_window_source(cfg: Config):
+    """A float32 async updater whose windows the test sends by hand."""
+    from impala_frodo.updater import Updater
+
+    updater = Updater(cfg, OBS_SHAPE, NUM_ACTIONS)
+    rng = np.random.default_rng(0)
+
+    def window(index: int):
+        batches = [_float32(random_batch(rng)) for _ in range(3)]
+        for batch in batches[:2]:
+            updater.schedule.record(batch, updater.params, updater.opt_state)
+        updater.meta_windows = index
+        return updater.take_window(batches[2])
+
+    return updater, window
+
+
+def _float32(batch):
+    import dataclasses
+
+    return dataclasses.replace(
+        batch,
+        **{
+            name: getattr(batch, name).float()
+            for name in ("obs", "rewards", "continues", "behaviour_log_probs", "truncation_obs")
+        },
+    )
+
+
+def poll_until(link: RayMetaLink) -> EtaUpdate:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        update = link.poll()
+        if update is not None:
+            return update
+        time.sleep(0.05)
+    pytest.fail(f"no eta within {DEADLINE_S:g} s")
+
+
+def test_windows_sent_while_it_is_busy_wait_newest_first(ray_local):
+    cfg = tiny_cfg()
+    updater, window = float_window_source(cfg)
+    link = RayMetaLink(cfg, OBS_SHAPE, NUM_ACTIONS, updater.meta_state())
+    try:
+        # The start-up load is the call in flight: each window sent meanwhile replaces
+        # the one waiting, which counts as skipped.
+        for index in range(3):
+            link.send(window(index))
+        assert link.skipped == 2
+        update = poll_until(link)
+        assert update.window == 2 and update.version == 1
+        assert update.stats["meta/grad_norm"] > 0
+        link.send(window(3))  # nothing in flight now: it starts at once
+        assert link.skipped == 2
+        assert poll_until(link).version == 2
+    finally:
+        link.close()
+
+
+def test_a_dead_meta_learner_is_a_clear_error(ray_local):
+    cfg = tiny_cfg()
+    updater, window = float_window_source(cfg)
+    link = RayMetaLink(cfg, OBS_SHAPE, NUM_ACTIONS, updater.meta_state())
+    try:
+        link.send(window(0))
+        poll_until(link)
+        ray.kill(link.actor)
+        link.send(window(1))
+        with pytest.raises(MetaLearnerError, match="meta-learner process died"):
+            poll_until(link)
+    finally:
+        link.close()
+
+
+def test_a_meta_learner_the_cluster_cannot_place_is_a_config_error(ray_local):
+    cfg = set_dotted(tiny_cfg(), {"meta.learner_num_cpus": 1.5, "run.num_actors": 2})
+    with pytest.raises(ConfigError, match=r"need 2\.5 CPUs, but the cluster has 2"):
+        check_resources(cfg)
+
+
+def test_a_distributed_async_run_learns_eta_and_checkpoints_it(ray_local, tmp_path: Path):
+    cfg = set_dotted(
+        Config(),
+        {
+            "algo": "frodo",
+            "meta.mode": "async",
+            "meta.num_inner_steps": 3,
+            "run.num_actors": 2,
+            "run.envs_per_actor": 8,
+            "run.unroll_length": 10,
+            "run.total_env_steps": 8_000,
+            "run.log_every_s": 0.2,
+            "run.logdir": str(tmp_path / "runs"),
+        },
+    )
+    result = train(cfg, TrainOptions(progress=False, handle_signals=False))
+    assert result.exit_code == ExitCode.OK, result.message
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    lags = [r["meta/lag"] for r in records if "meta/lag" in r]
+    assert lags and min(lags) >= 0
+    assert any(r.get("perf/meta_updates_per_s", 0) > 0 for r in records)
+    state = load_checkpoint(result.run_dir / "checkpoints" / "latest.pt")["updater"]
+    assert state["num_meta_updates"] >= 1 and state["meta_optimizer"]["state"]
+    # Every window is a meta step, or skipped, or was still in the meta-learner's hands.
+    unaccounted = state["meta_windows"] - state["num_meta_updates"] - state["meta_skipped"]
+    assert 0 <= unaccounted <= 2
+
+
+def test_a_dead_meta_learner_ends_the_run_with_eta_kept_and_a_resume_goes_on(
+    ray_local, tmp_path: Path
+):
+    cfg = set_dotted(
+        Config(),
+        {
+            "algo": "frodo",
+            "meta.mode": "async",
+            "meta.num_inner_steps": 2,
+            "run.num_actors": 2,
+            "run.envs_per_actor": 8,
+            "run.unroll_length": 10,
+            "run.total_env_steps": 400_000,
+            "run.logdir": str(tmp_path / "runs"),
+        },
+    )
+
+    killed: list[bool] = []
+
+    def kill_after_two_meta_steps(ctx) -> None:
+        if ctx.learner.updater.num_meta_updates >= 2 and not killed:
+            ray.kill(ctx.learner.updater.meta_link.actor)
+            killed.append(True)
+
+    result = train(
+        cfg, TrainOptions(progress=False, handle_signals=False, callback=kill_after_two_meta_steps)
+    )
+    assert result.reason == "meta" and result.exit_code == ExitCode.FAILED
+    assert "meta-learner process died" in result.message
+    assert result.env_steps < 400_000
+    state = load_checkpoint(result.run_dir / "checkpoints" / "latest.pt")["updater"]
+    versions = state["num_meta_updates"]
+    assert versions >= 2 and state["meta_optimizer"]["state"]
+
+    resumed_cfg = set_dotted(cfg, {"run.total_env_steps": result.env_steps + 4_000})
+    resumed = train(
+        resumed_cfg,
+        TrainOptions(progress=False, handle_signals=False, resume_dir=result.run_dir),
+    )
+    assert resumed.exit_code == ExitCode.OK, resumed.message
+    after = load_checkpoint(result.run_dir / "checkpoints" / "latest.pt")["updater"]
+    assert after["num_meta_updates"] > versions  # the new meta-learner went on from there
+    assert after["meta_windows"] > state["meta_windows"]
