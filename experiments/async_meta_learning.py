@@ -34,9 +34,13 @@ from learner.driver import TrainOptions, train  # noqa: E402
 from learner.sync import train_sync  # noqa: E402
 
 
-def variant_config(name: str, seed: int, budget: int, logdir: str) -> Config:
+def variant_config(
+    name: str, seed: int, budget: int, logdir: str, target: str = "residual"
+) -> Config:
     preset = "catch-impala" if name == "impala" else "catch-frodo"
     overrides: dict[str, object] = {"run.seed": seed, "run.total_env_steps": budget}
+    if name != "impala":
+        overrides["meta.target"] = target
     if name.startswith("frodo-async-delay-"):
         overrides |= {"meta.mode": "async", "meta.delay_windows": int(name.rsplit("-", 1)[1])}
     if name == "frodo-async-ray":
@@ -44,8 +48,8 @@ def variant_config(name: str, seed: int, budget: int, logdir: str) -> Config:
     return set_dotted(load_preset(preset), overrides)
 
 
-def run(name: str, seed: int, budget: int, logdir: str) -> dict[str, object]:
-    cfg = variant_config(name, seed, budget, logdir)
+def run(name: str, seed: int, budget: int, logdir: str, target: str) -> dict[str, object]:
+    cfg = variant_config(name, seed, budget, logdir, target)
     start = time.perf_counter()
     if name == "frodo-async-ray":
         options = TrainOptions(progress=False, handle_signals=False, stop_at_return=SOLVED_RETURN)
@@ -61,6 +65,7 @@ def run(name: str, seed: int, budget: int, logdir: str) -> dict[str, object]:
         "seed": seed,
         "steps_to_0.8": steps,
         "env_steps": result.env_steps,
+        "final_return": result.mean_return,
         "meta_lag": result.last_log.get("meta/lag"),
         "wall_s": round(time.perf_counter() - start, 1),
     }
@@ -72,14 +77,19 @@ def main() -> None:
     parser.add_argument("--delays", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--budget", type=int, default=150_000)
     parser.add_argument("--ray", action="store_true", help="also the distributed async run")
+    parser.add_argument(
+        "--target", default="residual", help="FRODO's meta.target (plain: eta must learn it)"
+    )
+    parser.add_argument("--no-impala", action="store_true", help="FRODO's variants only")
     args = parser.parse_args()
-    variants = ["impala", "frodo-inline", *(f"frodo-async-delay-{d}" for d in args.delays)]
+    variants = [] if args.no_impala else ["impala"]
+    variants += ["frodo-inline", *(f"frodo-async-delay-{d}" for d in args.delays)]
     if args.ray:
         variants.append("frodo-async-ray")
     runs = []
     with tempfile.TemporaryDirectory() as logdir:
         for seed in args.seeds:  # variants alternated within each seed
-            runs.extend(run(name, seed, args.budget, logdir) for name in variants)
+            runs.extend(run(name, seed, args.budget, logdir, args.target) for name in variants)
     summary = {}
     for name in variants:
         steps = [r["steps_to_0.8"] for r in runs if r["variant"] == name]
@@ -87,9 +97,13 @@ def main() -> None:
         summary[name] = {
             "solved": f"{len(solved)}/{len(steps)}",
             "median_steps_to_0.8": statistics.median(solved) if solved else None,
+            "mean_final_return": statistics.fmean(
+                r["final_return"] for r in runs if r["variant"] == name
+            ),
             "steps": steps,
         }
-    print(json.dumps({"budget": args.budget, "summary": summary, "runs": runs}, indent=2))
+    report = {"budget": args.budget, "target": args.target, "summary": summary, "runs": runs}
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
