@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 
 from impala_frodo.batch import Batch  # noqa: E402
 from impala_frodo.config import Config, set_dotted  # noqa: E402
-from impala_frodo.metagrad import detach_params, meta_gradient  # noqa: E402
+from impala_frodo.metagrad import meta_gradient  # noqa: E402
 from impala_frodo.presets import load_preset  # noqa: E402
 from impala_frodo.trajectory import Trajectory  # noqa: E402
 from impala_frodo.updater import Updater  # noqa: E402
@@ -134,12 +134,7 @@ def float64_updater(algo: str, task: str, optim: str, meta: dict[str, Any]) -> U
     if head is not None:
         with torch.no_grad():
             head.weight.normal_(0.0, 0.3)
-    updater.agent.double()
-    if updater.meta_net is not None:
-        updater.meta_net.double()
-    updater.params = detach_params({k: v.double() for k, v in updater.params.items()})
-    updater.opt_state = updater.optimizer.init(updater.params)
-    return updater
+    return updater.double()
 
 
 def float64_case(algo: str, task: str, optim: str, meta: dict[str, Any]) -> dict[str, Any]:

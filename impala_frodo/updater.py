@@ -215,6 +215,16 @@ class Updater:
         if not torch.isfinite(value).all():
             raise NonFiniteLossError(f"{what} is not finite ({value.item()}): stopping")
 
+    def double(self) -> Updater:
+        """The agent, theta, eta and a fresh inner-optimizer state in float64, before any
+        update (for checks against references); returns ``self``."""
+        self.agent.double()
+        if self.meta_net is not None:
+            self.meta_net.double()  # in place: eta's optimizer keeps the same parameters
+        self.params = detach_params({k: v.double() for k, v in self.params.items()})
+        self.opt_state = self.optimizer.init(self.params)
+        return self
+
     # ----------------------------------------------------------------- acting
     def acting_params(self, device: torch.device | str | None = None) -> dict[str, Tensor]:
         """Detached copies of theta for acting (CPU for actors)."""

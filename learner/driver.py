@@ -305,15 +305,14 @@ def _make_learner(
     seed_everything(cfg.run.seed)
     group = None
     if cfg.run.num_learners > 1:
-        group = LearnerGroup(
-            cfg, spec.observation_shape, spec.num_actions, use_gpus=_learners_use_gpus(cfg)
-        )
+        use_gpus = _learners_use_gpus(cfg)
+        group = LearnerGroup(cfg, spec.observation_shape, spec.num_actions, use_gpus=use_gpus)
         device = torch.device("cpu")
         log.info(
             "%d learners on %d node(s), %s",
             group.size,
             len(set(group.node_ids)),
-            "one GPU each" if _learners_use_gpus(cfg) else "CPU",
+            "one GPU each" if use_gpus else "CPU",
         )
     try:
         learner = Learner(

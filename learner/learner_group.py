@@ -189,7 +189,6 @@ class LearnerGroup:
         *,
         use_gpus: bool = False,
     ) -> None:
-        self.cfg = cfg
         self.size = cfg.run.num_learners
         self.timeout_s = cfg.run.progress_timeout_s
         gpus = 1 if use_gpus else 0

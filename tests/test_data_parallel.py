@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 
 from impala_frodo.batch import Batch
-from impala_frodo.config import Config
 from impala_frodo.data_parallel import AllReduceGradients
-from impala_frodo.metagrad import LOCAL, GradientReducer, detach_params
+from impala_frodo.metagrad import LOCAL, GradientReducer
 from impala_frodo.trajectory import Trajectory
 from impala_frodo.updater import Updater
+from tests.test_metagrad import tiny_updater
 
 OBS_SHAPE, NUM_ACTIONS, STEPS, WIDTH, LEARNERS = (3,), 2, 4, 4, 2
 UPDATES = 7  # with M = 2: meta steps before updates 3, 5 and 7 (chain)
@@ -92,27 +92,7 @@ def random_batch(rng: np.random.Generator) -> Batch:
 def float64_updater(case: str, reducer: GradientReducer) -> Updater:
     """The case's updater in float64, initialised identically in every process."""
     algo, optim, meta = CASES[case]
-    torch.manual_seed(0)
-    cfg = Config.from_dict(
-        {
-            "algo": algo,
-            "agent": {"hidden_sizes": [4]},
-            "optim": {"name": optim, "lr": 0.1},
-            "meta": {"num_inner_steps": 2, "hidden_size": 3, **meta},
-            "loss": {"gamma": 0.9, "lambda_": 0.95},
-        }
-    )
-    updater = Updater(cfg, OBS_SHAPE, NUM_ACTIONS, reducer=reducer)
-    head = getattr(updater.meta_net, "head", None)
-    if head is not None:  # a zero head would hide the meta-network from the test
-        with torch.no_grad():
-            head.weight.normal_(0.0, 0.3)
-    updater.agent.double()
-    if updater.meta_net is not None:
-        updater.meta_net.double()
-    updater.params = detach_params({k: v.double() for k, v in updater.params.items()})
-    updater.opt_state = updater.optimizer.init(updater.params)
-    return updater
+    return tiny_updater(algo, optim=optim, num_inner_steps=2, reducer=reducer, **meta)
 
 
 def final_state(updater: Updater) -> dict[str, dict[str, np.ndarray]]:

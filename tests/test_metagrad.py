@@ -14,8 +14,10 @@ import torch
 from impala_frodo.batch import Batch
 from impala_frodo.config import Config
 from impala_frodo.metagrad import (
+    LOCAL,
     DifferentiableRMSProp,
     DifferentiableSGD,
+    GradientReducer,
     LocalGradients,
     detach_params,
     inner_step,
@@ -57,6 +59,7 @@ def tiny_updater(
     optim: str = "sgd",
     num_inner_steps: int = 1,
     perturb_head: bool = True,
+    reducer: GradientReducer = LOCAL,
     **meta,
 ) -> Updater:
     torch.manual_seed(0)
@@ -70,17 +73,13 @@ def tiny_updater(
             "loss": {"gamma": 0.9, "lambda_": 0.95},
         }
     )
-    updater = Updater(cfg, OBS_SHAPE, NUM_ACTIONS)
+    updater = Updater(cfg, OBS_SHAPE, NUM_ACTIONS, reducer=reducer)
     if perturb_head and hasattr(updater.meta_net, "head"):
         # Off the zero-initialised head of the default target form: at exactly zero only
         # the head gets a meta-gradient, and the checks would not reach the LSTM.
         with torch.no_grad():
             updater.meta_net.head.weight.normal_(0.0, 0.3)
-    updater.agent.double()
-    updater.meta_net.double()
-    updater.params = detach_params({k: v.double() for k, v in updater.params.items()})
-    updater.opt_state = updater.optimizer.init(updater.params)
-    return updater
+    return updater.double()
 
 
 class FrozenStatsRMSProp(DifferentiableRMSProp):

@@ -15,7 +15,7 @@ from impala_frodo.batch import Batch
 from impala_frodo.config import Config, ConfigError, set_dotted
 from impala_frodo.envs import make_batched_env
 from impala_frodo.envs.minatar_envs import GAMES, minatar_installed
-from impala_frodo.metagrad import DifferentiableSGD, detach_params
+from impala_frodo.metagrad import DifferentiableSGD
 from impala_frodo.networks import AgentNet, MetaNet
 from impala_frodo.numpy_policy import NumpyPolicy
 from impala_frodo.presets import load_preset, preset_names
@@ -325,11 +325,7 @@ def tiny_conv_updater(num_inner_steps: int) -> Updater:
     )
     updater = Updater(cfg, IMAGE_SHAPE, NUM_ACTIONS)
     assert isinstance(updater.agent.torso, ConvTorso) and updater.meta_net.embed is not None
-    updater.agent.double()
-    updater.meta_net.double()
-    updater.params = detach_params({k: v.double() for k, v in updater.params.items()})
-    updater.opt_state = updater.optimizer.init(updater.params)
-    return updater
+    return updater.double()
 
 
 def test_conv_agent_meta_gradient_matches_finite_differences():
