@@ -1,9 +1,9 @@
 """Rollout actors: a plain :class:`RolloutActor` and its Ray wrapper, built at the edge.
 
 :class:`RolloutActor` knows nothing about Ray: it owns a batched env, a
-:class:`~impala_frodo.numpy_policy.NumpyPolicy` (mu) and a
-:class:`~impala_frodo.unroll.Unroller`, and turns ``unroll(version, params)``
-calls into :class:`~impala_frodo.trajectory.Trajectory` batches stamped with
+:class:`~impala_frodo.networks.numpy_policy.NumpyPolicy` (mu) and a
+:class:`~impala_frodo.acting.unroll.Unroller`, and turns ``unroll(version, params)``
+calls into :class:`~impala_frodo.acting.trajectory.Trajectory` batches stamped with
 the policy version it acted with and its actor id. Tests drive it directly.
 
 :func:`make_ray_actor_class` wraps it with ``ray.remote`` so that the CPU
@@ -18,7 +18,7 @@ the learner's V-trace corrects for it. ``unroll(version, params)`` also takes
 weights directly (a freshly started or restarted actor gets them that way).
 
 An actor process never imports torch: mu acts with numpy from the packed weight vector,
-laid out as the ``layout`` it was built with (:func:`~impala_frodo.weights.param_layout` of
+laid out as the ``layout`` it was built with (:func:`~impala_frodo.networks.weights.param_layout` of
 the learner's agent). That saves each actor process torch's import (about a second) at
 start-up.
 """
@@ -33,16 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from impala_frodo.config import Config
+from impala_frodo.acting.trajectory import Trajectory
+from impala_frodo.acting.unroll import Unroller
+from impala_frodo.config.schema import Config
 from impala_frodo.envs import make_batched_env
-from impala_frodo.numpy_policy import NumpyPolicy
-from impala_frodo.torch_policy import make_policy
-from impala_frodo.trajectory import Trajectory
-from impala_frodo.unroll import Unroller
-from impala_frodo.weights import ParamLayout, pack_params
+from impala_frodo.networks.numpy_policy import NumpyPolicy
+from impala_frodo.networks.torch_policy import make_policy
+from impala_frodo.networks.weights import ParamLayout, pack_params
 
-#: Weights packed into one vector by :func:`~impala_frodo.weights.pack_params`, or a dict of
-#: arrays (or detached tensors) by parameter name, packed on arrival.
+#: Weights packed into one vector by
+#: :func:`~impala_frodo.networks.weights.pack_params`, or a dict of arrays (or detached
+#: tensors) by parameter name, packed on arrival.
 Weights = Mapping[str, Any] | np.ndarray
 
 #: Ray restarts a crashed actor process this many times before it is dead for good.
@@ -92,7 +93,8 @@ class RolloutActor:
         self.actor_id = actor_id
         seed = actor_seed(cfg.run.seed, actor_id) if seed is None else seed
         self.env = make_batched_env(cfg.env.id, cfg.run.envs_per_actor, seed=seed, **cfg.env.kwargs)
-        # numpy, or torch for IMPALA's ResNet (run.actor_inference; impala_frodo.torch_policy)
+        # numpy, or torch for IMPALA's ResNet
+        # (run.actor_inference; impala_frodo.networks.torch_policy)
         self.policy: NumpyPolicy = make_policy(
             layout,
             cfg.agent,

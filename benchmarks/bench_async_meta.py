@@ -32,14 +32,14 @@ import torch
 from bench_e2e import machine_info, steady_rate
 from bench_learner import make_batches
 
-from impala_frodo.batch import Batch
-from impala_frodo.checkpoint import load_checkpoint
-from impala_frodo.config import Config, set_dotted
-from impala_frodo.meta_learner import EtaUpdate, MetaLearner, MetaWindow
-from impala_frodo.runlog import METRICS_FILE, read_metrics
-from impala_frodo.updater import Updater
-from learner.driver import TrainOptions, train
-from learner.ray_session import local_ray_init_kwargs
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.records.checkpoint import load_checkpoint
+from impala_frodo.records.runlog import METRICS_FILE, read_metrics
+from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.meta_learner import EtaUpdate, MetaLearner, MetaWindow
+from impala_frodo.rule.updater import Updater
+from learner.app.driver import TrainOptions, train
+from learner.cluster.session import local_ray_init_kwargs
 
 NUM_ACTIONS = 3  # Catch
 

@@ -7,8 +7,9 @@ Prints JSON. Sections (``--sections``, all by default):
   against ``envpool``'s Atari env with the same settings (if installed), alternating in
   this process, the median of ``--repeats`` timed windows each. Frames/s = 4 x steps/s.
 - ``acting``: seconds to choose the actions of one step of an actor's ``--envs`` envs with
-  the ResNet: ``numpy`` (:class:`~impala_frodo.numpy_policy.NumpyPolicy`, what actors do), ``torch``
-  in the actor (one thread, as an actor process has), and ``learner_side``: one batched
+  the ResNet: ``numpy``
+  (:class:`~impala_frodo.networks.numpy_policy.NumpyPolicy`, what actors do), ``torch`` in the
+  actor (one thread, as an actor process has), and ``learner_side``: one batched
   forward pass for all ``--actors`` actors' envs in torch on the learner's device
   (``--device``; on the CPU with ``--learner-threads`` threads), frames sent as uint8 and
   logits back, per actor's share; each with the agent steps/s
@@ -39,15 +40,15 @@ import time
 import numpy as np
 import torch
 
-from impala_frodo.batch import Batch
-from impala_frodo.config import Config, set_dotted
+from impala_frodo.acting.unroll import Unroller
+from impala_frodo.config.presets import load_preset
+from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.envs import make_batched_env
 from impala_frodo.envs.atari import AtariSettings, atari_game
-from impala_frodo.networks import AgentNet
-from impala_frodo.numpy_policy import NumpyPolicy
-from impala_frodo.presets import load_preset
-from impala_frodo.unroll import Unroller
-from impala_frodo.updater import Updater
+from impala_frodo.networks.agent import AgentNet
+from impala_frodo.networks.numpy_policy import NumpyPolicy
+from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.updater import Updater
 from impala_frodo.utils import resolve_device
 
 SECTIONS = ("env", "acting", "learner")

@@ -35,16 +35,16 @@ from collections.abc import Callable
 import ray
 import torch
 
-from impala_frodo.batch import Batch
-from impala_frodo.config import Config, set_dotted
+from impala_frodo.acting.trajectory import Trajectory
+from impala_frodo.acting.unroll import Unroller
+from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.envs import make_batched_env
-from impala_frodo.networks import AgentNet
-from impala_frodo.numpy_policy import NumpyPolicy
-from impala_frodo.trajectory import Trajectory
-from impala_frodo.unroll import Unroller
-from impala_frodo.updater import Updater
-from impala_frodo.weights import pack_params
-from learner.ray_session import local_ray_init_kwargs
+from impala_frodo.networks.agent import AgentNet
+from impala_frodo.networks.numpy_policy import NumpyPolicy
+from impala_frodo.networks.weights import pack_params
+from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.updater import Updater
+from learner.cluster.session import local_ray_init_kwargs
 
 
 def median_s(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:

@@ -39,16 +39,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from impala_frodo.batch import Batch
-from impala_frodo.config import Config, set_dotted
-from impala_frodo.data_parallel import AllReduceGradients
+from impala_frodo.acting.unroll import Unroller
+from impala_frodo.config.presets import load_preset
+from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.envs import make_batched_env
-from impala_frodo.metagrad import LOCAL
-from impala_frodo.networks import AgentNet
-from impala_frodo.numpy_policy import NumpyPolicy
-from impala_frodo.presets import load_preset
-from impala_frodo.unroll import Unroller
-from impala_frodo.updater import Updater
+from impala_frodo.networks.agent import AgentNet
+from impala_frodo.networks.numpy_policy import NumpyPolicy
+from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.data_parallel import AllReduceGradients
+from impala_frodo.rule.metagrad import LOCAL
+from impala_frodo.rule.updater import Updater
 
 #: model -> (preset stem, envs per learner batch: the Atari ResNet's kept small, as
 #: FRODO's second-order pass through it takes ~6 GB at B = 8 on CPU)
@@ -171,8 +171,8 @@ def e2e(repeats: int, steps: int) -> list[dict[str, Any]]:
     import ray
     from bench_e2e import steady_rate  # this folder is on the path of a script run here
 
-    from learner.driver import TrainOptions, train
-    from learner.ray_session import local_ray_init_kwargs
+    from learner.app.driver import TrainOptions, train
+    from learner.cluster.session import local_ray_init_kwargs
 
     variants = {
         "1 learner": {"run.num_learners": 1, "run.batches_per_update": 1},

@@ -2,7 +2,7 @@
 
 Prints JSON. Catch 10 x 5 (the default config), IMPALA and FRODO, for each
 number of actors and envs-per-actor setting, ``--repeats`` runs each; the
-synchronous single-process trainer (``learner.sync``) with the same
+synchronous single-process trainer (``learner.training.sync``) with the same
 batch shape is the baseline, timed in the same process, interleaved with
 the distributed runs so that machine noise hits both alike.
 
@@ -36,11 +36,11 @@ from pathlib import Path
 import ray
 import torch
 
-from impala_frodo.config import Config, set_dotted
-from impala_frodo.runlog import METRICS_FILE, read_metrics
-from learner.driver import TrainOptions, train
-from learner.ray_session import local_ray_init_kwargs
-from learner.sync import train_sync
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.records.runlog import METRICS_FILE, read_metrics
+from learner.app.driver import TrainOptions, train
+from learner.cluster.session import local_ray_init_kwargs
+from learner.training.sync import train_sync
 
 
 def steady_rate(run_dir: Path) -> float | None:

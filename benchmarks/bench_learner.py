@@ -22,13 +22,13 @@ import time
 
 import torch
 
-from impala_frodo.batch import Batch
-from impala_frodo.config import Config, set_dotted
+from impala_frodo.acting.unroll import Unroller
+from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.envs import make_batched_env
-from impala_frodo.networks import AgentNet
-from impala_frodo.numpy_policy import NumpyPolicy
-from impala_frodo.unroll import Unroller
-from impala_frodo.updater import Updater
+from impala_frodo.networks.agent import AgentNet
+from impala_frodo.networks.numpy_policy import NumpyPolicy
+from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.updater import Updater
 from impala_frodo.utils import resolve_device
 
 

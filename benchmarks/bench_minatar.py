@@ -34,18 +34,18 @@ import ray
 import torch
 from bench_e2e import machine_info, steady_rate
 
-from impala_frodo.batch import Batch
-from impala_frodo.config import Config, set_dotted
+from impala_frodo.acting.unroll import Unroller
+from impala_frodo.config.presets import load_preset
+from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.envs import make_batched_env
-from impala_frodo.networks import AgentNet
-from impala_frodo.numpy_policy import NumpyPolicy
-from impala_frodo.presets import load_preset
-from impala_frodo.runlog import METRICS_FILE, read_metrics
-from impala_frodo.unroll import Unroller
-from impala_frodo.updater import Updater
-from learner.driver import TrainOptions, train
-from learner.ray_session import local_ray_init_kwargs
-from learner.sync import train_sync
+from impala_frodo.networks.agent import AgentNet
+from impala_frodo.networks.numpy_policy import NumpyPolicy
+from impala_frodo.records.runlog import METRICS_FILE, read_metrics
+from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.updater import Updater
+from learner.app.driver import TrainOptions, train
+from learner.cluster.session import local_ray_init_kwargs
+from learner.training.sync import train_sync
 
 
 def preset(game: str, algo: str, actors: int, envs: int, steps: int, logdir: str) -> Config:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from impala_frodo.runlog import METRICS_FILE, read_metrics
+from impala_frodo.records.runlog import METRICS_FILE, read_metrics
 
 
 def solve_once(algo: str, seed: int, logdir: Path, extra: list[str]) -> dict:

@@ -53,8 +53,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from impala_frodo.config import Config
-from impala_frodo.runlog import METRICS_FILE, read_metrics
+from impala_frodo.config.schema import Config
+from impala_frodo.records.runlog import METRICS_FILE, read_metrics
 
 #: The return target and the prefix of the RLlib child's record lines on stdout.
 TARGET = 0.8

@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from impala_frodo.analysis import SOLVED_RETURN, steps_to_threshold  # noqa: E402
-from impala_frodo.config import Config, set_dotted  # noqa: E402
-from impala_frodo.presets import load_preset  # noqa: E402
-from learner.driver import TrainOptions, train  # noqa: E402
-from learner.sync import train_sync  # noqa: E402
+from impala_frodo.config.presets import load_preset  # noqa: E402
+from impala_frodo.config.schema import Config, set_dotted  # noqa: E402
+from impala_frodo.reports.analysis import SOLVED_RETURN, steps_to_threshold  # noqa: E402
+from learner.app.driver import TrainOptions, train  # noqa: E402
+from learner.training.sync import train_sync  # noqa: E402
 
 
 def variant_config(

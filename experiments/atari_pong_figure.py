@@ -3,7 +3,7 @@
 Plots each run's ``episode/return`` (the unclipped score, mean over the episodes that ended
 in each log interval) and ``episode/return_window`` against env steps, one colour per
 algorithm, with horizontal lines at the random agent's and the human tester's scores
-(:mod:`impala_frodo.atari_scores`) and at IMPALA's published score after 200M frames
+(:mod:`impala_frodo.envs.atari_scores`) and at IMPALA's published score after 200M frames
 (:data:`IMPALA_PUBLISHED_PONG`).
 
     python experiments/atari_pong_figure.py runs/pong --out docs/figures/atari-pong.png
@@ -19,8 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from impala_frodo.atari_scores import REFERENCE_SCORES
-from impala_frodo.plotting import expand_run_dirs, load_runs
+from impala_frodo.envs.atari_scores import REFERENCE_SCORES
+from impala_frodo.reports.plotting import expand_run_dirs, load_runs
 
 #: IMPALA's Pong score at 200M frames: 21, the game's maximum (every point won), as the deep
 #: IMPALA agent reaches in Espeholt et al. 2018's per-game tables (to within a few hundredths).

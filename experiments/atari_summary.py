@@ -4,7 +4,7 @@ and mean over games, per algorithm; as JSON, and optionally the median/mean figu
 Reads every run directory under the paths given (``config.json`` and ``metrics.jsonl``, as
 ``impala-frodo train`` writes them); non-Atari runs are ignored. Scores are the unclipped
 episode scores (``episode/return``); human-normalised scores use the standard random and
-human reference scores (:mod:`impala_frodo.atari_scores`).
+human reference scores (:mod:`impala_frodo.envs.atari_scores`).
 
     python experiments/atari_summary.py runs/atari-pong --plot docs/figures/atari-hns.png
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from impala_frodo.atari_summary import atari_summary, plot_hns
-from impala_frodo.plotting import expand_run_dirs, load_runs
+from impala_frodo.reports.atari_summary import atari_summary, plot_hns
+from impala_frodo.reports.plotting import expand_run_dirs, load_runs
 
 
 def main() -> None:

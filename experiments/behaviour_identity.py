@@ -37,12 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from impala_frodo.batch import Batch  # noqa: E402
-from impala_frodo.config import Config, set_dotted  # noqa: E402
-from impala_frodo.metagrad import meta_gradient  # noqa: E402
-from impala_frodo.presets import load_preset  # noqa: E402
-from impala_frodo.trajectory import Trajectory  # noqa: E402
-from impala_frodo.updater import Updater  # noqa: E402
+from impala_frodo.acting.trajectory import Trajectory  # noqa: E402
+from impala_frodo.config.presets import load_preset  # noqa: E402
+from impala_frodo.config.schema import Config, set_dotted  # noqa: E402
+from impala_frodo.rule.batch import Batch  # noqa: E402
+from impala_frodo.rule.metagrad import meta_gradient  # noqa: E402
+from impala_frodo.rule.updater import Updater  # noqa: E402
 
 #: (name, preset, dotted overrides) of the synchronous runs.
 SYNC_CASES: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -167,7 +167,7 @@ def float64_case(algo: str, task: str, optim: str, meta: dict[str, Any]) -> dict
 
 
 def sync_case(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    from learner.sync import train_sync
+    from learner.training.sync import train_sync
 
     cfg = set_dotted(load_preset(preset), {**SYNC_RUN, **overrides})
     steps = SYNC_UPDATES * cfg.run.unroll_length * cfg.run.num_envs

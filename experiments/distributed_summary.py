@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from impala_frodo.analysis import SOLVED_RETURN, mean_se, solved_cell
-from impala_frodo.runlog import METRICS_FILE, read_metrics
+from impala_frodo.records.runlog import METRICS_FILE, read_metrics
+from impala_frodo.reports.analysis import SOLVED_RETURN, mean_se, solved_cell
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Issue 9's experiments: FRODO's target forms against fixed-target baselines, over seeds.
 
 Each variant is a preset plus ``--set``-style overrides; every seed runs the
-synchronous trainer (``learner.sync.train_sync``) in its own process, two
+synchronous trainer (``learner.training.sync.train_sync``) in its own process, two
 at a time by default. Prints a markdown table and writes per-seed summaries
 (and binned curves, for plots) to a JSON file.
 
@@ -26,15 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from impala_frodo.analysis import (
+from impala_frodo.config.presets import load_preset
+from impala_frodo.config.schema import parse_value, set_dotted
+from impala_frodo.reports.analysis import (
     SUMMARY_KEYS,
     catch_summary,
     curve,
     random_walk_summary,
     table_rows,
 )
-from impala_frodo.config import parse_value, set_dotted
-from impala_frodo.presets import load_preset
 from impala_frodo.utils import write_text_atomic
 
 # name -> (preset, overrides). The presets set the desynchronised Catch and T = 16.
@@ -100,7 +100,7 @@ def run_one(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
     """One seed of one variant, in a worker process (one torch thread)."""
     import torch
 
-    from learner.sync import train_sync
+    from learner.training.sync import train_sync
 
     torch.set_num_threads(1)
     preset, overrides, seed = args

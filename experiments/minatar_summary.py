@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from impala_frodo.analysis import curve, mean_se
-from impala_frodo.runlog import read_config, read_metrics
+from impala_frodo.records.runlog import read_config, read_metrics
+from impala_frodo.reports.analysis import curve, mean_se
 
 BINS = 5
 

@@ -1,6 +1,6 @@
 """Small helpers shared by the core and the application: devices, seeding, errors, files.
 
-Importing this module does not import torch (``impala_frodo.config`` uses it, and the
+Importing this module does not import torch (``impala_frodo.config.schema`` uses it, and the
 actors, which never import torch, read configs): the torch helpers import it when called.
 """
 

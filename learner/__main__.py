@@ -2,6 +2,6 @@
 
 import sys
 
-from learner.cli import main
+from learner.app.cli import main
 
 sys.exit(main(prog="python -m learner"))

@@ -14,7 +14,7 @@ def ray_local():
     """
     import ray
 
-    from learner.ray_session import local_ray_init_kwargs
+    from learner.cluster.session import local_ray_init_kwargs
 
     if ray.is_initialized():  # a module before us left one running
         ray.shutdown()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from impala_frodo.analysis import (
+from impala_frodo.envs import BatchedRandomWalk
+from impala_frodo.reports.analysis import (
     catch_summary,
     curve,
     random_walk_summary,
@@ -13,7 +14,6 @@ from impala_frodo.analysis import (
     steps_to_threshold,
     value_error_metrics,
 )
-from impala_frodo.envs import BatchedRandomWalk
 
 
 def test_steps_to_threshold_is_the_first_window_at_or_above():

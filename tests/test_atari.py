@@ -16,16 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from impala_frodo import atari_presets
-from impala_frodo.atari_scores import (
-    ATARI_57,
-    GAMES_BY_GYM_NAME,
-    REFERENCE_SCORES,
-    gym_name,
-    human_normalised,
-    summarise,
-)
-from impala_frodo.config import Config, ConfigError, set_dotted
+from impala_frodo.acting.unroll import Unroller
+from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.presets import atari as atari_presets
+from impala_frodo.config.presets import load_preset, preset_names
+from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.envs import BatchStep, make_batched_env
 from impala_frodo.envs.atari import (
     AtariSettings,
@@ -33,14 +28,21 @@ from impala_frodo.envs.atari import (
     atari_installed,
     channels_last,
 )
-from impala_frodo.envs.batched import BatchedEnv
-from impala_frodo.networks import AgentNet, MetaNet
-from impala_frodo.numpy_policy import NumpyPolicy
-from impala_frodo.numpy_resnet import conv3x3_same, max_pool3x3_s2
-from impala_frodo.presets import load_preset, preset_names
-from impala_frodo.torsos import ConvTorso, ResNetTorso, resolve_torso
-from impala_frodo.unroll import Unroller
-from learner.exit_codes import ExitCode
+from impala_frodo.envs.atari_scores import (
+    ATARI_57,
+    GAMES_BY_GYM_NAME,
+    REFERENCE_SCORES,
+    gym_name,
+    human_normalised,
+    summarise,
+)
+from impala_frodo.envs.base import BatchedEnv
+from impala_frodo.networks.agent import AgentNet
+from impala_frodo.networks.meta import MetaNet
+from impala_frodo.networks.numpy_policy import NumpyPolicy
+from impala_frodo.networks.numpy_resnet import conv3x3_same, max_pool3x3_s2
+from impala_frodo.networks.torsos import ConvTorso, ResNetTorso, resolve_torso
+from learner.control.exit_codes import ExitCode
 
 needs_ale = pytest.mark.skipif(
     not atari_installed(), reason="ale-py is not installed (pip install '.[atari]')"
@@ -314,13 +316,13 @@ def test_every_game_has_generated_impala_and_frodo_presets():
 
 
 def _train_args(*argv: str):
-    from learner.cli_args import build_parser, normalise_argv
+    from learner.app.args import build_parser, normalise_argv
 
     return build_parser().parse_args(normalise_argv(argv))
 
 
 def test_the_short_form_applies_the_atari_defaults(monkeypatch):
-    from learner import cli_args as cli
+    from learner.app import args as cli
 
     monkeypatch.setattr(cli, "check_env", lambda cfg: None)  # no ALE needed here
     cfg = cli.config_from_args(_train_args("--env", "ALE/Breakout-v5", "--algo", "impala"))
@@ -334,7 +336,7 @@ def test_the_short_form_applies_the_atari_defaults(monkeypatch):
 
 def test_unknown_game_or_missing_extra_is_exit_2_with_one_line(monkeypatch, capsys):
     from impala_frodo.envs import atari
-    from learner.cli import main
+    from learner.app.cli import main
 
     assert main(["train", "--env", "ALE/Tetris-v5"]) == ExitCode.USAGE
     err = capsys.readouterr().err.strip()
@@ -358,7 +360,7 @@ def test_unknown_game_or_missing_extra_is_exit_2_with_one_line(monkeypatch, caps
 def test_pong_through_the_ray_actor_learner_writes_records(ray_local, tmp_path):
     """A few thousand env steps of IMPALA on Pong: 2 actors x 4 envs, the ResNet learner and
     numpy acting; episodes capped at 400 frames so that some end (and bootstrap)."""
-    from learner.driver import TrainOptions, train
+    from learner.app.driver import TrainOptions, train
 
     cfg = set_dotted(
         load_preset("atari-pong-impala"),
@@ -401,9 +403,9 @@ def _fake_run(root, name: str, preset: str, scores: list[float], window: bool = 
 
 
 def test_atari_summary_reports_scores_and_median_and_mean_hns(tmp_path, capsys):
-    from impala_frodo.atari_summary import atari_summary, hns_curves
-    from impala_frodo.plotting import load_runs
-    from learner.cli import main
+    from impala_frodo.reports.atari_summary import atari_summary, hns_curves
+    from impala_frodo.reports.plotting import load_runs
+    from learner.app.cli import main
 
     dirs = [
         # the window (last 2 intervals) ends at 0 and at 100; the last intervals at 21, 150
@@ -438,9 +440,9 @@ def test_atari_summary_reports_scores_and_median_and_mean_hns(tmp_path, capsys):
 def test_actors_act_in_torch_for_the_resnet_and_in_numpy_otherwise():
     """``run.actor_inference = "auto"``: torch for IMPALA's ResNet (measured faster),
     numpy for the MLP and MinAtar's conv; both give the torch agent's logits."""
-    from impala_frodo.networks import agent_layout
-    from impala_frodo.torch_policy import TorchPolicy, make_policy
-    from impala_frodo.weights import pack_params
+    from impala_frodo.networks.agent import agent_layout
+    from impala_frodo.networks.torch_policy import TorchPolicy, make_policy
+    from impala_frodo.networks.weights import pack_params
 
     cfg = load_preset("atari-pong-impala")
     torch.manual_seed(0)

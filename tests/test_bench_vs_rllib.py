@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from impala_frodo.config import Config
+from impala_frodo.config.schema import Config
 from tests.scripts import REPO_ROOT, load_script
 
 SCRIPT = REPO_ROOT / "benchmarks" / "bench_vs_rllib.py"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from impala_frodo import checkpoint as ckpt
 from impala_frodo import utils as ckpt_utils
-from impala_frodo.checkpoint import (
+from impala_frodo.records import checkpoint as ckpt
+from impala_frodo.records.checkpoint import (
     CheckpointError,
     CheckpointManager,
     capture_rng_state,

@@ -10,13 +10,14 @@ import sys
 import pytest
 import torch
 
-from impala_frodo.checkpoint import CheckpointManager
-from impala_frodo.config import Config, ConfigError, parse_value, set_dotted
-from impala_frodo.presets import preset_names
-from impala_frodo.runlog import create_run_dir, read_metrics
-from learner.cli import main
-from learner.cli_args import build_parser, config_from_args, normalise_argv
-from learner.exit_codes import ExitCode
+from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.presets import preset_names
+from impala_frodo.config.schema import Config, parse_value, set_dotted
+from impala_frodo.records.checkpoint import CheckpointManager
+from impala_frodo.records.runlog import create_run_dir, read_metrics
+from learner.app.args import build_parser, config_from_args, normalise_argv
+from learner.app.cli import main
+from learner.control.exit_codes import ExitCode
 
 
 def parse(*argv: str):

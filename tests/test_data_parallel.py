@@ -18,11 +18,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from impala_frodo.batch import Batch
-from impala_frodo.data_parallel import AllReduceGradients
-from impala_frodo.metagrad import LOCAL, GradientReducer
-from impala_frodo.trajectory import Trajectory
-from impala_frodo.updater import Updater
+from impala_frodo.acting.trajectory import Trajectory
+from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.data_parallel import AllReduceGradients
+from impala_frodo.rule.metagrad import LOCAL, GradientReducer
+from impala_frodo.rule.updater import Updater
 from tests.test_metagrad import tiny_updater
 
 OBS_SHAPE, NUM_ACTIONS, STEPS, WIDTH, LEARNERS = (3,), 2, 4, 4, 2

@@ -43,7 +43,7 @@ CLUSTER_FILE = DEPLOY / "cluster.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 SUBMIT_SCRIPT = DEPLOY / "submit_job.sh"
 README = DEPLOY / "README.md"
-PRESETS = REPO_ROOT / "impala_frodo" / "presets"
+PRESETS = REPO_ROOT / "impala_frodo" / "config" / "presets"
 
 RAY_SERVICES = ("ray-head", "ray-worker")
 RUNS_MOUNT = "/runs"
@@ -636,7 +636,7 @@ def test_job_submission_to_a_local_ray_head(ray_head: RayHead, job_logdir: Path)
     checkpoints = sorted((run_dir / "checkpoints").iterdir())
     assert not [p for p in checkpoints if p.name.endswith(".tmp")], "a partial checkpoint is left"
 
-    from impala_frodo.checkpoint import load_checkpoint
+    from impala_frodo.records.checkpoint import load_checkpoint
 
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
     assert state["counters"]["env_steps"] >= JOB_ENV_STEPS

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from impala_frodo.checkpoint import load_checkpoint
-from impala_frodo.config import Config, set_dotted
-from impala_frodo.presets import load_preset
-from impala_frodo.runlog import read_metrics
-from learner.actor_pool import ActorPool, _Slot
-from learner.driver import TrainOptions, train
-from learner.exit_codes import ExitCode
+from impala_frodo.config.presets import load_preset
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.records.checkpoint import load_checkpoint
+from impala_frodo.records.runlog import read_metrics
+from learner.app.driver import TrainOptions, train
+from learner.cluster.actor_pool import ActorPool, _Slot
+from learner.control.exit_codes import ExitCode
 
 pytestmark = pytest.mark.ray
 
@@ -246,7 +246,7 @@ def test_an_actor_out_of_restarts_is_replaced(ray_local, tmp_path, caplog):
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     ray_local, tmp_path, monkeypatch
 ):
-    from impala_frodo.updater import NonFiniteLossError, Updater
+    from impala_frodo.rule.updater import NonFiniteLossError, Updater
 
     real_update = Updater.update
     saved: dict[str, bytes] = {}

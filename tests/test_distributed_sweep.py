@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from impala_frodo.config import Config, ConfigError, set_dotted
-from impala_frodo.runlog import METRICS_FILE, read_metrics
-from learner.cli import main
-from learner.exit_codes import ExitCode
+from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.records.runlog import METRICS_FILE, read_metrics
+from learner.app.cli import main
+from learner.control.exit_codes import ExitCode
 
 pytestmark = pytest.mark.ray
 
@@ -67,7 +68,7 @@ def test_distributed_sweep_of_two_seeds_writes_run_dirs_with_the_policy_lag(
 def test_a_seed_past_its_deadline_is_stopped_and_the_next_one_runs(ray_local, tmp_path):
     """Seed 0 never ends: it is cancelled at its deadline, its placement group freed,
     and seed 1, which needs the whole 2 CPUs, runs after it."""
-    from learner.sweep import run_sweep
+    from learner.app.sweep import run_sweep
 
     def hangs_on_seed_0(config, run_dir):
         if config["run"]["seed"] == 0:
@@ -92,7 +93,7 @@ def test_a_seed_past_its_deadline_is_stopped_and_the_next_one_runs(ray_local, tm
 
 
 def test_a_distributed_seed_larger_than_the_cluster_is_refused(ray_local, tmp_path):
-    from learner.sweep import run_sweep
+    from learner.app.sweep import run_sweep
 
     cfg = set_dotted(Config(), {"run.num_actors": 4, "run.actor_num_cpus": 0.5})
     with pytest.raises(ConfigError, match="needs 3 CPUs"):

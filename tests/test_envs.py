@@ -11,6 +11,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import impala_frodo.envs as envs_pkg
+from impala_frodo.acting.unroll import Unroller
 from impala_frodo.envs import (
     CATCH_ID,
     RANDOM_WALK_ID,
@@ -22,7 +23,6 @@ from impala_frodo.envs import (
     make_batched_env,
     random_walk_true_values,
 )
-from impala_frodo.unroll import Unroller
 
 CATCH_SIZES = [(10, 5), (11, 6)]  # bsuite's default, and the report's 6 columns x 11 rows
 

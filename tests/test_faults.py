@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import ray
 
-from impala_frodo import checkpoint as ckpt
-from impala_frodo import runlog
-from impala_frodo.checkpoint import CheckpointManager, load_checkpoint
-from impala_frodo.config import Config, set_dotted
-from impala_frodo.runlog import RunDirError, RunLock, check_writable, create_run_dir
-from learner.cli import main
-from learner.driver import TrainOptions, train
-from learner.exit_codes import ExitCode
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.records import checkpoint as ckpt
+from impala_frodo.records import runlog
+from impala_frodo.records.checkpoint import CheckpointManager, load_checkpoint
+from impala_frodo.records.runlog import RunDirError, RunLock, check_writable, create_run_dir
+from learner.app.cli import main
+from learner.app.driver import TrainOptions, train
+from learner.control.exit_codes import ExitCode
 
 
 def small_cfg(tmp_path: Path, **overrides) -> Config:
@@ -69,7 +69,7 @@ def test_a_second_session_in_a_run_dir_is_refused(tmp_path, capsys):
 
 def test_the_lock_goes_with_its_process_however_it_dies(tmp_path):
     code = (
-        "import sys, time; from impala_frodo.runlog import RunLock; "
+        "import sys, time; from impala_frodo.records.runlog import RunLock; "
         f"RunLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(120)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -3,8 +3,8 @@ inner steps against central finite differences (float64) for every parameterisat
 
 Through M > 1 inner steps the meta-gradient is the derivative of the update rule as
 written, with every sg(.) a constant even though theta_i depends on eta (see
-impala_frodo.metagrad). The finite differences here hold each sg(.) at the value it took at
-the nominal eta, by recording :func:`impala_frodo.objectives.stop_gradient` once and
+impala_frodo.rule.metagrad). The finite differences here hold each sg(.) at the value it took at
+the nominal eta, by recording :func:`impala_frodo.rule.objectives.stop_gradient` once and
 replaying it in the perturbed runs; they are then the same derivative, computed
 independently of autograd's graph through the inner steps.
 """
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from impala_frodo import objectives
-from impala_frodo.batch import Batch
-from impala_frodo.metagrad import DifferentiableSGD, detach_params
-from impala_frodo.trajectory import Trajectory
+from impala_frodo.acting.trajectory import Trajectory
+from impala_frodo.rule import objectives
+from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.metagrad import DifferentiableSGD, detach_params
 from tests.test_metagrad import (
     OBS_SHAPE,
     analytic,
@@ -255,7 +255,7 @@ def test_sliding_schedule_meta_steps_after_every_update_through_the_last_m():
 
 def analytic_from(updater, window, held_out):
     """The meta-gradient from the window's first parameters through its batches."""
-    from impala_frodo.metagrad import meta_gradient
+    from impala_frodo.rule.metagrad import meta_gradient
 
     return meta_gradient(
         detach_params(window[0].params),

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from actors.rollout import RolloutActor, env_spec
-from impala_frodo.checkpoint import CheckpointError, CheckpointManager
-from impala_frodo.config import Config, set_dotted
-from impala_frodo.presets import load_preset
-from impala_frodo.runlog import RunLogger, read_metrics
-from impala_frodo.updater import NonFiniteLossError
-from impala_frodo.weights import pack_params, param_layout
-from learner.learner import Learner
-from learner.sync import train_sync
+from impala_frodo.config.presets import load_preset
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.networks.weights import pack_params, param_layout
+from impala_frodo.records.checkpoint import CheckpointError, CheckpointManager
+from impala_frodo.records.runlog import RunLogger, read_metrics
+from impala_frodo.rule.updater import NonFiniteLossError
+from learner.training.learner import Learner
+from learner.training.sync import train_sync
 
 T, B = 10, 8
 
@@ -368,8 +368,8 @@ def test_a_hook_runs_once_after_the_next_checkpoint_only(tmp_path):
 def test_a_disk_error_at_a_save_is_a_storage_error_and_keeps_the_last_checkpoint(
     tmp_path, monkeypatch
 ):
-    from impala_frodo import checkpoint as ckpt
-    from impala_frodo.runlog import StorageError
+    from impala_frodo.records import checkpoint as ckpt
+    from impala_frodo.records.runlog import StorageError
 
     manager = CheckpointManager(tmp_path)
     learner = make_learner(make_cfg(), checkpoints=manager)

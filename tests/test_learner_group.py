@@ -13,13 +13,14 @@ import pytest
 import ray
 import torch
 
-from impala_frodo.checkpoint import load_checkpoint
-from impala_frodo.config import Config, ConfigError, set_dotted
-from impala_frodo.runlog import read_metrics
-from learner.driver import TrainOptions, train
-from learner.exit_codes import ExitCode
-from learner.learner_group import LearnerGroup
-from learner.sync import train_sync
+from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.records.checkpoint import load_checkpoint
+from impala_frodo.records.runlog import read_metrics
+from learner.app.driver import TrainOptions, train
+from learner.control.exit_codes import ExitCode
+from learner.training.group import LearnerGroup
+from learner.training.sync import train_sync
 
 pytestmark = pytest.mark.ray
 

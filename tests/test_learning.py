@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from impala_frodo.analysis import steps_to_threshold
-from impala_frodo.config import Config, set_dotted
-from impala_frodo.presets import load_preset
-from learner.sync import train_sync
+from impala_frodo.config.presets import load_preset
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.reports.analysis import steps_to_threshold
+from learner.training.sync import train_sync
 
 SOLVED, WINDOW = 0.8, 500
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from impala_frodo.meta_learner import MetaLearnerError
-from impala_frodo.runlog import StorageError
-from impala_frodo.updater import NonFiniteLossError
-from learner.actor_pool import TrainingError
-from learner.exit_codes import EXIT_CODES_HELP, ExitCode
-from learner.learner_group import LearnerFailure
-from learner.loop import StallWatchdog
-from learner.result import StopReason, TrainResult, describe_result, failure_of
+from impala_frodo.records.runlog import StorageError
+from impala_frodo.rule.meta_learner import MetaLearnerError
+from impala_frodo.rule.updater import NonFiniteLossError
+from learner.cluster.actor_pool import TrainingError
+from learner.control.exit_codes import EXIT_CODES_HELP, ExitCode
+from learner.training.group import LearnerFailure
+from learner.training.loop import StallWatchdog
+from learner.training.result import StopReason, TrainResult, describe_result, failure_of
 
 
 def test_every_stop_reason_is_its_string_and_carries_its_exit_code():
@@ -78,7 +78,7 @@ def test_the_stall_watchdog_warns_then_stops_and_progress_resets_it(caplog):
 
 
 def test_the_ray_session_does_not_import_the_driver():
-    code = "import sys, learner.ray_session; assert 'learner.driver' not in sys.modules"
+    code = "import sys, learner.cluster.session; assert 'learner.app.driver' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -113,7 +113,7 @@ def test_an_unroll_that_finished_during_the_wait_restarts_the_deadline_then():
 def test_a_dead_raylet_is_named():
     from types import SimpleNamespace
 
-    from learner.ray_session import raylet_failure
+    from learner.cluster.session import raylet_failure
 
     process = subprocess.Popen(["sleep", "60"])
     processes = {"raylet": [SimpleNamespace(process=process)]}

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import ray
 
-from impala_frodo.checkpoint import load_checkpoint
-from impala_frodo.config import Config, ConfigError, set_dotted
-from impala_frodo.meta_learner import EtaUpdate, MetaLearnerError
-from impala_frodo.runlog import read_metrics
-from learner.driver import TrainOptions, train
-from learner.exit_codes import ExitCode
-from learner.meta_actor import RayMetaLink
-from learner.ray_session import check_resources
+from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.records.checkpoint import load_checkpoint
+from impala_frodo.records.runlog import read_metrics
+from impala_frodo.rule.meta_learner import EtaUpdate, MetaLearnerError
+from learner.app.driver import TrainOptions, train
+from learner.cluster.session import check_resources
+from learner.control.exit_codes import ExitCode
+from learner.training.meta_actor import RayMetaLink
 from tests.test_metagrad import NUM_ACTIONS, OBS_SHAPE, random_batch
 
 pytestmark = pytest.mark.ray
@@ -39,7 +40,7 @@ def tiny_cfg() -> Config:
 
 def float_window_source(cfg: Config):
     """A float32 async updater whose windows the test sends by hand."""
-    from impala_frodo.updater import Updater
+    from impala_frodo.rule.updater import Updater
 
     updater = Updater(cfg, OBS_SHAPE, NUM_ACTIONS)
     rng = np.random.default_rng(0)

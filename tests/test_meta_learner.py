@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from impala_frodo.config import Config, ConfigError, set_dotted
-from impala_frodo.meta_learner import InProcessLink, MetaLearner
-from impala_frodo.runlog import METRICS_FILE, read_metrics
-from impala_frodo.schedules import WindowSchedule
-from impala_frodo.updater import Updater
-from learner.cli import main
-from learner.exit_codes import ExitCode
-from learner.ray_session import check_local_cpus
-from learner.sync import train_sync
+from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.records.runlog import METRICS_FILE, read_metrics
+from impala_frodo.rule.meta_learner import InProcessLink, MetaLearner
+from impala_frodo.rule.schedules import WindowSchedule
+from impala_frodo.rule.updater import Updater
+from learner.app.cli import main
+from learner.cluster.session import check_local_cpus
+from learner.control.exit_codes import ExitCode
+from learner.training.sync import train_sync
 from tests.test_metagrad import random_batch, tiny_updater
 
 M = 2

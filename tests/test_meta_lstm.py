@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from impala_frodo.networks import MetaNet
+from impala_frodo.networks.meta import MetaNet
 
 
 def reference_targets(net: MetaNet, obs, rewards, discounts, next_values):

@@ -1,7 +1,7 @@
 """The meta-gradient against central finite differences, in float64, on tiny problems.
 
 With one inner step (M = 1) the meta-gradient is the exact total derivative
-of the outer loss w.r.t. eta (see impala_frodo.metagrad on stop-gradients),
+of the outer loss w.r.t. eta (see impala_frodo.rule.metagrad on stop-gradients),
 so finite differences must match it to rounding error.
 """
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from impala_frodo.batch import Batch
-from impala_frodo.config import Config
-from impala_frodo.metagrad import (
+from impala_frodo.acting.trajectory import Trajectory
+from impala_frodo.config.schema import Config
+from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.metagrad import (
     LOCAL,
     DifferentiableRMSProp,
     DifferentiableSGD,
@@ -23,8 +24,7 @@ from impala_frodo.metagrad import (
     inner_step,
     meta_gradient,
 )
-from impala_frodo.trajectory import Trajectory
-from impala_frodo.updater import Updater
+from impala_frodo.rule.updater import Updater
 
 OBS_SHAPE, NUM_ACTIONS, STEPS, WIDTH = (3,), 2, 4, 2
 

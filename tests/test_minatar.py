@@ -11,20 +11,22 @@ import torch
 from gymnasium import spaces
 
 from actors.rollout import RolloutActor
-from impala_frodo.batch import Batch
-from impala_frodo.config import Config, ConfigError, set_dotted
+from impala_frodo.acting.trajectory import Trajectory
+from impala_frodo.acting.unroll import Unroller
+from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.presets import load_preset, preset_names
+from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.envs import make_batched_env
 from impala_frodo.envs.minatar_envs import GAMES, minatar_installed
-from impala_frodo.metagrad import DifferentiableSGD
-from impala_frodo.networks import AgentNet, MetaNet
-from impala_frodo.numpy_policy import NumpyPolicy
-from impala_frodo.presets import load_preset, preset_names
-from impala_frodo.torsos import ConvTorso, resolve_torso
-from impala_frodo.trajectory import Trajectory
-from impala_frodo.unroll import Unroller
-from impala_frodo.updater import Updater
-from impala_frodo.weights import param_layout
-from learner.env_check import check_env_id
+from impala_frodo.networks.agent import AgentNet
+from impala_frodo.networks.meta import MetaNet
+from impala_frodo.networks.numpy_policy import NumpyPolicy
+from impala_frodo.networks.torsos import ConvTorso, resolve_torso
+from impala_frodo.networks.weights import param_layout
+from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.metagrad import DifferentiableSGD
+from impala_frodo.rule.updater import Updater
+from learner.app.env_check import check_env_id
 from tests.test_frodo_targets import finite_difference_m_steps
 from tests.test_metagrad import analytic, finite_difference
 
@@ -267,8 +269,8 @@ def test_the_value_loss_on_minatar_frames_falls():
 @needs_minatar
 @pytest.mark.ray
 def test_frodo_on_minatar_runs_through_the_ray_actor_learner(ray_local, tmp_path):
-    from learner.driver import TrainOptions, train
-    from learner.exit_codes import ExitCode
+    from learner.app.driver import TrainOptions, train
+    from learner.control.exit_codes import ExitCode
 
     cfg = set_dotted(
         load_preset("minatar-breakout-frodo"),

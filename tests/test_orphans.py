@@ -1,5 +1,5 @@
 """No process of a local Ray instance outlives its driver: after a normal exit, and after
-the driver is SIGKILLed (:mod:`learner.reaper`). Each test runs ``python -m learner
+the driver is SIGKILLed (:mod:`learner.cluster.reaper`). Each test runs ``python -m learner
 train`` in a subprocess and follows its process tree from /proc while it runs."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from learner.exit_codes import ExitCode
-from learner.reaper import _stat, descendants
+from learner.cluster.reaper import _stat, descendants
+from learner.control.exit_codes import ExitCode
 from tests.test_signals import DEADLINE_S, finish, start_training
 
 #: Seconds the instance's processes may take to go after the driver: the reaper looks

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from impala_frodo.config import Config, ConfigError, set_dotted
-from impala_frodo.plotting import (
+from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.records.runlog import METRICS_FILE, create_run_dir
+from impala_frodo.reports.plotting import (
     SWEEP_FILE,
     expand_run_dirs,
     final_values,
@@ -18,9 +20,8 @@ from impala_frodo.plotting import (
     plot_runs,
     seed_curves,
 )
-from impala_frodo.runlog import METRICS_FILE, create_run_dir
-from learner.cli import main
-from learner.exit_codes import ExitCode
+from learner.app.cli import main
+from learner.control.exit_codes import ExitCode
 
 METRIC = "episode/return"
 

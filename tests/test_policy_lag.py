@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from actors.rollout import RolloutActor
-from impala_frodo.config import ConfigError
-from impala_frodo.weights import DelayedWeights, param_layout
+from impala_frodo.config.checks import ConfigError
+from impala_frodo.networks.weights import DelayedWeights, param_layout
 from tests.test_learner import make_cfg, make_learner
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from learner.progress import Progress, summary_fields
+from learner.control.progress import Progress, summary_fields
 
 
 class FakeClock:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from impala_frodo.config import Config
-from impala_frodo.networks import AgentNet, agent_layout
-from impala_frodo.numpy_policy import NumpyPolicy
-from impala_frodo.weights import pack_params, param_layout
+from impala_frodo.config.schema import Config
+from impala_frodo.networks.agent import AgentNet, agent_layout
+from impala_frodo.networks.numpy_policy import NumpyPolicy
+from impala_frodo.networks.weights import pack_params, param_layout
 
 
 def agent_and_policy(obs_shape, num_actions, hidden, torso="auto", scale=1.0, seed=0):
@@ -99,7 +99,7 @@ def test_a_rollout_actor_never_imports_torch():
         import sys
         import numpy as np
         from actors.rollout import RolloutActor
-        from impala_frodo.config import Config
+        from impala_frodo.config.schema import Config
         layout = (("policy.bias", (3,)), ("policy.weight", (3, 4)),
                   ("torso.0.bias", (4,)), ("torso.0.weight", (4, 50)))
         cfg = Config()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from impala_frodo.runlog import TENSORBOARD_LAYOUT, RunLogger
+from impala_frodo.records.runlog import TENSORBOARD_LAYOUT, RunLogger
 
 
 def _layout(run_dir):
@@ -79,7 +79,7 @@ def test_a_resumed_run_keeps_one_layout(tmp_path):
 
 def test_json_is_replaced_whole_and_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     from impala_frodo import utils
-    from impala_frodo.runlog import write_json_atomic
+    from impala_frodo.records.runlog import write_json_atomic
 
     path = tmp_path / "sub" / "info.json"
     write_json_atomic(path, {"a": 1})

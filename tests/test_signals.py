@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from learner.exit_codes import ExitCode
+from learner.control.exit_codes import ExitCode
 
 #: Every wait on the subprocess has this deadline (seconds; a slow shared machine).
 DEADLINE_S = 180.0
@@ -82,7 +82,7 @@ def test_one_sigterm_stops_with_a_final_checkpoint_and_130(tmp_path):
 #: Python signal handler can run in that thread.
 STUCK_IN_NATIVE_CODE = """
 import ctypes, sys
-from learner.signals import StopSignal
+from learner.control.signals import StopSignal
 StopSignal().install()
 libc = ctypes.CDLL(None)
 mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER

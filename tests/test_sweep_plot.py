@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from impala_frodo.config import Config, ConfigError, set_dotted
-from impala_frodo.plotting import final_values, load_runs, plot_runs, seed_curves
-from impala_frodo.runlog import METRICS_FILE, create_run_dir, read_metrics
-from learner.sync import train_sync
+from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.records.runlog import METRICS_FILE, create_run_dir, read_metrics
+from impala_frodo.reports.plotting import final_values, load_runs, plot_runs, seed_curves
+from learner.training.sync import train_sync
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -71,7 +72,7 @@ def test_plot_rejects_a_directory_that_is_not_a_run(tmp_path):
 
 @pytest.mark.ray
 def test_two_seed_sweep_leaves_two_run_directories(tmp_path, ray_local):
-    from learner.sweep import run_sweep
+    from learner.app.sweep import run_sweep
 
     cfg = set_dotted(Config(), {"algo": "impala", "run.total_env_steps": 3200, "run.num_envs": 16})
     result = run_sweep(cfg, [0, 1], tmp_path, name="tiny", cpus_per_seed=0.5, progress=False)
@@ -85,7 +86,7 @@ def test_two_seed_sweep_leaves_two_run_directories(tmp_path, ray_local):
 
 @pytest.mark.ray
 def test_a_failed_seed_is_reported_and_the_others_go_on(tmp_path, ray_local):
-    from learner.sweep import run_sweep, train_seed
+    from learner.app.sweep import run_sweep, train_seed
 
     def flaky(config, run_dir):
         if config["run"]["seed"] == 1:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from impala_frodo.config import Config, set_dotted
-from learner.driver import TrainOptions, train
-from learner.exit_codes import ExitCode
+from impala_frodo.config.schema import Config, set_dotted
+from learner.app.driver import TrainOptions, train
+from learner.control.exit_codes import ExitCode
 from tests.test_deploy import _clean_env, _free_ports, _our_processes
 
 pytestmark = pytest.mark.ray

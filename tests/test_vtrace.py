@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from impala_frodo import vtrace
+from impala_frodo.rule import vtrace
 
 
 def reference_vtrace(

@@ -18,16 +18,12 @@ from __future__ import annotations
 import gymnasium
 
 from impala_frodo.envs.atari import AtariSettings, BatchedAtari
-from impala_frodo.envs.batched import (
-    BatchedCatch,
-    BatchedEnv,
-    BatchedRandomWalk,
-    BatchStep,
-    GymnasiumBatchedEnv,
-    make_batched_env,
-)
+from impala_frodo.envs.base import BatchedEnv, BatchStep
+from impala_frodo.envs.batched import make_batched_env
 from impala_frodo.envs.catch import ENV_ID as CATCH_ID
 from impala_frodo.envs.catch import Catch
+from impala_frodo.envs.gymnasium_batched import GymnasiumBatchedEnv
+from impala_frodo.envs.numpy_batched import BatchedCatch, BatchedRandomWalk
 from impala_frodo.envs.random_walk import ENV_ID as RANDOM_WALK_ID
 from impala_frodo.envs.random_walk import NonStationaryRandomWalk, random_walk_true_values
 

@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from impala_frodo.atari_scores import ATARI_57, GAMES_BY_GYM_NAME, gym_name
-from impala_frodo.envs.batched import BatchedEnv, BatchStep, _check_num_envs
+from impala_frodo.envs.atari_scores import ATARI_57, GAMES_BY_GYM_NAME, gym_name
+from impala_frodo.envs.base import BatchedEnv, BatchStep, check_num_envs
 
 PREFIX = "ALE/"
 INSTALL_HINT = "pip install 'impala-frodo[atari]' (python3 run.py installs it)"
@@ -150,7 +150,7 @@ class BatchedAtari(BatchedEnv):
     def __init__(
         self, env_id: str, num_envs: int, seed: int | None = None, **settings: Any
     ) -> None:
-        self.num_envs = _check_num_envs(num_envs)
+        self.num_envs = check_num_envs(num_envs)
         self.env_id = env_id
         self.game = check_atari_id(env_id)
         unknown = sorted(set(settings) - set(AtariSettings.__dataclass_fields__))

@@ -1,0 +1,316 @@
+"""The sections of a run's config, one dataclass each, validated on construction:
+``env``, ``agent``, ``loss``, ``optim``, ``meta`` and ``run``.
+
+Every field is checked in ``__post_init__`` (:mod:`impala_frodo.config.checks`), so a
+user can fix the config without reading code. Parts of the system take the section
+they use, not the whole :class:`~impala_frodo.config.schema.Config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from impala_frodo.config.checks import (
+    ACTOR_INFERENCE,
+    BETA_MODES,
+    DEVICES,
+    INNER_OPTIMIZERS,
+    LEARNER_PLACEMENTS,
+    MAX_SEED,
+    META_MODES,
+    META_SCHEDULES,
+    TARGET_FORMS,
+    TORSOS,
+    in_range,
+    is_utf8,
+    one_of,
+    positive_int,
+    require,
+)
+from impala_frodo.utils import path_too_long, shorten
+
+
+@dataclass
+class EnvConfig:
+    """Which environment, with keyword arguments for its constructor."""
+
+    id: str = "impala_frodo/Catch-v0"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.id, str) and self.id != "",
+            f"env.id must be a non-empty string, got {self.id!r}",
+        )
+        require(
+            isinstance(self.kwargs, dict), f"env.kwargs must be a table/dict, got {self.kwargs!r}"
+        )
+
+
+@dataclass
+class AgentConfig:
+    """The agent network: a torso with policy and value heads.
+
+    ``torso``: ``"mlp"`` (the flat observation into ``hidden_sizes``; none = linear),
+    ``"conv"`` (MinAtar's: a 3x3 convolution with ``conv_channels`` channels on
+    ``[H, W, C]`` images, then ``hidden_sizes``; MinAtar's dense layer is ``[128]``),
+    ``"resnet"`` (IMPALA's deep ResNet, sections of 16, 32 and 32 channels, then
+    ``hidden_sizes``; IMPALA's dense layer is ``[256]``), ``"auto"`` (the ResNet for images
+    of at least 32 x 32 pixels such as Atari's frames, conv for smaller images, else mlp).
+    """
+
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    torso: str = "auto"
+    conv_channels: int = 16
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.hidden_sizes, list | tuple),
+            f"agent.hidden_sizes must be a list of layer widths (e.g. [64, 64], or [] for a "
+            f"linear agent), got {self.hidden_sizes!r}",
+        )
+        self.hidden_sizes = tuple(self.hidden_sizes)
+        for i, h in enumerate(self.hidden_sizes):
+            positive_int(f"agent.hidden_sizes[{i}]", h)
+        one_of("agent.torso", self.torso, TORSOS)
+        positive_int("agent.conv_channels", self.conv_channels)
+
+
+@dataclass
+class LossConfig:
+    """Coefficients of the actor-critic losses and of V-trace (DESIGN sections 4 and 5)."""
+
+    gamma: float = 0.99
+    lambda_: float = 1.0
+    value_cost: float = 0.5
+    outer_value_cost: float = 0.5
+    entropy_cost: float = 0.01
+    clip_rho_threshold: float = 1.0
+    clip_c_threshold: float = 1.0
+    clip_pg_rho_threshold: float = 1.0
+
+    def __post_init__(self) -> None:
+        in_range("loss.gamma", self.gamma, 0.0, 1.0)
+        in_range("loss.lambda_", self.lambda_, 0.0, 1.0)
+        for name in ("value_cost", "outer_value_cost", "entropy_cost"):
+            in_range(f"loss.{name}", getattr(self, name), 0.0, 1e6)
+        for name in ("clip_rho_threshold", "clip_c_threshold", "clip_pg_rho_threshold"):
+            in_range(f"loss.{name}", getattr(self, name), 0.0, 1e9, low_open=True)
+
+
+@dataclass
+class OptimConfig:
+    """The agent's (inner) optimizer. It is differentiable for the meta-algorithms.
+
+    For RMSProp the running average of squared gradients is treated as a
+    constant of eta (it is built from detached gradients), see
+    :mod:`impala_frodo.rule.metagrad`.
+    """
+
+    name: str = "rmsprop"
+    lr: float = 3e-3
+    rmsprop_alpha: float = 0.99
+    rmsprop_eps: float = 1e-5
+    max_grad_norm: float = 0.0  # 0 disables clipping
+
+    def __post_init__(self) -> None:
+        one_of("optim.name", self.name, INNER_OPTIMIZERS)
+        in_range("optim.lr", self.lr, 0.0, 10.0, low_open=True)
+        in_range("optim.rmsprop_alpha", self.rmsprop_alpha, 0.0, 1.0)
+        in_range("optim.rmsprop_eps", self.rmsprop_eps, 0.0, 1.0, low_open=True)
+        in_range("optim.max_grad_norm", self.max_grad_norm, 0.0, 1e9)
+
+
+@dataclass
+class MetaConfig:
+    """The meta-learner: FRODO's meta-network, its optimizer, the extension and MGRL.
+
+    FRODO's target forms (docs/design.md, "Target forms"), ``target =``:
+
+    - ``"residual"`` (the default, chosen from 10-seed evidence, docs/results.md):
+      g = sg(v_s) + G_eta(tau), a learned correction on the canonical V-trace target
+      v_s (gamma, lambda of ``[loss]``), with G_eta's output layer zero-initialised so
+      that g starts at v_s.
+    - ``"plain"``: g = G_eta(tau), the paper's form (default initialisation).
+    - ``"plain-zero-head"``: the paper's form with the output layer zero-initialised
+      (g starts at 0).
+    - ``"residual-centred"``: the residual form with the correction centred over each
+      batch, g = sg(v_s) + G - mean_{T,B}(G): it cannot shift all targets at once, a
+      shift that bootstrapping turns into a value drift of shift / (1 - gamma)
+      (docs/results-minatar.md).
+
+    Further options:
+
+    - ``ratio_input``: G_eta also sees the clipped log importance ratio log(pi/mu).
+    - ``consistency_cost`` w: adds w 1/2 (g - sg(v_s))^2 on the held-out batch to the
+      outer loss, a guard against the target drifting away from returns.
+    - ``embed_size``, ``embed_channels``: G_eta's embedding phi(x) of image observations
+      (a 3x3 convolution with ``embed_channels`` channels, then ``embed_size`` ReLU
+      units, learned with eta); flat observations enter G_eta as they are.
+
+    ``schedule = "chain"``: one outer step per M inner steps, which form one
+    differentiable chain (the paper's). ``"sliding"``: an outer step after every
+    inner update, differentiated through the last M inner updates (recomputed from
+    the parameters M updates ago with the current eta): M times the meta-steps, at
+    about M times the meta-step cost.
+
+    ``mode = "inline"``: the learner takes the outer step itself (the schedule above).
+    ``"async"``: the learner takes first-order inner steps only, with the newest eta it
+    has, and hands every window (theta and the optimizer state at its start, its M
+    batches and the held-out batch) to a meta-learner, which recomputes the chain with its
+    eta, steps eta and sends it back (the chain schedule's windows; docs/design.md, "The
+    async meta-learner"). ``delay_windows``: in the synchronous trainer (the meta-learner
+    in process), deliver each new eta this many windows late, a model of a meta-learner
+    that lags; 0 is lock-step, equal to the chain schedule. ``learner_num_cpus``: the Ray
+    CPUs the meta-learner process reserves in the distributed trainer.
+    """
+
+    num_inner_steps: int = 5  # M
+    lr: float = 1e-2  # Adam on eta
+    hidden_size: int = 32  # LSTM width
+    max_grad_norm: float = 0.0  # clip of the meta-gradient; 0 disables
+    target: str = "residual"
+    ratio_input: bool = False
+    consistency_cost: float = 0.0
+    schedule: str = "chain"
+    embed_size: int = 32
+    embed_channels: int = 16
+    # The report's extension (DESIGN section 5): beta * L_revise added to L_outer.
+    ext_b1: float = 0.1
+    ext_beta_mode: str = "annealed"  # "constant": beta = b1; "annealed": b1 / |sg(L_outer)|
+    ext_beta_max: float = 1.0
+    ext_eps: float = 1e-6
+    # MGRL: initial meta-parameters (gamma, lambda), learned through sigmoids.
+    mgrl_init_gamma: float = 0.99
+    mgrl_init_lambda: float = 0.95
+    # The async meta-learner.
+    mode: str = "inline"
+    delay_windows: int = 0
+    learner_num_cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive_int("meta.num_inner_steps", self.num_inner_steps)
+        positive_int("meta.hidden_size", self.hidden_size)
+        in_range("meta.lr", self.lr, 0.0, 10.0, low_open=True)
+        in_range("meta.max_grad_norm", self.max_grad_norm, 0.0, 1e9)
+        one_of("meta.target", self.target, TARGET_FORMS)
+        one_of("meta.schedule", self.schedule, META_SCHEDULES)
+        positive_int("meta.embed_size", self.embed_size)
+        positive_int("meta.embed_channels", self.embed_channels)
+        require(
+            isinstance(self.ratio_input, bool),
+            f"meta.ratio_input must be true or false, got {self.ratio_input!r}",
+        )
+        in_range("meta.consistency_cost", self.consistency_cost, 0.0, 1e6)
+        in_range("meta.ext_b1", self.ext_b1, 0.0, 1e6)
+        one_of("meta.ext_beta_mode", self.ext_beta_mode, BETA_MODES)
+        in_range("meta.ext_beta_max", self.ext_beta_max, 0.0, 1e9, low_open=True)
+        in_range("meta.ext_eps", self.ext_eps, 0.0, 1.0, low_open=True)
+        # Sigmoid-parameterised: the ends 0 and 1 are not reachable.
+        in_range("meta.mgrl_init_gamma", self.mgrl_init_gamma, 0.0, 0.9999, low_open=True)
+        in_range("meta.mgrl_init_lambda", self.mgrl_init_lambda, 0.0, 0.9999, low_open=True)
+        one_of("meta.mode", self.mode, META_MODES)
+        require(
+            isinstance(self.delay_windows, int)
+            and not isinstance(self.delay_windows, bool)
+            and 0 <= self.delay_windows <= 10_000,
+            f"meta.delay_windows must be an integer in [0, 10000], got {self.delay_windows!r}",
+        )
+        in_range("meta.learner_num_cpus", self.learner_num_cpus, 0.0, 64.0, low_open=True)
+        require(
+            self.mode == "inline" or self.schedule == "chain",
+            f"meta.mode = 'async' hands out the chain schedule's windows; use "
+            f"meta.schedule = 'chain', got {self.schedule!r}",
+        )
+
+
+@dataclass
+class RunConfig:
+    """How long, where and with how many actors a run goes."""
+
+    seed: int = 0
+    total_env_steps: int = 500_000
+    unroll_length: int = 20  # T
+    num_envs: int = 32  # envs per learner batch in the synchronous trainer
+    num_actors: int = 2
+    envs_per_actor: int = 32
+    batches_per_update: int = 1  # actor batches concatenated into one learner's batch
+    # Data-parallel learners (distributed trainer): each takes batches_per_update actor
+    # batches per update, so the global batch is num_learners times one learner's.
+    num_learners: int = 1
+    learner_num_cpus: float = 1.0  # per learner process when num_learners > 1
+    learner_placement: str = "pack"  # pack | spread | strict-spread (over nodes)
+    queue_size: int = 8  # bounded trajectory queue, in actor batches
+    broadcast_every: int = 1  # learner updates between weight publications
+    policy_lag: int = 0  # act with weights this many versions old, on purpose (0: newest)
+    actor_num_cpus: float = 0.5
+    # mu in the actors: numpy, or torch (measured faster for the Atari ResNet; "auto").
+    actor_inference: str = "auto"
+    device: str = "auto"
+    logdir: str = "runs"
+    checkpoint_every_s: float = 60.0
+    log_every_s: float = 2.0  # a log record every log_every_s or log_every_updates,
+    log_every_updates: int = 20  # whichever comes first (and one after the first update)
+    returns_window: int = 500  # episodes in the "mean return" shown and used for "solved"
+    # Faults: no wait is unbounded (exit 1 without a trajectory for this long; exit 2 if a
+    # cluster given by address does not answer within connect_timeout_s).
+    progress_timeout_s: float = 300.0
+    connect_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.seed, int)
+            and not isinstance(self.seed, bool)
+            and 0 <= self.seed <= MAX_SEED,
+            f"run.seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}",
+        )
+        require(
+            isinstance(self.logdir, str) and self.logdir != "" and is_utf8(self.logdir),
+            f"run.logdir must be a non-empty path in UTF-8 text (it is saved in config.json), "
+            f"got {self.logdir!r}",
+        )
+        too_long = path_too_long(self.logdir)
+        require(
+            too_long is None,
+            f"run.logdir {shorten(self.logdir)} is too long for the file system ({too_long})",
+        )
+        for name in (
+            "total_env_steps",
+            "unroll_length",
+            "num_envs",
+            "num_actors",
+            "envs_per_actor",
+            "batches_per_update",
+            "num_learners",
+            "queue_size",
+            "broadcast_every",
+            "log_every_updates",
+            "returns_window",
+        ):
+            positive_int(f"run.{name}", getattr(self, name))
+        require(
+            isinstance(self.policy_lag, int)
+            and not isinstance(self.policy_lag, bool)
+            and self.policy_lag >= 0,
+            f"run.policy_lag must be an integer >= 0, got {self.policy_lag!r}",
+        )
+        in_range("run.actor_num_cpus", self.actor_num_cpus, 0.0, 64.0, low_open=True)
+        in_range("run.learner_num_cpus", self.learner_num_cpus, 0.0, 1024.0, low_open=True)
+        one_of("run.learner_placement", self.learner_placement, LEARNER_PLACEMENTS)
+        require(
+            self.num_learners <= self.num_actors,
+            f"run.num_learners = {self.num_learners} is more than run.num_actors = "
+            f"{self.num_actors}: give every learner at least one actor",
+        )
+        one_of("run.device", self.device, DEVICES)
+        one_of("run.actor_inference", self.actor_inference, ACTOR_INFERENCE)
+        in_range("run.checkpoint_every_s", self.checkpoint_every_s, 0.0, 1e9, low_open=True)
+        in_range("run.log_every_s", self.log_every_s, 0.0, 1e9, low_open=True)
+        in_range("run.progress_timeout_s", self.progress_timeout_s, 0.0, 1e9, low_open=True)
+        in_range("run.connect_timeout_s", self.connect_timeout_s, 0.0, 1e9, low_open=True)
+
+    @property
+    def trajectories_per_update(self) -> int:
+        """Actor batches one update consumes: ``batches_per_update`` per learner."""
+        return self.batches_per_update * self.num_learners

@@ -1,0 +1,12 @@
+"""The learner proper.
+
+- :mod:`~learner.training.learner`: :class:`Learner`, a plain class: updates, logs,
+  checkpoints, publishes weights.
+- :mod:`~learner.training.group`: N data-parallel learner processes on Ray.
+- :mod:`~learner.training.meta_actor`: the async meta-learner as a Ray actor.
+- :mod:`~learner.training.loop`: the distributed training loop and its stall watchdog.
+- :mod:`~learner.training.sync`: the synchronous single-process trainer.
+- :mod:`~learner.training.result`: stop reasons, each with its exit code, and results.
+
+May import ``learner.control``, ``learner.cluster``, ``actors`` and ``impala_frodo``.
+"""
