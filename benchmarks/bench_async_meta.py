@@ -92,13 +92,13 @@ def per_update_times(envs: int, updates: int, repeats: int) -> dict[str, float]:
         times = {"impala_update_ms": statistics.median(_ms_per_update(impala, batches, warmup))}
         inline = Updater(base, obs_shape, NUM_ACTIONS)
         times["frodo_inline_update_ms"] = statistics.fmean(_ms_per_update(inline, cycle, warmup))
-        learner = Updater(async_cfg, obs_shape, NUM_ACTIONS)
-        learner.meta_link = sink = _Sink()
+        sink = _Sink()
+        learner = Updater(async_cfg, obs_shape, NUM_ACTIONS, meta_link=sink)
         times["frodo_async_learner_update_ms"] = statistics.fmean(
             _ms_per_update(learner, cycle, warmup)
         )
-        meta = MetaLearner(async_cfg, obs_shape, NUM_ACTIONS)
-        meta.load_state_dict(learner.meta_state())
+        meta = MetaLearner.build(async_cfg, obs_shape, NUM_ACTIONS)
+        meta.load_state_dict(learner.schedule.meta_state())
         step_ms = []
         for _ in range(6):
             start = time.perf_counter()

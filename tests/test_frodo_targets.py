@@ -58,7 +58,7 @@ def finite_difference_m_steps(updater, inner_batches, outer_batch, monkeypatch, 
     sg(.) held at its nominal value. G = dL_outer/dtheta' and theta_M^0 are taken at the
     nominal eta; the second term is the outer loss's direct dependence on eta (the
     consistency term's)."""
-    sgd = DifferentiableSGD(updater.optimizer.lr)
+    sgd = DifferentiableSGD(updater.inner.optimizer.lr)
     theta = theta_after_inner(updater, inner_batches, sgd)
     nominal_theta = detach_params(theta, requires_grad=False)
     loss, _ = updater.outer_loss(theta, outer_batch, inner_batches)
@@ -237,13 +237,13 @@ def test_sliding_schedule_meta_steps_after_every_update_through_the_last_m():
     assert all(p.grad_fn is None for p in updater.params.values())  # plain inner steps
     expected = analytic_from(updater, list(updater.schedule.pending), batches[2])
     applied: dict[str, torch.Tensor] = {}
-    adam_step = updater.meta_optimizer.step
+    adam_step = updater.schedule.meta_step.optimizer.step
 
     def capture_then_step():
         applied.update({k: p.grad.clone() for k, p in updater.meta_net.named_parameters()})
         adam_step()
 
-    updater.meta_optimizer.step = capture_then_step
+    updater.schedule.meta_step.optimizer.step = capture_then_step
     updater.update(batches[2])
     assert updater.num_meta_updates == 1
     for k, g in expected.items():
@@ -263,7 +263,7 @@ def analytic_from(updater, window, held_out):
         updater.eta,
         [p.batch for p in window],
         held_out,
-        updater.optimizer,
+        updater.inner.optimizer,
         updater.inner_loss,
         updater.outer_loss,
     ).eta_grads

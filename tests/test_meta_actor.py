@@ -20,7 +20,7 @@ from impala_frodo.rule.meta_learner import EtaUpdate, MetaLearnerError
 from learner.app.driver import TrainOptions, train
 from learner.cluster.session import check_resources
 from learner.control.exit_codes import ExitCode
-from learner.training.meta_actor import RayMetaLink
+from learner.training.meta_actor import MetaLearnerSpec, RayMetaLink
 from tests.test_metagrad import NUM_ACTIONS, OBS_SHAPE, random_batch
 
 pytestmark = pytest.mark.ray
@@ -49,8 +49,8 @@ def float_window_source(cfg: Config):
         batches = [_float32(random_batch(rng)) for _ in range(3)]
         for batch in batches[:2]:
             updater.schedule.record(batch, updater.params, updater.opt_state)
-        updater.meta_windows = index
-        return updater.take_window(batches[2])
+        updater.schedule.windows = index
+        return updater.schedule.take_window(batches[2])
 
     return updater, window
 
@@ -67,6 +67,16 @@ def _float32(batch):
     )
 
 
+def ray_link(cfg: Config, updater) -> RayMetaLink:
+    """A meta-learner actor started from ``updater``'s eta (as its schedule starts it)."""
+    spec = MetaLearnerSpec.of(cfg, OBS_SHAPE, NUM_ACTIONS)
+    link = RayMetaLink(
+        spec, num_cpus=cfg.meta.learner_num_cpus, timeout_s=cfg.run.progress_timeout_s
+    )
+    link.load_state_dict(updater.schedule.meta_state())
+    return link
+
+
 def poll_until(link: RayMetaLink) -> EtaUpdate:
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
@@ -80,7 +90,7 @@ def poll_until(link: RayMetaLink) -> EtaUpdate:
 def test_windows_sent_while_it_is_busy_wait_newest_first(ray_local):
     cfg = tiny_cfg()
     updater, window = float_window_source(cfg)
-    link = RayMetaLink(cfg, OBS_SHAPE, NUM_ACTIONS, updater.meta_state())
+    link = ray_link(cfg, updater)
     try:
         # The start-up load is the call in flight: each window sent meanwhile replaces
         # the one waiting, which counts as skipped.
@@ -100,7 +110,7 @@ def test_windows_sent_while_it_is_busy_wait_newest_first(ray_local):
 def test_a_dead_meta_learner_is_a_clear_error(ray_local):
     cfg = tiny_cfg()
     updater, window = float_window_source(cfg)
-    link = RayMetaLink(cfg, OBS_SHAPE, NUM_ACTIONS, updater.meta_state())
+    link = ray_link(cfg, updater)
     try:
         link.send(window(0))
         poll_until(link)
@@ -167,7 +177,7 @@ def test_a_dead_meta_learner_ends_the_run_with_eta_kept_and_a_resume_goes_on(
 
     def kill_after_two_meta_steps(ctx) -> None:
         if ctx.learner.updater.num_meta_updates >= 2 and not killed:
-            ray.kill(ctx.learner.updater.meta_link.actor)
+            ray.kill(ctx.learner.updater.schedule.link.actor)
             killed.append(True)
 
     result = train(

@@ -15,7 +15,7 @@ import torch
 from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.records.runlog import METRICS_FILE, read_metrics
-from impala_frodo.rule.meta_learner import InProcessLink, MetaLearner
+from impala_frodo.rule.meta_learner import InProcessLink
 from impala_frodo.rule.schedules import WindowSchedule
 from impala_frodo.rule.updater import Updater
 from learner.app.cli import main
@@ -48,8 +48,8 @@ def assert_same_learning(a: Updater, b: Updater, tol: float = 1e-10) -> None:
         torch.testing.assert_close(b.params[name], value, rtol=0, atol=tol, msg=f"theta {name}")
     for name, value in a.eta.items():
         torch.testing.assert_close(b.eta[name], value, rtol=0, atol=tol, msg=f"eta {name}")
-    state_a = a.meta_optimizer.state_dict()["state"]
-    state_b = b.meta_optimizer.state_dict()["state"]
+    state_a = a.schedule.state_dict()["meta_optimizer"]["state"]
+    state_b = b.schedule.state_dict()["meta_optimizer"]["state"]
     assert state_a.keys() == state_b.keys()
     for index, moments in state_a.items():
         for key in ("exp_avg", "exp_avg_sq"):
@@ -96,7 +96,7 @@ class LateStartSchedule(WindowSchedule):
 @pytest.mark.parametrize(("algo", "meta"), CASES[:1] + CASES[-1:])
 def test_the_comparison_fails_when_a_window_starts_one_update_late(algo, meta):
     chain, late = pair(algo, **meta)
-    late.schedule = LateStartSchedule(M)
+    late.schedule = LateStartSchedule(M, late.meta_net, late.schedule.link)
     run(chain, 0)
     run(late, 0)
     assert late.num_meta_updates == WINDOWS
@@ -105,12 +105,10 @@ def test_the_comparison_fails_when_a_window_starts_one_update_late(algo, meta):
 
 
 def test_a_delayed_meta_learner_lags_and_departs_from_the_chain():
-    chain, delayed = pair("frodo")
-    meta_learner = MetaLearner(
-        delayed.cfg, delayed.obs_shape, delayed.num_actions, dtype=torch.float64
+    chain, _ = pair("frodo")
+    delayed = tiny_updater(
+        "frodo", optim="rmsprop", num_inner_steps=M, mode="async", delay_windows=1
     )
-    meta_learner.load_state_dict(delayed.meta_state())
-    delayed.meta_link = InProcessLink(meta_learner, delay_windows=1)
     run(chain, 1, NUM_BATCHES + M)
     metrics = run(delayed, 1, NUM_BATCHES + M)
     lags = [m["meta/lag"] for m in metrics if "meta/lag" in m]
@@ -128,24 +126,22 @@ def test_the_state_dict_carries_eta_its_adam_state_and_the_meta_learner_progress
     _, restored = pair("frodo")
     restored.load_state_dict(state)
     assert_same_learning(trained, restored)
-    assert restored.meta_windows == WINDOWS and restored.num_meta_updates == WINDOWS
-    # The restored learner's meta-learner starts from the restored eta and Adam state.
-    link = restored._link()
-    assert isinstance(link, InProcessLink)
-    resumed = link.meta_learner.state_dict()
-    assert resumed["version"] == WINDOWS
-    original = trained.meta_link.meta_learner.state_dict()
-    for name, value in original["meta_net"].items():
-        torch.testing.assert_close(resumed["meta_net"][name], value, rtol=0, atol=0)
-    for index, moments in original["meta_optimizer"]["state"].items():
-        for key, value in moments.items():
-            torch.testing.assert_close(resumed["meta_optimizer"]["state"][index][key], value)
+    assert restored.schedule.windows == WINDOWS and restored.num_meta_updates == WINDOWS
+    # The restored learner's meta-learner starts from the restored eta and Adam state: from
+    # a fresh window on both sides (a restore drops the window in progress), both go on to
+    # learn the same from the same batches (a window, its meta step, one more inner step).
+    assert isinstance(restored.schedule.link, InProcessLink)
+    trained.schedule.clear()
+    run(trained, 5, M + 1)
+    run(restored, 5, M + 1)
+    assert restored.num_meta_updates == trained.num_meta_updates == WINDOWS + 1
+    assert_same_learning(trained, restored, tol=0.0)
 
 
 def test_a_window_holds_its_start_its_batches_and_the_held_out_batch():
     _, lockstep = pair("frodo")
     sent = []
-    link = lockstep._link()
+    link = lockstep.schedule.link
     original_send = link.send
     link.send = lambda window: (sent.append(window), original_send(window))[1]
     rng = np.random.default_rng(3)

@@ -60,6 +60,7 @@ def tiny_updater(
     num_inner_steps: int = 1,
     perturb_head: bool = True,
     reducer: GradientReducer = LOCAL,
+    lr: float = 0.1,
     **meta,
 ) -> Updater:
     torch.manual_seed(0)
@@ -68,7 +69,7 @@ def tiny_updater(
             "algo": algo,
             "task": task,
             "agent": {"hidden_sizes": [4]},
-            "optim": {"name": optim, "lr": 0.1},
+            "optim": {"name": optim, "lr": lr},
             "meta": {"num_inner_steps": num_inner_steps, "hidden_size": 3, **meta},
             "loss": {"gamma": 0.9, "lambda_": 0.95},
         }
@@ -160,7 +161,7 @@ def analytic(updater: Updater, inner_batches, outer_batch):
         updater.eta,
         inner_batches,
         outer_batch,
-        updater.optimizer,
+        updater.inner.optimizer,
         updater.inner_loss,
         updater.outer_loss,
     )
@@ -184,7 +185,7 @@ def test_meta_gradient_matches_finite_differences_sgd(algo, task, meta):
     outer_batch = random_batch(rng)
     result = analytic(updater, inner_batches, outer_batch)
     expected = finite_difference(
-        updater, inner_batches, outer_batch, lambda: DifferentiableSGD(updater.optimizer.lr)
+        updater, inner_batches, outer_batch, lambda: DifferentiableSGD(updater.inner.optimizer.lr)
     )
     total = sum(g.abs().sum().item() for g in result.eta_grads.values())
     assert total > 1e-6, "eta must receive a non-zero meta-gradient"
@@ -203,7 +204,7 @@ def test_rmsprop_meta_gradient_treats_statistics_as_constants():
         step = inner_step(
             params,
             state,
-            updater.optimizer,
+            updater.inner.optimizer,
             lambda p, b=batch: updater.inner_loss(p, b),
             create_graph=False,
         )
@@ -212,7 +213,10 @@ def test_rmsprop_meta_gradient_treats_statistics_as_constants():
 
     result = analytic(updater, inner_batches, outer_batch)
     expected = finite_difference(
-        updater, inner_batches, outer_batch, lambda: FrozenStatsRMSProp(updater.optimizer, recorded)
+        updater,
+        inner_batches,
+        outer_batch,
+        lambda: FrozenStatsRMSProp(updater.inner.optimizer, recorded),
     )
     for name, g in expected.items():
         torch.testing.assert_close(result.eta_grads[name], g, rtol=1e-5, atol=1e-8, msg=name)
@@ -228,7 +232,7 @@ def test_a_non_differentiable_inner_step_gives_eta_no_gradient():
     step = inner_step(
         updater.params,
         updater.opt_state,
-        updater.optimizer,
+        updater.inner.optimizer,
         lambda p: updater.inner_loss(p, batch),
         create_graph=False,
     )
@@ -261,7 +265,7 @@ def test_meta_gradient_chains_m_inner_steps():
     inner_batches = [random_batch(rng) for _ in range(3)]
     outer_batch = random_batch(rng)
     result = analytic(updater, inner_batches, outer_batch)
-    plain = theta_after_inner(updater, inner_batches, updater.optimizer)
+    plain = theta_after_inner(updater, inner_batches, updater.inner.optimizer)
     for k, v in plain.items():
         torch.testing.assert_close(result.params[k], v.detach())
         assert result.params[k].grad_fn is None
@@ -287,15 +291,17 @@ class DoublingReducer(LocalGradients):
         self.meta_calls += 1
         return grads
 
+    def batch_mean(self, tensor):
+        return tensor.mean()
+
 
 @pytest.mark.parametrize("schedule", ["chain", "sliding"])
 def test_the_gradient_reducer_is_on_the_path_of_inner_steps_and_the_meta_gradient(schedule):
     """Doubling the inner gradients at the seam is SGD at twice the rate, for theta and
     (through the differentiable inner steps) for eta's meta-gradient."""
-    doubled = tiny_updater("frodo", num_inner_steps=2, schedule=schedule)
-    doubled.reducer = reducer = DoublingReducer()
-    faster = tiny_updater("frodo", num_inner_steps=2, schedule=schedule)
-    faster.optimizer = DifferentiableSGD(2 * faster.optimizer.lr)
+    reducer = DoublingReducer()
+    doubled = tiny_updater("frodo", num_inner_steps=2, schedule=schedule, reducer=reducer)
+    faster = tiny_updater("frodo", num_inner_steps=2, schedule=schedule, lr=0.2)  # 2 x 0.1
     rng = np.random.default_rng(8)
     for _ in range(4):
         batch = random_batch(rng)

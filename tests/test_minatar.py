@@ -337,7 +337,7 @@ def test_conv_agent_meta_gradient_matches_finite_differences():
     inner, outer = [image_batch(rng)], image_batch(rng)
     result = analytic(updater, inner, outer)
     expected = finite_difference(
-        updater, inner, outer, lambda: DifferentiableSGD(updater.optimizer.lr)
+        updater, inner, outer, lambda: DifferentiableSGD(updater.inner.optimizer.lr)
     )
     assert result.eta_grads["embed.conv.weight"].abs().sum() > 1e-6, "phi(x) must learn"
     for name, g in expected.items():

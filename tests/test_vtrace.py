@@ -95,24 +95,6 @@ def test_on_policy_equals_n_step_return():
     np.testing.assert_allclose(got.vs.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_from_logits_uses_the_actions_log_ratio():
-    torch.manual_seed(0)
-    steps, width, num_actions = 5, 3, 4
-    behaviour = torch.randn(steps, width, num_actions, dtype=torch.float64)
-    target = torch.randn(steps, width, num_actions, dtype=torch.float64)
-    actions = torch.randint(num_actions, (steps, width))
-    args = [torch.rand(steps, width, dtype=torch.float64) for _ in range(3)]
-    bootstrap = torch.rand(width, dtype=torch.float64)
-    out = vtrace.from_logits(behaviour, target, actions, *args, bootstrap)
-    expected_log_rhos = (
-        torch.log_softmax(target, -1).gather(-1, actions[..., None])[..., 0]
-        - torch.log_softmax(behaviour, -1).gather(-1, actions[..., None])[..., 0]
-    )
-    torch.testing.assert_close(out.log_rhos, expected_log_rhos)
-    direct = vtrace.from_importance_weights(expected_log_rhos, *args, bootstrap)
-    torch.testing.assert_close(out.vs, direct.vs)
-
-
 def test_gradients_flow_through_lambda_and_discounts():
     """No torch.no_grad inside: MGRL differentiates the targets w.r.t. gamma and lambda."""
     rng = np.random.default_rng(2)

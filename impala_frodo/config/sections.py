@@ -245,7 +245,8 @@ class RunConfig:
     broadcast_every: int = 1  # learner updates between weight publications
     policy_lag: int = 0  # act with weights this many versions old, on purpose (0: newest)
     actor_num_cpus: float = 0.5
-    # mu in the actors: numpy, or torch (measured faster for the Atari ResNet; "auto").
+    # mu in the actors: numpy, or torch ("auto": torch for the Atari ResNet, where it is
+    # faster: docs/results-atari.md).
     actor_inference: str = "auto"
     device: str = "auto"
     logdir: str = "runs"

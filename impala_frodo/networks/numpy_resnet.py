@@ -45,8 +45,8 @@ def resnet_structure(names: Iterable[str]) -> list[tuple[str, list[str]]]:
 
 
 #: Maps of at most this many pixels are convolved by :func:`_conv_shifted_products`, larger
-#: ones by :func:`_conv_im2col` (the faster of the two at each size, measured single-threaded
-#: on the 2-core development machine: benchmarks/bench_atari.py).
+#: ones by :func:`_conv_im2col`: the faster of the two at each size, single-threaded
+#: (benchmarks/bench_atari.py; docs/results-atari.md).
 SHIFTED_PRODUCTS_MAX_PIXELS = 21 * 21
 
 
@@ -70,7 +70,8 @@ def _conv_im2col(padded: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np
     out_channels = weight.shape[0]
     patches = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
     # patches [N, H, W, C, 3, 3] viewed as [N, H, W, 3, 3, C]: the copy moves runs of C
-    # contiguous floats (3x faster than runs of 3), and the weight is read in that order.
+    # contiguous floats rather than runs of 3 (faster: docs/results-atari.md), and the
+    # weight is read in that order.
     cols = patches.transpose(0, 1, 2, 4, 5, 3).reshape(n * h * w, 9 * c)
     y = cols @ weight.transpose(0, 2, 3, 1).reshape(out_channels, 9 * c).T
     y += bias

@@ -1,7 +1,8 @@
 """One objective per algorithm: L_inner and L_outer, and the meta-network eta lives in.
 
-An :class:`Objective` is chosen once from the config (:func:`make_objective`) and binds
-the agent network and, for meta-algorithms, the meta-network it builds. Its losses are
+An :class:`Objective` is chosen once from the config (:func:`make_objective`, through each
+class's ``from_config``, which picks the sections it takes) and binds the agent network
+and, for meta-algorithms, the meta-network it builds. Its losses are
 functions of theta (a dict of tensors) and eta (a dict of the meta-network's tensors),
 so an inner update built from them stays a differentiable function of eta.
 
@@ -28,9 +29,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from impala_frodo.config.schema import Config
-from impala_frodo.config.sections import MetaConfig
+from impala_frodo.config.sections import LossConfig, MetaConfig
 from impala_frodo.networks.meta import MetaNet, MGRLMeta
-from impala_frodo.rule import objectives
+from impala_frodo.rule import objectives, vtrace
 from impala_frodo.rule.batch import Batch
 from impala_frodo.rule.objectives import AgentOutputs, LossTerms, PolicyTerms
 
@@ -66,16 +67,46 @@ class Objective(ABC):
     meta_net: nn.Module | None = None
 
     def __init__(
-        self,
-        cfg: Config,
-        agent: nn.Module,
-        obs_shape: Sequence[int],
-        batch_mean: BatchMean = torch.mean,
+        self, loss: LossConfig, agent: nn.Module, *, control: bool, batch_mean: BatchMean
     ) -> None:
-        self.loss = cfg.loss
+        self.loss = loss
+        self.clipping = vtrace.Clipping(
+            loss.clip_rho_threshold, loss.clip_pg_rho_threshold, loss.clip_c_threshold
+        )
         self.agent = agent
-        self.control = cfg.task == "control"
+        self.control = control
         self.batch_mean = batch_mean
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, agent: nn.Module, obs_shape: Sequence[int], batch_mean: BatchMean
+    ) -> Objective:
+        """The objective of ``cfg`` for ``agent`` (``obs_shape``: the meta-network's input)."""
+        return cls(cfg.loss, agent, control=cfg.task == "control", batch_mean=batch_mean)
+
+    def vtrace_loss(
+        self,
+        batch: Batch,
+        outputs: AgentOutputs,
+        policy: PolicyTerms | None,
+        *,
+        gamma: float | Tensor | None = None,
+        lambda_: float | Tensor | None = None,
+        value_cost: float | None = None,
+    ) -> tuple[LossTerms, vtrace.VTraceReturns]:
+        """The canonical V-trace loss with the config's coefficients (``gamma``, ``lambda_``
+        and ``value_cost`` replace the config's where given)."""
+        loss = self.loss
+        return objectives.vtrace_loss(
+            batch,
+            outputs,
+            policy,
+            gamma=loss.gamma if gamma is None else gamma,
+            lambda_=loss.lambda_ if lambda_ is None else lambda_,
+            value_cost=loss.value_cost if value_cost is None else value_cost,
+            entropy_cost=loss.entropy_cost,
+            clipping=self.clipping,
+        )
 
     def policy(self, batch: Batch, outputs: AgentOutputs) -> PolicyTerms | None:
         """The policy's loss terms in control; ``None`` in prediction (on-policy targets)."""
@@ -94,16 +125,14 @@ class Objective(ABC):
         """L_outer(theta_M; tau'): the canonical V-trace loss on the held-outputs batch."""
         outputs = self.evaluate(params, batch)
         policy = self.policy(batch, outputs)
-        terms, _ = objectives.vtrace_loss(
-            batch, outputs, policy, self.loss, value_cost=self.loss.outer_value_cost
-        )
+        terms, _ = self.vtrace_loss(batch, outputs, policy, value_cost=self.loss.outer_value_cost)
         return terms.total, {"loss/outer_canonical": terms.total.detach()}
 
     def canonical_loss(self, params: Params, batch: Batch) -> Tensor:
         """The canonical V-trace loss of ``params`` on ``batch`` (the config's costs)."""
         outputs = self.evaluate(params, batch)
         policy = self.policy(batch, outputs)
-        return objectives.vtrace_loss(batch, outputs, policy, self.loss)[0].total
+        return self.vtrace_loss(batch, outputs, policy)[0].total
 
     def canonical_returns(
         self, batch: Batch, outputs: AgentOutputs, policy: PolicyTerms | None
@@ -112,7 +141,12 @@ class Objective(ABC):
         constant of theta and eta."""
         log_pi_a = None if policy is None else policy.log_pi_a
         return objectives.vtrace_returns(
-            batch, outputs, log_pi_a, self.loss, gamma=self.loss.gamma, lambda_=self.loss.lambda_
+            batch,
+            outputs,
+            log_pi_a,
+            gamma=self.loss.gamma,
+            lambda_=self.loss.lambda_,
+            clipping=self.clipping,
         ).vs
 
 
@@ -122,7 +156,7 @@ class ImpalaObjective(Objective):
     def inner_loss(self, params: Params, eta: Params, batch: Batch) -> tuple[Tensor, Stats]:
         outputs = self.evaluate(params, batch)
         policy = self.policy(batch, outputs)
-        terms, returns = objectives.vtrace_loss(batch, outputs, policy, self.loss)
+        terms, returns = self.vtrace_loss(batch, outputs, policy)
         return terms.total, {"meta/target_mean": returns.vs.mean(), **loss_scalars(terms)}
 
 
@@ -131,21 +165,28 @@ class MGRLObjective(Objective):
 
     def __init__(
         self,
-        cfg: Config,
+        loss: LossConfig,
         agent: nn.Module,
-        obs_shape: Sequence[int],
-        batch_mean: BatchMean = torch.mean,
+        meta: MetaConfig,
+        *,
+        control: bool,
+        batch_mean: BatchMean,
     ) -> None:
-        super().__init__(cfg, agent, obs_shape, batch_mean)
-        self.meta_net = MGRLMeta(cfg.meta.mgrl_init_gamma, cfg.meta.mgrl_init_lambda)
+        super().__init__(loss, agent, control=control, batch_mean=batch_mean)
+        self.meta_net = MGRLMeta(meta.mgrl_init_gamma, meta.mgrl_init_lambda)
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, agent: nn.Module, obs_shape: Sequence[int], batch_mean: BatchMean
+    ) -> MGRLObjective:
+        control = cfg.task == "control"
+        return cls(cfg.loss, agent, cfg.meta, control=control, batch_mean=batch_mean)
 
     def inner_loss(self, params: Params, eta: Params, batch: Batch) -> tuple[Tensor, Stats]:
         outputs = self.evaluate(params, batch)
         policy = self.policy(batch, outputs)
         gamma, lambda_ = functional_call(self.meta_net, eta, ())
-        terms, returns = objectives.vtrace_loss(
-            batch, outputs, policy, self.loss, gamma=gamma, lambda_=lambda_
-        )
+        terms, returns = self.vtrace_loss(batch, outputs, policy, gamma=gamma, lambda_=lambda_)
         canonical = self.canonical_returns(batch, outputs, policy)
         stats = objectives.target_diagnostics(returns.vs, canonical)
         stats["meta/gamma"], stats["meta/lambda"] = gamma.detach(), lambda_.detach()
@@ -211,16 +252,21 @@ class FrodoObjective(Objective):
     ``revision``: the report's extension (:class:`RevisionTerm`), or ``None``.
     """
 
+    #: ``from_config`` adds the report's extension (:class:`FrodoExtensionObjective`).
+    extension = False
+
     def __init__(
         self,
-        cfg: Config,
+        loss: LossConfig,
         agent: nn.Module,
+        meta: MetaConfig,
         obs_shape: Sequence[int],
-        batch_mean: BatchMean = torch.mean,
+        *,
+        control: bool,
+        batch_mean: BatchMean,
         revision: RevisionTerm | None = None,
     ) -> None:
-        super().__init__(cfg, agent, obs_shape, batch_mean)
-        meta = cfg.meta
+        super().__init__(loss, agent, control=control, batch_mean=batch_mean)
         self.form = TargetForm.named(meta.target)
         self.ratio_input = meta.ratio_input
         self.consistency_cost = meta.consistency_cost
@@ -232,6 +278,20 @@ class FrodoObjective(Objective):
             zero_init_head=self.form.zero_init_head,
             embed_size=meta.embed_size,
             embed_channels=meta.embed_channels,
+        )
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, agent: nn.Module, obs_shape: Sequence[int], batch_mean: BatchMean
+    ) -> FrodoObjective:
+        return cls(
+            cfg.loss,
+            agent,
+            cfg.meta,
+            obs_shape,
+            control=cfg.task == "control",
+            batch_mean=batch_mean,
+            revision=RevisionTerm(cfg.meta) if cls.extension else None,
         )
 
     def target(
@@ -268,7 +328,15 @@ class FrodoObjective(Objective):
         outputs = self.evaluate(params, batch)
         policy = self.policy(batch, outputs)
         target, canonical = self.target(eta, batch, outputs, policy)
-        terms = objectives.frodo_inner_loss(batch, outputs, target, policy, self.loss)
+        terms = objectives.frodo_inner_loss(
+            batch,
+            outputs,
+            target,
+            policy,
+            value_cost=self.loss.value_cost,
+            entropy_cost=self.loss.entropy_cost,
+            clip_pg_rho=self.loss.clip_pg_rho_threshold,
+        )
         stats = objectives.target_diagnostics(target, canonical)
         stats["meta/target_mean"] = target.detach().mean()
         stats[LEARNED_TARGET] = target.detach()
@@ -280,12 +348,8 @@ class FrodoObjective(Objective):
         """The canonical loss on tau' (+ beta L_revise with the extension, + the consistency
         term w 1/2 (g - sg(v_s))^2 on tau' when ``meta.consistency_cost`` > 0)."""
         outputs = self.evaluate(params, batch)
-        terms, returns = objectives.vtrace_loss(
-            batch,
-            outputs,
-            self.policy(batch, outputs),
-            self.loss,
-            value_cost=self.loss.outer_value_cost,
+        terms, returns = self.vtrace_loss(
+            batch, outputs, self.policy(batch, outputs), value_cost=self.loss.outer_value_cost
         )
         loss, stats = terms.total, {"loss/outer_canonical": terms.total.detach()}
         if self.revision is not None:
@@ -303,14 +367,7 @@ class FrodoObjective(Objective):
 class FrodoExtensionObjective(FrodoObjective):
     """FRODO with the report's extension in its outer loss (algorithm ``frodo-ext``)."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        agent: nn.Module,
-        obs_shape: Sequence[int],
-        batch_mean: BatchMean = torch.mean,
-    ) -> None:
-        super().__init__(cfg, agent, obs_shape, batch_mean, revision=RevisionTerm(cfg.meta))
+    extension = True
 
 
 #: The objective of each ``algo``.
@@ -326,4 +383,4 @@ def make_objective(
     cfg: Config, agent: nn.Module, obs_shape: Sequence[int], batch_mean: BatchMean = torch.mean
 ) -> Objective:
     """The objective of ``cfg.algo`` for ``agent`` (builds the meta-network, if any)."""
-    return OBJECTIVES[cfg.algo](cfg, agent, obs_shape, batch_mean)
+    return OBJECTIVES[cfg.algo].from_config(cfg, agent, obs_shape, batch_mean)

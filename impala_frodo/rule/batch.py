@@ -7,6 +7,7 @@ stored dtype, converted to float there (:func:`to_network_input`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,15 @@ class Batch:
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.actions.shape)  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> Batch:
+        """This batch with every tensor on ``device`` (itself where they are already)."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        return dataclasses.replace(self, **moved)
 
     def shard(self, index: int, count: int) -> Batch:
         """Columns ``[index B/count, (index + 1) B/count)``: one of ``count`` equal shards

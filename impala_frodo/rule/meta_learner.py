@@ -6,44 +6,45 @@ newest eta it has. Every M inner steps it hands a :class:`MetaWindow` to a
 window's M batches and the held-out batch (the next one, which also starts the next
 window, as in the chain schedule). The meta-learner recomputes the M inner steps
 differentiably with *its* current eta (:func:`~impala_frodo.rule.metagrad.meta_gradient`),
-differentiates the outer loss on the held-out batch to eta, clips the meta-gradient
-(``meta.max_grad_norm``), takes an Adam step on eta and returns an :class:`EtaUpdate`
-(its version, the window it came from, and its whole state: eta and Adam's moments, so
-that the learner's checkpoints carry them without asking).
+differentiates the outer loss on the held-out batch to eta, applies it through its
+:class:`~impala_frodo.rule.meta_step.MetaStep` (the same step the inline schedules take)
+and returns an :class:`EtaUpdate` (its version, the window it came from, and its whole
+state: eta and Adam's moments, so that the learner's checkpoints carry them without
+asking).
 
 **Exact when it keeps up.** When the learner waits for each new eta before the next
 window's first inner step (lock-step), its first-order steps use the same eta as the
 meta-learner's recomputation, so the recomputed theta_M is the learner's theta_M and
 theta and eta follow the chain schedule's to rounding error (tests/test_meta_learner.py).
 
-A :class:`MetaLink` is how the learner's :class:`~impala_frodo.rule.updater.Updater` talks
-to a meta-learner: ``send(window)`` and a non-blocking ``poll()``. :class:`InProcessLink`
-calls a plain :class:`MetaLearner` here (the synchronous trainer and the tests), in
-lock-step or with eta delivered ``meta.delay_windows`` windows late;
-``learner/training/meta_actor.py`` runs it as a Ray actor.
+A :class:`MetaLink` is how the learner's window schedule
+(:class:`~impala_frodo.rule.schedules.WindowSchedule`) talks to a meta-learner:
+``send(window)``, a non-blocking ``poll()``, and ``load_state_dict`` to (re)start it from
+the learner's eta. :class:`InProcessLink` calls a plain :class:`MetaLearner` here (the
+synchronous trainer and the tests), in lock-step or with eta delivered
+``meta.delay_windows`` windows late; ``learner/training/meta_actor.py`` runs it as a Ray
+actor.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
 
 from impala_frodo.config.schema import Config
 from impala_frodo.networks.agent import AgentNet
-from impala_frodo.rule.algorithms import make_objective
+from impala_frodo.rule.algorithms import Objective, make_objective
 from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.meta_step import MetaStep
 from impala_frodo.rule.metagrad import (
+    InnerRule,
     OptState,
     Params,
-    clip_by_global_norm,
     make_inner_optimizer,
     meta_gradient,
 )
@@ -51,16 +52,6 @@ from impala_frodo.rule.metagrad import (
 
 class MetaLearnerError(RuntimeError):
     """The meta-learner died, failed or stopped answering: the run must stop."""
-
-
-def batch_to(batch: Batch, device: torch.device | str) -> Batch:
-    """``batch`` with every tensor on ``device`` (itself if they are there already)."""
-    changes = {
-        f.name: getattr(batch, f.name).to(device)
-        for f in dataclasses.fields(batch)
-        if isinstance(getattr(batch, f.name), Tensor)
-    }
-    return dataclasses.replace(batch, **changes)
 
 
 @dataclass
@@ -79,8 +70,8 @@ class MetaWindow:
             index=self.index,
             params={k: v.detach().to(device) for k, v in self.params.items()},
             opt_state={k: v.detach().to(device) for k, v in self.opt_state.items()},
-            batches=[batch_to(b, device) for b in self.batches],
-            held_out=batch_to(self.held_out, device),
+            batches=[b.to(device) for b in self.batches],
+            held_out=self.held_out.to(device),
         )
 
 
@@ -97,63 +88,72 @@ class EtaUpdate:
 
 
 class MetaLearner:
-    """eta, Adam on eta, and the meta step on one window (a plain class; no Ray)."""
+    """The meta step on one window: the window's inner steps recomputed differentiably with
+    this eta, and the outer loss's gradient applied to eta (a plain class; no Ray).
 
-    def __init__(
-        self,
+    ``objective``: the algorithm's losses (its meta-network is ``meta_step``'s);
+    ``inner``: how the inner steps are taken (the learner's optimizer and clip).
+    """
+
+    def __init__(self, objective: Objective, inner: InnerRule, meta_step: MetaStep) -> None:
+        self.objective = objective
+        self.inner = inner
+        self.meta_step = meta_step
+
+    @classmethod
+    def build(
+        cls,
         cfg: Config,
         obs_shape: Sequence[int],
         num_actions: int,
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-    ) -> None:
+    ) -> MetaLearner:
+        """The meta-learner of ``cfg``'s algorithm, with networks of its own (built without
+        moving the caller's RNG: its eta is loaded after, from the learner's)."""
         if not cfg.is_meta:
             raise ValueError(f"algo {cfg.algo!r} has no meta-parameters to learn")
-        self.cfg = cfg
-        self.device = torch.device(device)
-        # Its own networks, built without moving the caller's RNG: eta is loaded after.
         with torch.random.fork_rng(devices=[]):
-            self.agent = AgentNet.from_config(obs_shape, num_actions, cfg.agent)
-            self.objective = make_objective(cfg, self.agent, obs_shape)
-        self.agent.to(device=self.device, dtype=dtype)
-        self.meta_net = self.objective.meta_net
-        assert self.meta_net is not None
-        self.meta_net.to(device=self.device, dtype=dtype)
-        self.optimizer = make_inner_optimizer(cfg.optim)
-        self.meta_optimizer = torch.optim.Adam(self.meta_net.parameters(), lr=cfg.meta.lr)
-        self.version = 0  # meta steps taken (over the whole run)
+            agent = AgentNet.from_config(obs_shape, num_actions, cfg.agent)
+            objective = make_objective(cfg, agent, obs_shape)
+        assert objective.meta_net is not None
+        agent.to(device=device, dtype=dtype)
+        objective.meta_net.to(device=device, dtype=dtype)
+        inner = InnerRule(make_inner_optimizer(cfg.optim), cfg.optim.max_grad_norm)
+        meta_step = MetaStep(
+            objective.meta_net,
+            lr=cfg.meta.lr,
+            max_grad_norm=cfg.meta.max_grad_norm,
+            label="meta-learner: ",
+        )
+        return cls(objective, inner, meta_step)
 
     @property
-    def eta(self) -> dict[str, Tensor]:
-        return dict(self.meta_net.named_parameters())
+    def device(self) -> torch.device:
+        return next(iter(self.meta_step.eta.values())).device
+
+    @property
+    def version(self) -> int:
+        return self.meta_step.version
 
     def step(self, window: MetaWindow) -> EtaUpdate:
         """Recompute the window's inner steps with this eta, take the meta step, return eta."""
         start = time.perf_counter()
         window = window.to(self.device)
-        eta = self.eta
+        eta = self.meta_step.eta
         result = meta_gradient(
             window.params,
             window.opt_state,
             eta,
             window.batches,
             window.held_out,
-            self.optimizer,
+            self.inner.optimizer,
             lambda p, b: self.objective.inner_loss(p, eta, b),
             lambda p, b, inner: self.objective.outer_loss(p, eta, b, inner),
-            max_grad_norm=self.cfg.optim.max_grad_norm,
+            max_grad_norm=self.inner.max_grad_norm,
         )
-        _check_finite("outer loss", result.outer_loss)
-        grads, norm = clip_by_global_norm(
-            list(result.eta_grads.values()), self.cfg.meta.max_grad_norm
-        )
-        _check_finite("meta-gradient", norm)
-        for p, g in zip(eta.values(), grads, strict=True):
-            p.grad = g
-        self.meta_optimizer.step()
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        self.version += 1
+        norm = self.meta_step.apply(list(result.eta_grads.values()), result.outer_loss)
         stats = {k: float(v) for k, v in result.outer_aux.items()}
         stats |= {"loss/outer": float(result.outer_loss), "meta/grad_norm": float(norm)}
         return EtaUpdate(
@@ -166,35 +166,18 @@ class MetaLearner:
 
     def state_dict(self) -> dict[str, Any]:
         """Copies (not views) of eta and Adam's state, and the version."""
-        return {
-            "meta_net": {k: v.detach().clone() for k, v in self.meta_net.state_dict().items()},
-            "meta_optimizer": copy.deepcopy(self.meta_optimizer.state_dict()),
-            "version": self.version,
-        }
+        return self.meta_step.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.meta_net.load_state_dict(state["meta_net"])
-        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
-        self.version = int(state["version"])
-
-    def ready(self) -> bool:
-        """True: it is constructed (a start-up check for a remote meta-learner)."""
-        return True
-
-
-def _check_finite(what: str, value: Tensor) -> None:
-    if not torch.isfinite(value).all():
-        # Imported here: the updater imports this module.
-        from impala_frodo.rule.updater import NonFiniteLossError
-
-        raise NonFiniteLossError(f"meta-learner: {what} is not finite ({value.item()}): stopping")
+        self.meta_step.load_state_dict(state)
 
 
 class MetaLink(Protocol):
     """Where an async learner's windows go and its new etas come from.
 
-    ``send`` never waits long; ``poll`` never waits: a new eta, or ``None``.
-    ``skipped``: windows dropped because the meta-learner was behind.
+    ``load_state_dict`` (re)starts the meta-learner from the learner's eta; ``send``
+    never waits long; ``poll`` never waits: a new eta, or ``None``. ``skipped``: windows
+    dropped because the meta-learner was behind.
     """
 
     skipped: int
@@ -208,21 +191,34 @@ class MetaLink(Protocol):
     def close(self) -> None: ...
 
 
+#: Builds a meta-learner for eta of this dtype on this device.
+MetaLearnerFactory = Callable[[torch.dtype, torch.device], MetaLearner]
+
+
 class InProcessLink:
     """A plain :class:`MetaLearner` called in this process at ``send``.
 
-    ``delay_windows = 0`` is lock-step: the eta of a window is there at the next ``poll``,
-    before the learner's next inner step. ``delay_windows = d`` holds each eta back until
-    d more windows have been sent: a model of a meta-learner that keeps up but lags.
+    The meta-learner is built at the first ``send``, in the dtype and on the device of
+    the window it gets, and starts from the last state loaded. ``delay_windows = 0`` is
+    lock-step: the eta of a window is there at the next ``poll``, before the learner's
+    next inner step. ``delay_windows = d`` holds each eta back until d more windows have
+    been sent: a model of a meta-learner that keeps up but lags.
     """
 
-    def __init__(self, meta_learner: MetaLearner, delay_windows: int = 0) -> None:
-        self.meta_learner = meta_learner
+    def __init__(self, factory: MetaLearnerFactory, delay_windows: int = 0) -> None:
+        self.factory = factory
         self.delay_windows = delay_windows
         self.skipped = 0
+        self.meta_learner: MetaLearner | None = None
+        self._start_state: dict[str, Any] | None = None
         self._done: deque[EtaUpdate] = deque()
 
     def send(self, window: MetaWindow) -> None:
+        if self.meta_learner is None:
+            param = next(iter(window.params.values()))
+            self.meta_learner = self.factory(param.dtype, param.device)
+            if self._start_state is not None:
+                self.meta_learner.load_state_dict(self._start_state)
         self._done.append(self.meta_learner.step(window))
 
     def poll(self) -> EtaUpdate | None:
@@ -230,7 +226,10 @@ class InProcessLink:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Start from ``state`` (a resumed learner's); etas not delivered yet are dropped."""
-        self.meta_learner.load_state_dict(state)
+        if self.meta_learner is None:
+            self._start_state = state
+        else:
+            self.meta_learner.load_state_dict(state)
         self._done.clear()
 
     def close(self) -> None:

@@ -39,6 +39,16 @@ Params = dict[str, Tensor]
 OptState = dict[str, Tensor]
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss or gradient became NaN or infinite; training must stop."""
+
+
+def check_finite(what: str, value: Tensor) -> None:
+    """Raise :class:`NonFiniteLossError` naming ``what`` unless ``value`` is all finite."""
+    if not torch.isfinite(value).all():
+        raise NonFiniteLossError(f"{what} is not finite ({value.item()}): stopping")
+
+
 class DifferentiableSGD:
     """theta' = theta - lr g."""
 
@@ -123,6 +133,16 @@ class LocalGradients:
 
 #: The reducer of a single learner.
 LOCAL = LocalGradients()
+
+
+@dataclass(frozen=True)
+class InnerRule:
+    """How an inner step is taken: the differentiable optimizer, the clip of its gradient's
+    global norm (0: none), and where the gradients of several learners are combined."""
+
+    optimizer: DifferentiableOptimizer
+    max_grad_norm: float = 0.0
+    reducer: GradientReducer = LOCAL
 
 
 def detach_params(params: Mapping[str, Tensor], requires_grad: bool = True) -> Params:

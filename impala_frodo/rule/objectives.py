@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from impala_frodo.config.sections import LossConfig
 from impala_frodo.rule import vtrace
 from impala_frodo.rule.batch import Batch
 
@@ -144,10 +143,10 @@ def vtrace_returns(
     batch: Batch,
     outputs: AgentOutputs,
     log_pi_a: Tensor | None,
-    cfg: LossConfig,
     *,
     gamma: float | Tensor,
     lambda_: float | Tensor,
+    clipping: vtrace.Clipping,
 ) -> vtrace.VTraceReturns:
     """Canonical V-trace targets on sg(V). ``log_pi_a = None``: on-policy (rho = 1)."""
     if log_pi_a is None:
@@ -160,9 +159,9 @@ def vtrace_returns(
         bootstrapped_rewards(batch, outputs, gamma),
         stop_gradient(outputs.values),
         outputs.bootstrap_value,
-        clip_rho_threshold=cfg.clip_rho_threshold,
-        clip_pg_rho_threshold=cfg.clip_pg_rho_threshold,
-        clip_c_threshold=cfg.clip_c_threshold,
+        clip_rho_threshold=clipping.rho,
+        clip_pg_rho_threshold=clipping.pg_rho,
+        clip_c_threshold=clipping.c,
         lambda_=lambda_,
     )
 
@@ -171,27 +170,26 @@ def vtrace_loss(
     batch: Batch,
     outputs: AgentOutputs,
     policy: PolicyTerms | None,
-    cfg: LossConfig,
     *,
-    gamma: float | Tensor | None = None,
-    lambda_: float | Tensor | None = None,
-    value_cost: float | None = None,
+    gamma: float | Tensor,
+    lambda_: float | Tensor,
+    value_cost: float,
+    entropy_cost: float,
+    clipping: vtrace.Clipping,
 ) -> tuple[LossTerms, vtrace.VTraceReturns]:
     """The canonical V-trace actor-critic loss (IMPALA; FRODO's outer loss; L_revise; MGRL).
 
     Control (``policy`` given): policy gradient with rho^pg-weighted V-trace advantages,
     value regression to v_s, entropy bonus. Prediction (``policy = None``): the value term
     alone, with on-policy targets (the n-step return for lambda = 1).
-    ``gamma`` and ``lambda_`` default to the config's; pass tensors to keep
-    their graph (MGRL's inner loss).
+    ``gamma`` and ``lambda_`` may be tensors that keep their graph (MGRL's inner loss).
     """
-    gamma = cfg.gamma if gamma is None else gamma
-    lambda_ = cfg.lambda_ if lambda_ is None else lambda_
-    value_cost = cfg.value_cost if value_cost is None else value_cost
+    log_pi_a = None if policy is None else policy.log_pi_a
+    returns = vtrace_returns(
+        batch, outputs, log_pi_a, gamma=gamma, lambda_=lambda_, clipping=clipping
+    )
     if policy is None:
-        returns = vtrace_returns(batch, outputs, None, cfg, gamma=gamma, lambda_=lambda_)
         return value_only_loss(outputs.values, returns.vs, value_cost=value_cost), returns
-    returns = vtrace_returns(batch, outputs, policy.log_pi_a, cfg, gamma=gamma, lambda_=lambda_)
     terms = actor_critic_loss(
         policy.log_pi_a,
         policy.entropy,
@@ -199,7 +197,7 @@ def vtrace_loss(
         returns.vs,
         returns.pg_advantages,
         value_cost=value_cost,
-        entropy_cost=cfg.entropy_cost,
+        entropy_cost=entropy_cost,
     )
     return terms, returns
 
@@ -268,7 +266,10 @@ def frodo_inner_loss(
     outputs: AgentOutputs,
     target: Tensor,
     policy: PolicyTerms | None,
-    cfg: LossConfig,
+    *,
+    value_cost: float,
+    entropy_cost: float,
+    clip_pg_rho: float,
 ) -> LossTerms:
     """FRODO's inner loss with the meta target g (DESIGN section 5)::
 
@@ -280,9 +281,9 @@ def frodo_inner_loss(
     (prediction): the value term alone.
     """
     if policy is None:
-        return value_only_loss(outputs.values, target, value_cost=cfg.value_cost)
+        return value_only_loss(outputs.values, target, value_cost=value_cost)
     log_rhos = stop_gradient(policy.log_pi_a) - batch.behaviour_log_probs
-    pg_rhos = torch.exp(log_rhos).clamp(max=cfg.clip_pg_rho_threshold)
+    pg_rhos = torch.exp(log_rhos).clamp(max=clip_pg_rho)
     advantages = pg_rhos * (target - stop_gradient(outputs.values))
     return actor_critic_loss(
         policy.log_pi_a,
@@ -290,8 +291,8 @@ def frodo_inner_loss(
         outputs.values,
         target,
         advantages,
-        value_cost=cfg.value_cost,
-        entropy_cost=cfg.entropy_cost,
+        value_cost=value_cost,
+        entropy_cost=entropy_cost,
     )
 
 

@@ -7,7 +7,9 @@ chosen once, from the config, as parts:
 - the **objective** (:mod:`impala_frodo.rule.algorithms`): L_inner and L_outer of the
   algorithm, and the meta-network;
 - the **meta-schedule** (:mod:`impala_frodo.rule.schedules`): when outer steps come, what
-  they differentiate through, and whether inner steps keep their graph to eta;
+  they differentiate through, whether inner steps keep their graph to eta, and where eta
+  is stepped (its :class:`~impala_frodo.rule.meta_step.MetaStep`, or a meta-learner
+  beside the learner in async mode, reached through the link the updater is given);
 - the **gradient reducer** (:class:`~impala_frodo.rule.metagrad.GradientReducer`): where the
   gradients of several learners are combined; the identity for one learner.
 
@@ -30,32 +32,40 @@ from impala_frodo.config.schema import Config
 from impala_frodo.networks.agent import AgentNet
 from impala_frodo.rule.algorithms import LEARNED_TARGET, make_objective
 from impala_frodo.rule.batch import Batch
-from impala_frodo.rule.meta_learner import (
-    EtaUpdate,
-    InProcessLink,
-    MetaLearner,
-    MetaLink,
-    MetaWindow,
-)
+from impala_frodo.rule.meta_learner import InProcessLink, MetaLearner, MetaLink
 from impala_frodo.rule.metagrad import (
     LOCAL,
     GradientReducer,
+    InnerRule,
     InnerStep,
+    NonFiniteLossError,
     Params,
-    clip_by_global_norm,
+    check_finite,
     detach_params,
     inner_step,
     make_inner_optimizer,
 )
-from impala_frodo.rule.schedules import WindowSchedule, make_schedule
+from impala_frodo.rule.schedules import make_schedule
+
+__all__ = ["NonFiniteLossError", "Updater", "in_process_link"]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss or gradient became NaN or infinite; training must stop."""
+def in_process_link(cfg: Config, obs_shape: Sequence[int], num_actions: int) -> InProcessLink:
+    """A meta-learner in this process (``meta.delay_windows`` late; 0: lock-step)."""
+    return InProcessLink(
+        lambda dtype, device: MetaLearner.build(
+            cfg, obs_shape, num_actions, device=device, dtype=dtype
+        ),
+        cfg.meta.delay_windows,
+    )
 
 
 class Updater:
-    """theta, eta and their optimizers' states, updated one batch at a time."""
+    """theta, eta and their optimizers' states, updated one batch at a time.
+
+    ``meta_link``: in async mode, where windows go and new etas come from (default: a
+    lock-step meta-learner in this process; the distributed driver gives a Ray one).
+    """
 
     def __init__(
         self,
@@ -64,47 +74,41 @@ class Updater:
         num_actions: int,
         device: torch.device | str = "cpu",
         reducer: GradientReducer = LOCAL,
+        meta_link: MetaLink | None = None,
     ) -> None:
-        self.cfg = cfg
         self.device = torch.device(device)
         self.agent = AgentNet.from_config(obs_shape, num_actions, cfg.agent).to(self.device)
         self.params: Params = detach_params(dict(self.agent.named_parameters()))
-        self.optimizer = make_inner_optimizer(cfg.optim)
-        self.opt_state = self.optimizer.init(self.params)
-        self.max_grad_norm = cfg.optim.max_grad_norm
-        self.reducer = reducer
-
+        self.inner = InnerRule(make_inner_optimizer(cfg.optim), cfg.optim.max_grad_norm, reducer)
+        self.opt_state = self.inner.optimizer.init(self.params)
         self.objective = make_objective(cfg, self.agent, obs_shape, reducer.batch_mean)
-        self.meta_net = self.objective.meta_net
-        self.meta_optimizer: torch.optim.Optimizer | None = None
-        if self.meta_net is not None:
-            self.meta_net.to(self.device)
-            self.meta_optimizer = torch.optim.Adam(self.meta_net.parameters(), lr=cfg.meta.lr)
-        self.schedule = make_schedule(cfg, has_meta_params=self.meta_net is not None)
+        if self.objective.meta_net is not None:
+            self.objective.meta_net.to(self.device)
+            if cfg.meta.mode == "async" and meta_link is None:
+                meta_link = in_process_link(cfg, obs_shape, num_actions)
+        self.schedule = make_schedule(cfg.meta, self.objective, self.inner, meta_link)
         #: The learned inner target g ``[T, B]`` of the last update (detached), for
         #: ground-truth probes; ``None`` for algorithms without one.
         self.last_target: Tensor | None = None
         self.num_updates = 0  # inner updates = the policy version
-        self.num_meta_updates = 0
-        self.obs_shape, self.num_actions = tuple(obs_shape), int(num_actions)
-        #: Async mode: where windows go and new etas come from (a lock-step meta-learner in
-        #: this process unless one is attached; the distributed driver attaches a Ray one).
-        self.meta_link: MetaLink | None = None
-        self.meta_windows = 0  # windows handed out (async mode), over the whole run
-        self.meta_skipped_before = 0  # windows skipped in earlier sessions
 
     # ----------------------------------------------------------------- losses
+    @property
+    def meta_net(self) -> torch.nn.Module | None:
+        return self.objective.meta_net
+
     @property
     def eta(self) -> dict[str, Tensor]:
         return {} if self.meta_net is None else dict(self.meta_net.named_parameters())
 
+    @property
+    def num_meta_updates(self) -> int:
+        return self.schedule.num_meta_updates
+
     def inner_loss(self, params: Params, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_inner(theta; tau) of the configured algorithm, with the current eta (detached
-        in async mode: the learner's steps are first-order, and no graph to eta is built)."""
-        eta = self.eta
-        if isinstance(self.schedule, WindowSchedule):
-            eta = {k: v.detach() for k, v in eta.items()}
-        return self.objective.inner_loss(params, eta, batch)
+        """L_inner(theta; tau) of the configured algorithm, with eta as the schedule has
+        the inner loss see it (detached in async mode: no graph to eta is built)."""
+        return self.objective.inner_loss(params, self.schedule.inner_eta(), batch)
 
     def outer_loss(
         self, params: Params, batch: Batch, inner_batches: Sequence[Batch]
@@ -115,13 +119,11 @@ class Updater:
     # ---------------------------------------------------------------- updates
     def update(self, batch: Batch) -> dict[str, float]:
         """Consume one batch (an outer step first when one is due); returns the metrics."""
-        stats: dict[str, Tensor] = {}
-        if isinstance(self.schedule, WindowSchedule):
-            stats |= self._exchange_window(batch)
-        elif self.schedule.outer_step_due():
-            stats |= self._outer_step(batch)
+        self.params, self.opt_state, stats = self.schedule.before_inner_step(
+            batch, self.params, self.opt_state
+        )
         step = self._inner_step(batch)
-        self._check_finite("inner loss", step.loss)
+        check_finite("inner loss", step.loss)
         self.schedule.record(batch, self.params, self.opt_state)
         self.params, self.opt_state = step.params, step.opt_state
         self.num_updates += 1
@@ -137,89 +139,12 @@ class Updater:
         return inner_step(
             self.params,
             self.opt_state,
-            self.optimizer,
+            self.inner.optimizer,
             lambda p: self.inner_loss(p, batch),
             create_graph=self.schedule.create_graph,
-            max_grad_norm=self.max_grad_norm,
-            reducer=self.reducer,
+            max_grad_norm=self.inner.max_grad_norm,
+            reducer=self.inner.reducer,
         )
-
-    def _outer_step(self, held_out: Batch) -> dict[str, Tensor]:
-        """eta's gradient on the held-out batch, combined, clipped and applied."""
-        eta = self.eta
-        gradient = self.schedule.eta_gradient(self, held_out)
-        self._check_finite("outer loss", gradient.outer_loss)
-        grads = self.reducer.meta(list(gradient.grads.values()))
-        grads, norm = clip_by_global_norm(grads, self.cfg.meta.max_grad_norm)
-        self._check_finite("meta-gradient", norm)
-        for p, g in zip(eta.values(), grads, strict=True):
-            p.grad = g
-        self.meta_optimizer.step()
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        self.params, self.opt_state = self.schedule.after_outer_step(self.params, self.opt_state)
-        self.num_meta_updates += 1
-        return gradient.stats | {"loss/outer": gradient.outer_loss, "meta/grad_norm": norm}
-
-    # ------------------------------------------------------ async meta-learner
-    def _exchange_window(self, batch: Batch) -> dict[str, Tensor]:
-        """Hand out the completed window (``batch`` is its held-out batch), then install a
-        new eta if one has come back: in lock-step, this window's, before ``batch``'s
-        inner step, as the chain schedule has it."""
-        link = self._link()
-        if self.schedule.outer_step_due():
-            link.send(self.take_window(batch))
-        stats = {"meta/skipped_windows": torch.tensor(float(self.meta_skipped))}
-        update = link.poll()
-        if update is not None:
-            stats |= self.install_eta(update)
-        return stats
-
-    def take_window(self, held_out: Batch) -> MetaWindow:
-        """The window of the last M inner updates with ``held_out``; a new one starts."""
-        params, opt_state, batches = self.schedule.take_window()
-        window = MetaWindow(self.meta_windows, params, opt_state, batches, held_out)
-        self.meta_windows += 1
-        return window
-
-    def install_eta(self, update: EtaUpdate) -> dict[str, Tensor]:
-        """Take the meta-learner's eta and Adam state; returns its metrics, with the meta
-        lag (windows handed out since the one it was computed on)."""
-        self.meta_net.load_state_dict(update.state["meta_net"])
-        self.meta_optimizer.load_state_dict(update.state["meta_optimizer"])
-        self.num_meta_updates = update.version
-        stats = {k: torch.tensor(v) for k, v in update.stats.items()}
-        stats["meta/lag"] = torch.tensor(float(self.meta_windows - update.window - 1))
-        stats["perf/meta_step_s"] = torch.tensor(update.seconds)
-        return stats
-
-    def meta_state(self) -> dict[str, Any]:
-        """eta, Adam's state and eta's version: what a meta-learner starts from."""
-        return {
-            "meta_net": self.meta_net.state_dict(),
-            "meta_optimizer": self.meta_optimizer.state_dict(),
-            "version": self.num_meta_updates,
-        }
-
-    @property
-    def meta_skipped(self) -> int:
-        """Windows skipped because the meta-learner was behind, over the whole run."""
-        return self.meta_skipped_before + (0 if self.meta_link is None else self.meta_link.skipped)
-
-    def _link(self) -> MetaLink:
-        """The attached link, or a lock-step meta-learner in this process (made once)."""
-        if self.meta_link is None:
-            dtype = next(iter(self.eta.values())).dtype
-            meta_learner = MetaLearner(
-                self.cfg, self.obs_shape, self.num_actions, device=self.device, dtype=dtype
-            )
-            meta_learner.load_state_dict(self.meta_state())
-            self.meta_link = InProcessLink(meta_learner, self.cfg.meta.delay_windows)
-        return self.meta_link
-
-    @staticmethod
-    def _check_finite(what: str, value: Tensor) -> None:
-        if not torch.isfinite(value).all():
-            raise NonFiniteLossError(f"{what} is not finite ({value.item()}): stopping")
 
     def double(self) -> Updater:
         """The agent, theta, eta and a fresh inner-optimizer state in float64, before any
@@ -228,7 +153,7 @@ class Updater:
         if self.meta_net is not None:
             self.meta_net.double()  # in place: eta's optimizer keeps the same parameters
         self.params = detach_params({k: v.double() for k, v in self.params.items()})
-        self.opt_state = self.optimizer.init(self.params)
+        self.opt_state = self.inner.optimizer.init(self.params)
         return self
 
     # ----------------------------------------------------------------- acting
@@ -244,31 +169,19 @@ class Updater:
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """theta, the inner optimizer's state, the update count and, from the schedule,
+        eta, its optimizer's state and its version (``schedules.META_KEYS``)."""
         return {
             "params": self.acting_params("cpu"),
             "opt_state": {k: v.detach().cpu() for k, v in self.opt_state.items()},
-            "meta_net": None if self.meta_net is None else self.meta_net.state_dict(),
-            "meta_optimizer": None
-            if self.meta_optimizer is None
-            else self.meta_optimizer.state_dict(),
             "num_updates": self.num_updates,
-            "num_meta_updates": self.num_meta_updates,
-            "meta_windows": self.meta_windows,
-            "meta_skipped": self.meta_skipped,
+            **self.schedule.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore; a meta chain in progress at save time restarts from the saved theta."""
         self.params = detach_params({k: v.to(self.device) for k, v in state["params"].items()})
         self.opt_state = {k: v.to(self.device) for k, v in state["opt_state"].items()}
-        if self.meta_net is not None:
-            self.meta_net.load_state_dict(state["meta_net"])
-            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self.schedule.clear()
+        self.schedule.load_state_dict(state)
         self.num_updates = int(state["num_updates"])
-        self.num_meta_updates = int(state["num_meta_updates"])
-        self.meta_windows = int(state.get("meta_windows", 0))
-        self.meta_skipped_before = int(state.get("meta_skipped", 0))
-        if self.meta_link is not None:  # the meta-learner starts from the restored eta
-            self.meta_skipped_before -= self.meta_link.skipped
-            self.meta_link.load_state_dict(self.meta_state())

@@ -19,12 +19,13 @@ class VTraceReturns(NamedTuple):
     pg_advantages: Tensor  # [T, B] rho_s (r_s + d_s v_{s+1} - V(x_s))
 
 
-class VTraceFromLogitsReturns(NamedTuple):
-    vs: Tensor
-    pg_advantages: Tensor
-    log_rhos: Tensor  # [T, B] log pi(a|x) - log mu(a|x)
-    behaviour_action_log_probs: Tensor
-    target_action_log_probs: Tensor
+class Clipping(NamedTuple):
+    """V-trace's truncation levels (``None``: no truncation): rho-bar of the targets, the
+    policy gradient's rho, and c-bar of the traces."""
+
+    rho: float | None = 1.0
+    pg_rho: float | None = 1.0
+    c: float | None = 1.0
 
 
 def _check_shapes(
@@ -102,34 +103,3 @@ def from_importance_weights(
     pg_rhos = rhos if clip_pg_rho_threshold is None else rhos.clamp(max=clip_pg_rho_threshold)
     pg_advantages = pg_rhos * (rewards + discounts * vs_tp1 - values)
     return VTraceReturns(vs=vs, pg_advantages=pg_advantages)
-
-
-def action_log_probs(logits: Tensor, actions: Tensor) -> Tensor:
-    """log softmax(logits)[a]: ``[T, B, A]`` and ``[T, B]`` to ``[T, B]``."""
-    return torch.log_softmax(logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-
-
-def from_logits(
-    behaviour_policy_logits: Tensor,
-    target_policy_logits: Tensor,
-    actions: Tensor,
-    discounts: Tensor,
-    rewards: Tensor,
-    values: Tensor,
-    bootstrap_value: Tensor,
-    **kwargs: float | Tensor | None,
-) -> VTraceFromLogitsReturns:
-    """V-trace from full policy logits ``[T, B, A]`` and the actions taken ``[T, B]``.
-
-    Keyword arguments are those of :func:`from_importance_weights`.
-    """
-    if behaviour_policy_logits.shape != target_policy_logits.shape:
-        raise ValueError(
-            "behaviour and target logits must have one shape [T, B, A], got "
-            f"{tuple(behaviour_policy_logits.shape)} and {tuple(target_policy_logits.shape)}"
-        )
-    behaviour = action_log_probs(behaviour_policy_logits, actions)
-    target = action_log_probs(target_policy_logits, actions)
-    log_rhos = target - behaviour
-    vt = from_importance_weights(log_rhos, discounts, rewards, values, bootstrap_value, **kwargs)
-    return VTraceFromLogitsReturns(vt.vs, vt.pg_advantages, log_rhos, behaviour, target)

@@ -61,7 +61,8 @@ from impala_frodo.records.runlog import (
     create_run_dir,
     write_config,
 )
-from impala_frodo.rule.meta_learner import MetaLearnerError
+from impala_frodo.rule.meta_learner import MetaLearnerError, MetaLink
+from impala_frodo.rule.updater import Updater
 from impala_frodo.utils import os_error_reason, resolve_device, seed_everything
 from learner.app.env_check import env_spec_or_config_error
 from learner.cluster.actor_pool import ActorPool, TrainingError
@@ -77,7 +78,7 @@ from learner.control.signals import StopSignal
 from learner.training.group import LearnerGroup
 from learner.training.learner import Counters, Learner, check_resume_state
 from learner.training.loop import LoopCallback, LoopContext, run_session
-from learner.training.meta_actor import RayMetaLink
+from learner.training.meta_actor import MetaLearnerSpec, RayMetaLink
 from learner.training.result import StopReason, TrainResult, describe_result
 
 log = logging.getLogger("impala_frodo")
@@ -140,8 +141,8 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
             try:
                 with (
                     _actor_pool(cfg, spec, state, options) as pool,
-                    _learner(cfg, spec, device, run_dir, state) as learner,
-                    _meta_learner(cfg, spec, learner, lambda: stop.requested),
+                    _meta_link(cfg, spec, lambda: stop.requested) as meta_link,
+                    _learner(cfg, spec, device, run_dir, state, meta_link) as learner,
                 ):
                     progress = Progress(
                         _progress_mode(options.progress),
@@ -270,10 +271,15 @@ def resume_count(state: dict[str, Any] | None) -> int:
 
 @contextmanager
 def _learner(
-    cfg: Config, spec: EnvSpec, device: torch.device, run_dir: Path, state: dict[str, Any] | None
+    cfg: Config,
+    spec: EnvSpec,
+    device: torch.device,
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    meta_link: MetaLink | None,
 ) -> Iterator[Learner]:
     """:func:`_make_learner`'s learner, closed after (its run logger flushed and closed)."""
-    learner = _make_learner(cfg, spec, device, run_dir, state)
+    learner = _make_learner(cfg, spec, device, run_dir, state, meta_link)
     try:
         yield learner
     finally:
@@ -296,11 +302,13 @@ def _make_learner(
     device: torch.device,
     run_dir: Path,
     state: dict[str, Any] | None,
+    meta_link: MetaLink | None = None,
 ) -> Learner:
     """The learner, its checkpoints and its run logger; resumed from ``state`` if given.
 
     With ``run.num_learners`` > 1 its updater is a :class:`LearnerGroup` (the batches are
-    assembled on the driver's CPU and dealt to the learners).
+    assembled on the driver's CPU and dealt to the learners); in async mode its updater
+    sends its windows through ``meta_link``.
     """
     seed_everything(cfg.run.seed)
     group = None
@@ -322,7 +330,7 @@ def _make_learner(
             device=device,
             state_observations=spec.state_observations,
             checkpoints=CheckpointManager(run_dir / CHECKPOINT_DIR),
-            updater=group,
+            updater=_updater(cfg, spec, device, meta_link) if group is None else group,
         )
         resume_step = None
         if state is not None:
@@ -341,21 +349,30 @@ def _make_learner(
     return learner
 
 
+def _updater(
+    cfg: Config, spec: EnvSpec, device: torch.device, meta_link: MetaLink | None
+) -> Updater:
+    return Updater(cfg, spec.observation_shape, spec.num_actions, device, meta_link=meta_link)
+
+
 @contextmanager
-def _meta_learner(
-    cfg: Config, spec: EnvSpec, learner: Learner, should_stop: Callable[[], bool]
-) -> Iterator[None]:
-    """In async mode, the meta-learner actor, started from the learner's (restored) eta,
-    waited for (:meth:`RayMetaLink.wait_started`) and attached to its updater; stopped
-    after. Nothing in inline mode."""
+def _meta_link(
+    cfg: Config, spec: EnvSpec, should_stop: Callable[[], bool]
+) -> Iterator[RayMetaLink | None]:
+    """In async mode, the link to a meta-learner actor, started and waited for
+    (:meth:`RayMetaLink.wait_started`, while the actors start), closed after; the
+    learner's schedule loads its eta into it. ``None`` in inline mode."""
     if meta_learner_cpus(cfg) == 0:
-        yield
+        yield None
         return
-    link = RayMetaLink(cfg, spec.observation_shape, spec.num_actions, learner.updater.meta_state())
-    learner.updater.meta_link = link
+    link = RayMetaLink(
+        MetaLearnerSpec.of(cfg, spec.observation_shape, spec.num_actions),
+        num_cpus=cfg.meta.learner_num_cpus,
+        timeout_s=cfg.run.progress_timeout_s,
+    )
     try:
         link.wait_started(should_stop)
-        yield
+        yield link
     finally:
         link.close()
 

@@ -1,8 +1,9 @@
 """The async meta-learner as a Ray actor, and the learner's link to it.
 
 :class:`RayMetaLink` is the :class:`~impala_frodo.rule.meta_learner.MetaLink` of the
-distributed trainer: the learner's :class:`~impala_frodo.rule.updater.Updater` sends each
-completed window (as CPU tensors) and polls, never blocking, for the new eta.
+distributed trainer: the learner's window schedule
+(:class:`~impala_frodo.rule.schedules.WindowSchedule`) sends each completed window (as CPU
+tensors) and polls, never blocking, for the new eta.
 
 **Staleness policy: one call in flight, a queue of one, newest first.** While the
 meta-learner works on a window, the newest window waits; a newer one replaces it and
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -33,7 +35,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from impala_frodo.config.schema import Config
 from impala_frodo.rule.meta_learner import EtaUpdate, MetaLearner, MetaLearnerError, MetaWindow
-from impala_frodo.rule.updater import NonFiniteLossError
+from impala_frodo.rule.metagrad import NonFiniteLossError
 from impala_frodo.utils import first_line
 from learner.cluster.session import WAIT_SLICE_S
 
@@ -41,43 +43,67 @@ from learner.cluster.session import WAIT_SLICE_S
 CLOSE_WAIT_S = 5.0
 
 
-class MetaLearnerProcess(MetaLearner):
-    """A :class:`MetaLearner` in its own process, with torch on ``threads`` threads."""
+@dataclass(frozen=True)
+class MetaLearnerSpec:
+    """What a meta-learner process is built from: the run's learning rule (its config),
+    the env's observation shape and action count, and torch's threads there."""
 
-    def __init__(
-        self, cfg: Config, obs_shape: Sequence[int], num_actions: int, threads: int
-    ) -> None:
-        torch.set_num_threads(threads)
-        super().__init__(cfg, obs_shape, num_actions)
+    cfg: Config
+    obs_shape: tuple[int, ...]
+    num_actions: int
+    threads: int = 1
+
+    @classmethod
+    def of(cls, cfg: Config, obs_shape: Sequence[int], num_actions: int) -> MetaLearnerSpec:
+        """The spec of ``cfg``'s meta-learner: torch on its whole CPUs, at least one."""
+        threads = max(1, int(cfg.meta.learner_num_cpus))
+        return cls(cfg, tuple(obs_shape), int(num_actions), threads)
 
 
-def meta_learner_threads(cfg: Config) -> int:
-    """Torch threads of the meta-learner: its whole CPUs, at least one."""
-    return max(1, int(cfg.meta.learner_num_cpus))
+class MetaLearnerProcess:
+    """A :class:`MetaLearner` in its own process, with torch on ``spec.threads`` threads."""
+
+    def __init__(self, spec: MetaLearnerSpec) -> None:
+        torch.set_num_threads(spec.threads)
+        self.meta_learner = MetaLearner.build(spec.cfg, spec.obs_shape, spec.num_actions)
+
+    def version(self) -> int:
+        """eta's version here (answered once the process is up: the start-up probe)."""
+        return self.meta_learner.version
+
+    def step(self, window: MetaWindow) -> EtaUpdate:
+        return self.meta_learner.step(window)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.meta_learner.load_state_dict(state)
 
 
 class RayMetaLink:
-    """One meta-learner actor, fed newest-first (see the module docstring)."""
+    """One meta-learner actor, fed newest-first (see the module docstring).
+
+    The actor starts at once (``num_cpus`` its CPUs); :meth:`wait_started` waits for it,
+    and the learner's schedule loads its eta with :meth:`load_state_dict`. Every wait is
+    bounded by ``timeout_s`` (the run's ``run.progress_timeout_s``).
+    """
 
     def __init__(
         self,
-        cfg: Config,
-        obs_shape: Sequence[int],
-        num_actions: int,
-        state: dict[str, Any],
+        spec: MetaLearnerSpec,
         *,
+        num_cpus: float,
+        timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.timeout_s = cfg.run.progress_timeout_s
+        self.timeout_s = timeout_s
         self.skipped = 0
         self._clock = clock
-        remote = ray.remote(num_cpus=cfg.meta.learner_num_cpus, max_restarts=0)(MetaLearnerProcess)
-        self.actor = remote.remote(cfg, tuple(obs_shape), num_actions, meta_learner_threads(cfg))
-        self._in_flight: ray.ObjectRef | None = None
-        self._loading = False  # the call in flight loads a state (no eta comes back)
-        self._since = 0.0
+        remote = ray.remote(num_cpus=num_cpus, max_restarts=0)(MetaLearnerProcess)
+        self.actor = remote.remote(spec)
         self._waiting: MetaWindow | None = None
-        self.load_state_dict(state)
+        #: The call in flight; while ``_loading``, one that brings no eta back (the
+        #: start-up probe, or a state being loaded).
+        self._in_flight: ray.ObjectRef | None = self.actor.version.remote()
+        self._loading, self._since = True, self._clock()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Start the meta-learner from ``state``, without waiting: the call is the one in
@@ -92,7 +118,7 @@ class RayMetaLink:
         self._loading, self._since = True, self._clock()
 
     def wait_started(self, should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Wait until the meta-learner has loaded its start state, at most
+        """Wait until the meta-learner is up (and has loaded any state sent), at most
         ``run.progress_timeout_s`` (:class:`MetaLearnerError` after), or until
         ``should_stop()``."""
         while self._loading and not should_stop():
