@@ -82,6 +82,19 @@ class Config:
             f"run.num_learners = {self.run.num_learners} needs meta.mode = 'inline'",
         )
 
+        for name, width in (
+            ("run.num_envs (the synchronous trainer's batch)", self.run.num_envs),
+            (
+                "run.envs_per_actor x run.batches_per_update (a learner's batch)",
+                self.run.envs_per_actor * self.run.batches_per_update,
+            ),
+        ):
+            require(
+                not self.is_meta or self.meta.batch_fraction * width >= 1,
+                f"meta.batch_fraction = {self.meta.batch_fraction:g} leaves no column of a "
+                f"batch of {width} columns ({name}); use at least {1 / width:.3g}",
+            )
+
     @property
     def is_meta(self) -> bool:
         return self.algo in META_ALGOS

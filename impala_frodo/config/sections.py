@@ -155,6 +155,13 @@ class MetaConfig:
     the parameters M updates ago with the current eta): M times the meta-steps, at
     about M times the meta-step cost.
 
+    Cadence and size of the meta-gradient (docs/results-price.md for their price and
+    effect): ``every`` k: a meta step in one window of M inner steps out of every k (the
+    others are plain inner steps, no graph kept); ``batch_fraction`` f: the meta-gradient
+    on a random f of the batch's columns (at least one), the window's inner steps
+    recomputed on those columns from the window's start (the learner's own steps are
+    then plain); 1 is the whole batch through the learner's own graph.
+
     ``mode = "inline"``: the learner takes the outer step itself (the schedule above).
     ``"async"``: the learner takes first-order inner steps only, with the newest eta it
     has, and hands every window (theta and the optimizer state at its start, its M
@@ -174,6 +181,8 @@ class MetaConfig:
     ratio_input: bool = False
     consistency_cost: float = 0.0
     schedule: str = "chain"
+    every: int = 1  # a meta step every k windows
+    batch_fraction: float = 1.0  # the meta-gradient on this fraction of the batch's columns
     embed_size: int = 32
     embed_channels: int = 16
     # The report's extension (DESIGN section 5): beta * L_revise added to L_outer.
@@ -196,6 +205,8 @@ class MetaConfig:
         in_range("meta.max_grad_norm", self.max_grad_norm, 0.0, 1e9)
         one_of("meta.target", self.target, TARGET_FORMS)
         one_of("meta.schedule", self.schedule, META_SCHEDULES)
+        positive_int("meta.every", self.every)
+        in_range("meta.batch_fraction", self.batch_fraction, 0.0, 1.0, low_open=True)
         positive_int("meta.embed_size", self.embed_size)
         positive_int("meta.embed_channels", self.embed_channels)
         require(

@@ -50,34 +50,37 @@ class Batch:
         }
         return dataclasses.replace(self, **moved)
 
+    def columns(self, index: Tensor) -> Batch:
+        """The columns ``index`` (distinct, ascending; ``[n]`` long) of every ``[T, B]``
+        field, the truncations of those columns renumbered for a batch of width n, in
+        their own memory (a view would carry the whole batch's storage when it is sent to
+        another process)."""
+        width = self.shape[1]
+        index = index.to(self.actions.device)
+        position = torch.full((width,), -1, dtype=torch.long, device=index.device)
+        position[index] = torch.arange(index.numel(), device=index.device)
+        t = torch.div(self.truncation_index, width, rounding_mode="floor")
+        new_b = position[self.truncation_index % width]
+        inside = new_b >= 0
+        return Batch(
+            obs=self.obs[:, index],
+            actions=self.actions[:, index],
+            rewards=self.rewards[:, index],
+            continues=self.continues[:, index],
+            behaviour_log_probs=self.behaviour_log_probs[:, index],
+            truncation_index=t[inside] * index.numel() + new_b[inside],
+            truncation_obs=self.truncation_obs[inside],
+            policy_versions=self.policy_versions,
+        )
+
     def shard(self, index: int, count: int) -> Batch:
         """Columns ``[index B/count, (index + 1) B/count)``: one of ``count`` equal shards
-        along B (for data-parallel learners; B must divide evenly), in its own memory (a
-        view would carry the whole batch's storage when it is sent to another process)."""
+        along B (for data-parallel learners; B must divide evenly)."""
         width = self.shape[1]
         if not 0 <= index < count or width % count:
             raise ValueError(f"cannot take shard {index} of {count} of a batch of B = {width}")
         size = width // count
-        start, stop = index * size, (index + 1) * size
-        t, b = (
-            torch.div(self.truncation_index, width, rounding_mode="floor"),
-            (self.truncation_index % width),
-        )
-        inside = (b >= start) & (b < stop)
-
-        def columns(tensor: Tensor) -> Tensor:
-            return tensor[:, start:stop].contiguous()
-
-        return Batch(
-            obs=columns(self.obs),
-            actions=columns(self.actions),
-            rewards=columns(self.rewards),
-            continues=columns(self.continues),
-            behaviour_log_probs=columns(self.behaviour_log_probs),
-            truncation_index=t[inside] * size + b[inside] - start,
-            truncation_obs=self.truncation_obs[inside],
-            policy_versions=self.policy_versions,
-        )
+        return self.columns(torch.arange(index * size, (index + 1) * size))
 
     @classmethod
     def from_trajectories(
@@ -133,3 +136,29 @@ class Batch:
             truncation_obs=to_network_input(torch.as_tensor(trunc_obs).to(device), scale, dtype),
             policy_versions=[tr.policy_version for tr in trajectories],
         )
+
+
+class ColumnSampler:
+    """Which columns of a ``[T, B]`` batch a meta-gradient is taken on (``meta.batch_fraction``).
+
+    ``fraction = 1``: all of them (``None``). Else ``max(1, floor(fraction B))`` columns
+    drawn without replacement, afresh at every call, from a generator of its own (seeded,
+    so runs repeat; the global RNG is not moved).
+    """
+
+    def __init__(self, fraction: float, seed: int = 0) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"a batch fraction must be in (0, 1], got {fraction!r}")
+        self.fraction = fraction
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, width: int) -> Tensor | None:
+        """Sorted column indices ``[n]`` of a batch of ``width`` columns, or ``None``: all."""
+        if self.fraction == 1.0:
+            return None
+        count = max(1, int(self.fraction * width))
+        return torch.randperm(width, generator=self.generator)[:count].sort().values
+
+    def take(self, batch: Batch, index: Tensor | None) -> Batch:
+        """``batch``'s columns ``index`` (``None``: ``batch`` itself)."""
+        return batch if index is None else batch.columns(index)

@@ -86,7 +86,9 @@ class Updater:
             self.objective.meta_net.to(self.device)
             if cfg.meta.mode == "async" and meta_link is None:
                 meta_link = in_process_link(cfg, obs_shape, num_actions)
-        self.schedule = make_schedule(cfg.meta, self.objective, self.inner, meta_link)
+        self.schedule = make_schedule(
+            cfg.meta, self.objective, self.inner, meta_link, seed=cfg.run.seed
+        )
         #: The learned inner target g ``[T, B]`` of the last update (detached), for
         #: ground-truth probes; ``None`` for algorithms without one.
         self.last_target: Tensor | None = None
