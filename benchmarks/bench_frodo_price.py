@@ -130,7 +130,7 @@ class Parts:
             "update": lambda: self._cycle,
         }
         if u.meta_net is not None and self.cfg.algo != "mgrl":
-            found["meta_forward"] = lambda: self._meta_forward
+            found["meta_forward"] = self._prepare_meta_forward
             found["inner_step_with_graph"] = lambda: lambda: self._step(create_graph=True)
             found["meta_backward"] = self._prepare_meta_backward
         return found
@@ -146,13 +146,14 @@ class Parts:
             max_grad_norm=u.inner.max_grad_norm,
         )
 
-    def _meta_forward(self) -> None:
+    def _prepare_meta_forward(self) -> Callable[[], Any]:
+        """The agent's outputs (not this part), then the part: G_eta's target on them."""
         u, batch = self.updater, self.batches[0]
         objective = u.objective
         with torch.no_grad():
             outputs = objective.evaluate(detach_params(u.params), batch)
             policy = objective.policy(batch, outputs)
-        objective.target(u.eta, batch, outputs, policy)  # type: ignore[attr-defined]
+        return lambda: objective.target(u.eta, batch, outputs, policy)  # type: ignore[attr-defined]
 
     def _prepare_meta_backward(self) -> Callable[[], Any]:
         """M inner steps with graph (not this part), then the part: the outer loss and its
@@ -211,6 +212,53 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: The settings of docs/results-price.md: meta.every, meta.batch_fraction, meta.hidden_size.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "k2": {"meta.every": 2},
+    "k4": {"meta.every": 4},
+    "f0.25": {"meta.batch_fraction": 0.25},
+    "w16": {"meta.hidden_size": 16},
+    "k2-w16": {"meta.every": 2, "meta.hidden_size": 16},
+    "k4-f0.25-w16": {"meta.every": 4, "meta.batch_fraction": 0.25, "meta.hidden_size": 16},
+}
+
+
+def settings_table(steps: int, repeats: int, cycles: int = 4) -> dict[str, Any]:
+    """Catch 11 x 6 (the price experiments' preset): per-update time and FLOPs of IMPALA
+    and of FRODO at each setting, alternated within each repeat; medians over repeats.
+    An update is averaged over ``cycles`` x k x M updates (whole cycles of the cadence)."""
+    rng = np.random.default_rng(0)
+    cfg = set_dotted(load_preset("catch-frodo"), {"run.device": "cpu"})
+    shape, actions, width = (66,), 3, cfg.run.num_envs
+    arms: dict[str, Config] = {"impala": set_dotted(load_preset("catch-impala"), {})}
+    arms |= {name: set_dotted(cfg, overrides) for name, overrides in SETTINGS.items()}
+    updaters = {name: Updater(c, shape, actions) for name, c in arms.items()}
+    longest = max(c.meta.every for c in arms.values()) * cfg.meta.num_inner_steps * cycles
+    batches = [synthetic_batch(rng, shape, np.float32, actions, steps, width) for _ in range(8)]
+
+    def run(name: str) -> float:
+        start = time.perf_counter()
+        for i in range(longest):
+            updaters[name].update(batches[i % len(batches)])
+        return (time.perf_counter() - start) / longest
+
+    flops = {name: flops_of(lambda n=name: run(n)) / longest for name in arms}
+    samples: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(repeats):
+        for name in arms:
+            samples[name].append(run(name))
+    base = statistics.median(samples["impala"])
+    return {
+        name: {
+            "ms": round(1e3 * statistics.median(times), 3),
+            "mflop": round(flops[name] / 1e6, 2),
+            "learner_rate_ratio_to_impala": round(base / statistics.median(times), 3),
+        }
+        for name, times in samples.items()
+    }
+
+
 def profile_table(steps: int, rows: int = 15) -> list[dict[str, Any]]:
     """Where one FRODO cycle on Catch spends its CPU time: the top operators."""
     parts = Parts("catch", "frodo", steps)
@@ -238,6 +286,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--settings", action="store_true", help="the price settings on Catch 11 x 6 (T = 16)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {"threads": args.threads, "torch": torch.__version__, "nets": {}}
@@ -249,6 +300,8 @@ def main() -> None:
         print(f"{net} done", file=sys.stderr)
     if args.profile:
         report["profile_frodo_catch"] = profile_table(args.steps)
+    if args.settings:
+        report["settings_catch_11x6"] = settings_table(16, args.repeats)
     print(json.dumps(report, indent=2))
 
 

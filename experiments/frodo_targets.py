@@ -81,6 +81,29 @@ SUITES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
 }
 
 
+# FRODO's price (docs/results-price.md): the meta-gradient's cadence (meta.every), size
+# (meta.batch_fraction) and the meta-network's width, on both target forms.
+PRICE_SETTINGS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "k2": {"meta.every": 2},
+    "k4": {"meta.every": 4},
+    "f0.25": {"meta.batch_fraction": 0.25},
+    "w16": {"meta.hidden_size": 16},
+    "k2-w16": {"meta.every": 2, "meta.hidden_size": 16},
+    "k4-f0.25-w16": {"meta.every": 4, "meta.batch_fraction": 0.25, "meta.hidden_size": 16},
+}
+SUITES["price-catch"] = {
+    f"{target}-{name}": ("catch-frodo", {"meta.target": target} | overrides)
+    for target in ("residual", "plain")
+    for name, overrides in PRICE_SETTINGS.items()
+}
+SUITES["price-catch"]["impala"] = ("catch-impala", {})
+SUITES["price-randomwalk"] = {  # one env per batch: no column sample to take
+    f"residual-{name}": ("randomwalk-frodo", {"meta.target": "residual"} | overrides)
+    for name, overrides in PRICE_SETTINGS.items()
+    if "meta.batch_fraction" not in overrides
+}
+
 # The policy-lag study (issue 10): acting weights k updates old, set on purpose.
 SUITES["lag"] = {
     f"{name}-lag{lag}": (preset, overrides | {"run.policy_lag": lag})
