@@ -35,12 +35,9 @@ class StopGradientReplay:
     def __init__(self) -> None:
         self.recorded: list[torch.Tensor] = []
         self.replaying = False
-        self.paused = False  # pass through, neither recording nor replaying
         self._next = 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.paused:
-            return x.detach()
         if not self.replaying:
             self.recorded.append(x.detach().clone())
             return x.detach()
@@ -57,7 +54,8 @@ def finite_difference_m_steps(updater, inner_batches, outer_batch, monkeypatch, 
     """Central differences of G . theta_M(eta) + L_outer(theta_M^0; eta), with every inner
     sg(.) held at its nominal value. G = dL_outer/dtheta' and theta_M^0 are taken at the
     nominal eta; the second term is the outer loss's direct dependence on eta (the
-    consistency term's)."""
+    consistency term's), its sg(.) held at their nominal values too (the self-consistent
+    term stops the gradient of g's own bootstrap, which depends on eta)."""
     sgd = DifferentiableSGD(updater.inner.optimizer.lr)
     theta = theta_after_inner(updater, inner_batches, sgd)
     nominal_theta = detach_params(theta, requires_grad=False)
@@ -69,15 +67,14 @@ def finite_difference_m_steps(updater, inner_batches, outer_batch, monkeypatch, 
     }
     sg = StopGradientReplay()
     monkeypatch.setattr(objectives, "stop_gradient", sg)
-    theta_after_inner(updater, inner_batches, sgd)  # records the nominal sg values
+    theta_after_inner(updater, inner_batches, sgd)  # records the nominal sg values,
+    updater.outer_loss(nominal_theta, outer_batch, inner_batches)  # the direct term's too
 
     def linearised() -> float:
         sg.replay()
         theta = theta_after_inner(updater, inner_batches, sgd)
         through_theta = sum((outer_grad[k] * v.detach()).sum().item() for k, v in theta.items())
-        sg.paused = True
         direct, _ = updater.outer_loss(nominal_theta, outer_batch, inner_batches)
-        sg.paused = False
         return through_theta + direct.item()
 
     expected = central_differences(updater.meta_net, linearised, eps)
@@ -103,6 +100,9 @@ PARAMETERISATIONS = [  # (algo, task, [meta], M)
     ("frodo", "control", {"target": "residual", "ratio_input": True}, 2),
     ("frodo", "control", {"target": "residual-centred"}, 2),
     ("frodo", "control", {"consistency_cost": 0.5}, 2),
+    ("frodo", "control", {"consistency_cost": 0.5, "consistency_form": "self"}, 2),
+    ("frodo", "control", {"consistency_cost": 0.5, "consistency_form": "self-unstopped"}, 3),
+    ("frodo", "prediction", {"consistency_cost": 0.5, "consistency_form": "self"}, 2),
     ("frodo", "prediction", {"target": "residual"}, 2),
     ("frodo-ext", "control", {"ext_beta_mode": "constant", "ext_b1": 0.3}, 2),
     ("mgrl", "control", {}, 3),
@@ -267,3 +267,61 @@ def analytic_from(updater, window, held_out):
         updater.inner_loss,
         updater.outer_loss,
     ).eta_grads
+
+
+def test_the_self_consistency_term_by_hand():
+    """1/2 mean (g_t - (r~_t + gamma c_t g_{t+1}))^2 with g_T = V(x_T), and its gradient
+    to g, against explicit loops: stopped (g_{t+1} a constant) and unstopped."""
+    rng = np.random.default_rng(11)
+    batch = random_batch(rng)  # a terminal at (1, 0) and a truncation at (2, 1)
+    steps, width = batch.shape
+    gamma = 0.9
+    outputs = objectives.AgentOutputs(
+        logits=torch.zeros(steps, width, 2, dtype=torch.float64),
+        values=torch.as_tensor(rng.normal(size=(steps, width))),
+        bootstrap_value=torch.as_tensor(rng.normal(size=width)),
+        next_values=torch.zeros(steps, width, dtype=torch.float64),
+        truncation_values=torch.zeros(steps, width, dtype=torch.float64).index_put(
+            (torch.tensor([2]), torch.tensor([1])), torch.tensor([0.7], dtype=torch.float64)
+        ),
+    )
+    g = rng.normal(size=(steps, width))
+    r = batch.rewards.numpy() + gamma * outputs.truncation_values.numpy()
+    c = batch.continues.numpy()
+    boot = outputs.bootstrap_value.numpy()
+    y = np.empty_like(g)
+    for t in range(steps):
+        following = boot if t == steps - 1 else g[t + 1]
+        y[t] = r[t] + gamma * c[t] * following
+    n = steps * width
+    expected_loss = 0.5 * ((g - y) ** 2).sum() / n
+    grad_stopped = (g - y) / n
+    grad_unstopped = grad_stopped.copy()
+    for t in range(1, steps):
+        grad_unstopped[t] -= gamma * c[t - 1] * (g[t - 1] - y[t - 1]) / n
+    for stop, expected_grad in ((True, grad_stopped), (False, grad_unstopped)):
+        target = torch.as_tensor(g).requires_grad_(True)
+        loss = objectives.self_consistency(target, batch, outputs, gamma, stop_bootstrap=stop)
+        (grad,) = torch.autograd.grad(loss, [target])
+        assert loss.item() == pytest.approx(expected_loss, rel=1e-12)
+        np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-10, atol=1e-14)
+    # The two forms' gradients differ where an earlier step bootstraps from g_t.
+    assert not np.allclose(grad_stopped, grad_unstopped)
+
+
+@pytest.mark.parametrize("form", ["self", "self-unstopped"])
+def test_a_self_consistent_target_costs_nothing(form):
+    """A target that is its own bootstrap everywhere has a zero consistency term."""
+    updater = tiny_updater("frodo", consistency_cost=1.0, consistency_form=form)
+    rng = np.random.default_rng(12)
+    batch = random_batch(rng, with_truncation=False)
+    outputs = objectives.evaluate_agent(updater.agent, updater.params, batch)
+    steps = batch.shape[0]
+    r = objectives.bootstrapped_rewards(batch, outputs, 0.9)
+    g = torch.empty_like(r)
+    following = outputs.bootstrap_value
+    for t in range(steps - 1, -1, -1):  # solve g_t = r_t + gamma c_t g_{t+1} backwards
+        g[t] = r[t] + 0.9 * batch.continues[t] * following
+        following = g[t]
+    loss = objectives.self_consistency(g, batch, outputs, 0.9, stop_bootstrap=form == "self")
+    assert loss.item() == pytest.approx(0.0, abs=1e-20)

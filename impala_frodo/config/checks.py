@@ -16,6 +16,8 @@ TARGET_FORMS = ("residual", "plain", "plain-zero-head", "residual-centred")
 #: The target forms that add the learned correction to the canonical V-trace target v_s.
 RESIDUAL_FORMS = ("residual", "residual-centred")
 META_SCHEDULES = ("chain", "sliding")
+#: What the consistency term pulls the learned target g toward (MetaConfig's docstring).
+CONSISTENCY_FORMS = ("canonical", "self", "self-unstopped")
 #: Where the outer (meta) step is taken: inline in the learner's update, or by a
 #: meta-learner beside it (impala_frodo.rule.meta_learner; docs/design.md,
 #: "The async meta-learner").

@@ -14,6 +14,7 @@ from typing import Any
 from impala_frodo.config.checks import (
     ACTOR_INFERENCE,
     BETA_MODES,
+    CONSISTENCY_FORMS,
     DEVICES,
     INNER_OPTIMIZERS,
     LEARNER_PLACEMENTS,
@@ -143,8 +144,14 @@ class MetaConfig:
     Further options:
 
     - ``ratio_input``: G_eta also sees the clipped log importance ratio log(pi/mu).
-    - ``consistency_cost`` w: adds w 1/2 (g - sg(v_s))^2 on the held-out batch to the
-      outer loss, a guard against the target drifting away from returns.
+    - ``consistency_cost`` w: adds a consistency term, w times one of
+      ``consistency_form``'s, on the held-out batch to the outer loss, a guard against
+      the target drifting away from returns. ``"canonical"``: 1/2 (g - sg(v_s))^2, g held
+      to the canonical V-trace target. ``"self"``: 1/2 (g_t - sg(r_t + d_t g_{t+1}))^2,
+      g held to its own one-step bootstrap (sg(V(x_T)) after the last step), the
+      bootstrap side a constant. ``"self-unstopped"``: the same with the gradient through
+      both sides. The FRODO paper adds a consistency term to its outer loss; its exact
+      form could not be read for this project, so both are this project's reading.
     - ``embed_size``, ``embed_channels``: G_eta's embedding phi(x) of image observations
       (a 3x3 convolution with ``embed_channels`` channels, then ``embed_size`` ReLU
       units, learned with eta); flat observations enter G_eta as they are.
@@ -180,6 +187,7 @@ class MetaConfig:
     target: str = "residual"
     ratio_input: bool = False
     consistency_cost: float = 0.0
+    consistency_form: str = "canonical"
     schedule: str = "chain"
     every: int = 1  # a meta step every k windows
     batch_fraction: float = 1.0  # the meta-gradient on this fraction of the batch's columns
@@ -214,6 +222,7 @@ class MetaConfig:
             f"meta.ratio_input must be true or false, got {self.ratio_input!r}",
         )
         in_range("meta.consistency_cost", self.consistency_cost, 0.0, 1e6)
+        one_of("meta.consistency_form", self.consistency_form, CONSISTENCY_FORMS)
         in_range("meta.ext_b1", self.ext_b1, 0.0, 1e6)
         one_of("meta.ext_beta_mode", self.ext_beta_mode, BETA_MODES)
         in_range("meta.ext_beta_max", self.ext_beta_max, 0.0, 1e9, low_open=True)

@@ -270,6 +270,7 @@ class FrodoObjective(Objective):
         self.form = TargetForm.named(meta.target)
         self.ratio_input = meta.ratio_input
         self.consistency_cost = meta.consistency_cost
+        self.consistency_form = meta.consistency_form
         self.revision = revision
         self.meta_net = MetaNet(
             obs_shape,
@@ -356,12 +357,27 @@ class FrodoObjective(Objective):
             revision, revision_stats = self.revision(self, params, terms.total, inner_batches)
             loss, stats = loss + revision, stats | revision_stats
         if self.consistency_cost > 0:
-            policy = self.policy(batch, outputs) if self.ratio_input else None
-            target, canonical = self.target(eta, batch, outputs, policy, canonical=returns.vs)
-            consistency = 0.5 * (target - canonical).square().mean()
+            consistency = self.consistency(eta, batch, outputs, returns.vs)
             loss = loss + self.consistency_cost * consistency
             stats["loss/consistency"] = consistency.detach()
         return loss, stats
+
+    def consistency(
+        self, eta: Params, batch: Batch, outputs: AgentOutputs, canonical: Tensor
+    ) -> Tensor:
+        """The consistency term of ``meta.consistency_form`` on the held-out batch: the
+        learned target against the canonical return v_s, or against its own bootstrap."""
+        policy = self.policy(batch, outputs) if self.ratio_input else None
+        target, canonical = self.target(eta, batch, outputs, policy, canonical=canonical)
+        if self.consistency_form == "canonical":
+            return 0.5 * (target - canonical).square().mean()
+        return objectives.self_consistency(
+            target,
+            batch,
+            outputs,
+            self.loss.gamma,
+            stop_bootstrap=self.consistency_form == "self",
+        )
 
 
 class FrodoExtensionObjective(FrodoObjective):

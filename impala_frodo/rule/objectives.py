@@ -244,6 +244,28 @@ def meta_target(
     return stop_gradient(canonical) + learned
 
 
+def self_consistency(
+    target: Tensor,
+    batch: Batch,
+    outputs: AgentOutputs,
+    gamma: float,
+    *,
+    stop_bootstrap: bool = True,
+) -> Tensor:
+    """1/2 mean_t (g_t - y_t)^2: the learned target g ``[T, B]`` against its own one-step
+    bootstrap y_t = r_t + d_t g_{t+1}, with d_t = gamma (1 - end_t), the truncated
+    episodes' rewards bootstrapped as in V-trace, and sg(V(x_T)) in place of g_T.
+
+    ``stop_bootstrap``: y is a constant (sg(.) on g_{t+1}); else the gradient flows
+    through both sides (a residual-gradient form).
+    """
+    following = torch.cat([target[1:], outputs.bootstrap_value.unsqueeze(0)], dim=0)
+    if stop_bootstrap:
+        following = stop_gradient(following)
+    bootstrap = bootstrapped_rewards(batch, outputs, gamma) + gamma * batch.continues * following
+    return 0.5 * (target - bootstrap).square().mean()
+
+
 def target_diagnostics(target: Tensor, canonical: Tensor) -> dict[str, Tensor]:
     """How a learned target g relates to the canonical return v_s (both ``[T, B]``).
 
