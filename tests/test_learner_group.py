@@ -69,10 +69,10 @@ def test_two_learners_train_stay_equal_and_resume_every_rank(ray_local, tmp_path
 
     def callback(ctx) -> None:
         group = ctx.learner.updater
-        if ctx.learner.counters.updates == 12:  # after meta steps (M = 3)
+        if ctx.learner.books.counters.updates == 12:  # after meta steps (M = 3)
             assert_equal_ranks(group)
             checks["nodes"] = group.node_ids
-            checks["meta"] = ctx.learner.counters.meta_updates
+            checks["meta"] = ctx.learner.books.counters.meta_updates
 
     result = train(group_cfg(tmp_path), options(callback=callback))
     assert result.exit_code == ExitCode.OK and result.reason == "budget"
@@ -89,7 +89,7 @@ def test_two_learners_train_stay_equal_and_resume_every_rank(ray_local, tmp_path
 
     def on_resume(ctx) -> None:
         if "updates" not in resumed_at:  # the first update after the resume
-            resumed_at["updates"] = ctx.learner.counters.updates
+            resumed_at["updates"] = ctx.learner.books.counters.updates
             assert_equal_ranks(ctx.learner.updater)
 
     again = train(
@@ -121,7 +121,7 @@ def test_a_dead_learner_ends_the_run_with_the_last_checkpoint_kept(ray_local, tm
     killed: dict[str, float] = {}
 
     def callback(ctx) -> None:
-        if ctx.learner.counters.updates == 15 and not killed:
+        if ctx.learner.books.counters.updates == 15 and not killed:
             ctx.learner.checkpoint()
             killed["at"] = time.monotonic()
             ray.kill(ctx.learner.updater.ranks[1], no_restart=True)

@@ -49,21 +49,19 @@ import torch
 from actors.rollout import DEFAULT_MAX_RESTARTS, EnvSpec
 from impala_frodo.config.schema import Config
 from impala_frodo.networks.agent import agent_layout
-from impala_frodo.records.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from impala_frodo.records.checkpoint import CheckpointError, CheckpointManager
 from impala_frodo.records.runlog import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     RunDirError,
-    RunLock,
     RunLogger,
     StorageError,
-    check_writable,
-    create_run_dir,
     write_config,
 )
 from impala_frodo.rule.meta_learner import MetaLearnerError
 from impala_frodo.utils import os_error_reason, resolve_device, seed_everything
 from learner.app.env_check import env_spec_or_config_error
+from learner.app.run_dir import claim_run_dir, resume_count
 from learner.cluster.actor_pool import ActorPool, TrainingError
 from learner.cluster.session import (
     ClusterConnectError,
@@ -75,7 +73,7 @@ from learner.cluster.session import (
 from learner.control.progress import Mode, Progress
 from learner.control.signals import StopSignal
 from learner.training.group import LearnerGroup
-from learner.training.learner import Counters, Learner, check_resume_state
+from learner.training.learner import Learner
 from learner.training.loop import LoopCallback, LoopContext, run_session
 from learner.training.meta_actor import RayMetaLink
 from learner.training.result import StopReason, TrainResult, describe_result
@@ -122,7 +120,12 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
     if local:
         check_local_cpus(cfg)
     with (
-        _claim_run_dir(cfg, options) as (run_dir, state),
+        claim_run_dir(
+            cfg,
+            resume_dir=options.resume_dir,
+            run_dir=options.run_dir,
+            resume_checkpoint=options.resume_checkpoint,
+        ) as (run_dir, state),
         _torch_threads(_learner_threads(cfg, options, local)),
         _stop_signal(options.handle_signals) as stop,
     ):
@@ -136,67 +139,47 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
             if options.handle_signals:
                 stop.install()  # over the failure-signal handler Ray's core worker set
             check_resources(cfg, learner_gpus=_learners_use_gpus(cfg))
-            # The actors start first: their processes come up while the learner is built.
-            try:
-                with (
-                    _actor_pool(cfg, spec, state, options) as pool,
-                    _learner(cfg, spec, device, run_dir, state) as learner,
-                    _meta_learner(cfg, spec, learner, lambda: stop.requested),
-                ):
-                    progress = Progress(
-                        _progress_mode(options.progress),
-                        cfg.run.total_env_steps,
-                        learner.counters.env_steps,
-                    )
-                    return run_session(
-                        cfg,
-                        learner,
-                        pool,
-                        run_dir,
-                        stop,
-                        progress,
-                        stop_at_return=options.stop_at_return,
-                        callback=options.callback,
-                    )
-            except MetaLearnerError as error:  # at start-up; later, run_session's result
-                log.error("training stopped: %s", error)
-                return TrainResult(
-                    run_dir=run_dir,
-                    reason=StopReason.META,
-                    message=str(error),
-                    budget=cfg.run.total_env_steps,
-                    returns_window=cfg.run.returns_window,
+            return _train_in_session(cfg, spec, device, run_dir, state, options, stop)
+
+
+def _train_in_session(
+    cfg: Config,
+    spec: EnvSpec,
+    device: torch.device,
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    options: TrainOptions,
+    stop: StopSignal,
+) -> TrainResult:
+    """The actors, the learner and the async meta-learner (if any) started, in this order
+    (the actors' processes come up while the learner is built); the loop run; all stopped
+    again in the reverse order."""
+    with (
+        _actor_pool(cfg, spec, state, options) as pool,
+        _learner(cfg, spec, device, run_dir, state) as learner,
+    ):
+        try:
+            with _meta_learner(cfg, spec, learner, lambda: stop.requested):
+                progress = Progress(
+                    _progress_mode(options.progress),
+                    cfg.run.total_env_steps,
+                    learner.books.counters.env_steps,
                 )
-
-
-@contextmanager
-def _claim_run_dir(
-    cfg: Config, options: TrainOptions
-) -> Iterator[tuple[Path, dict[str, Any] | None]]:
-    """A new run directory, or the resumed one with its checkpoint, held for this session.
-
-    Before Ray starts: the directory is locked (:class:`RunLock`: a second session in it
-    is refused), checked to be writable, and a resumed run's checkpoint is loaded.
-    """
-    if options.resume_dir is None:
-        if options.run_dir is not None:  # made by a sweep for this seed
-            run_dir = Path(options.run_dir)
-        else:
-            run_dir = create_run_dir(cfg, cfg.run.logdir)
-    else:
-        run_dir = Path(options.resume_dir)
-    with RunLock(run_dir):
-        check_writable(run_dir)
-        state = None
-        if options.resume_dir is not None:
-            path = options.resume_checkpoint
-            state = (
-                load_checkpoint(path)
-                if path is not None
-                else CheckpointManager(run_dir / CHECKPOINT_DIR).load()
+                return run_session(
+                    cfg,
+                    learner,
+                    pool,
+                    run_dir,
+                    stop,
+                    progress,
+                    stop_at_return=options.stop_at_return,
+                    callback=options.callback,
+                )
+        except MetaLearnerError as error:  # at start-up; later, run_session's result
+            log.error("training stopped: %s", error)
+            return TrainResult.from_books(
+                learner.books, StopReason.META, run_dir=run_dir, message=str(error)
             )
-            check_resume_state(state)  # a bad checkpoint is bad input: found before Ray starts
-        yield run_dir, state
 
 
 @contextmanager
@@ -259,15 +242,6 @@ def _actor_pool(
         pool.shutdown()
 
 
-def resume_count(state: dict[str, Any] | None) -> int:
-    """How many times the run was resumed before this session: 0 for a new run.
-
-    It seeds the actors, so that a resumed run does not replay its first session's envs,
-    and :func:`_make_learner` records it as ``learner.counters.resumes``.
-    """
-    return 0 if state is None else Counters.from_dict(state["counters"]).resumes + 1
-
-
 @contextmanager
 def _learner(
     cfg: Config, spec: EnvSpec, device: torch.device, run_dir: Path, state: dict[str, Any] | None
@@ -327,13 +301,13 @@ def _make_learner(
         resume_step = None
         if state is not None:
             learner.load_state_dict(state)  # every learner from the checkpoint
-            resume_step = learner.counters.env_steps
-            learner.counters.resumes = resume_count(state)  # as the actors were seeded
+            resume_step = learner.books.counters.env_steps
+            learner.books.count_resume()  # resume_count(state), as the actors were seeded
             # The resumed run's config (e.g. a larger budget) replaces config.json once this
             # session has a checkpoint of its own: until then the old one still describes it.
             learner.after_next_checkpoint = lambda: _write_config(run_dir, cfg)
         learner.run_logger = RunLogger(run_dir, resume_step=resume_step)
-        learner.run_logger.add_config(cfg, learner.counters.env_steps)
+        learner.run_logger.add_config(cfg, learner.books.counters.env_steps)
     except BaseException:
         if group is not None:
             group.shutdown()
