@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.rollout import RolloutActor, env_spec
+from actors.rollout import RolloutActor, RolloutSpec, env_spec
 from impala_frodo.config.presets import load_preset
 from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.networks.weights import pack_params, param_layout
@@ -55,7 +55,8 @@ def make_learner(cfg: Config, **kwargs) -> Learner:
 def new_actor(cfg: Config, learner: Learner, actor_id: int = 0, seed: int = 0) -> RolloutActor:
     """A rollout actor laid out for ``learner``'s agent, with no weights yet."""
     layout = param_layout(learner.behaviour_weights()[1])
-    return RolloutActor(cfg, layout, actor_id=actor_id, seed=seed)
+    spec = RolloutSpec.from_config(cfg, num_envs=cfg.run.envs_per_actor)
+    return RolloutActor(spec, layout, actor_id=actor_id, seed=seed)
 
 
 def synced_actor(cfg: Config, learner: Learner, actor_id: int = 0) -> RolloutActor:

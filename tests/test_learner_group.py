@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.records.checkpoint import load_checkpoint
 from impala_frodo.records.runlog import read_metrics
+from impala_frodo.rule.updater import Updater
 from learner.app.driver import TrainOptions, train
 from learner.control.exit_codes import ExitCode
 from learner.training.group import LearnerGroup
@@ -103,7 +105,7 @@ def test_two_learners_train_stay_equal_and_resume_every_rank(ray_local, tmp_path
 
 def test_every_rank_loads_the_checkpoint(ray_local, tmp_path):
     cfg = group_cfg(tmp_path)
-    group = LearnerGroup(cfg, (50,), 3)
+    group = LearnerGroup(cfg.run, partial(Updater, cfg, (50,), 3))
     try:
         state = ray.get(group.ranks[0].state_dict.remote(), timeout=60)
         state["params"] = {k: v + 1.0 for k, v in state["params"].items()}

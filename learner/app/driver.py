@@ -40,13 +40,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 
-from actors.rollout import DEFAULT_MAX_RESTARTS, EnvSpec
+from actors.rollout import DEFAULT_MAX_RESTARTS, EnvSpec, RolloutSpec
 from impala_frodo.config.schema import Config
 from impala_frodo.networks.agent import agent_layout
 from impala_frodo.records.checkpoint import CheckpointError, CheckpointManager
@@ -59,6 +60,7 @@ from impala_frodo.records.runlog import (
     write_config,
 )
 from impala_frodo.rule.meta_learner import MetaLearnerError
+from impala_frodo.rule.updater import Updater
 from impala_frodo.utils import os_error_reason, resolve_device, seed_everything
 from learner.app.env_check import env_spec_or_config_error
 from learner.app.run_dir import claim_run_dir, resume_count
@@ -74,7 +76,7 @@ from learner.control.progress import Mode, Progress
 from learner.control.signals import StopSignal
 from learner.training.group import LearnerGroup
 from learner.training.learner import Learner
-from learner.training.loop import LoopCallback, LoopContext, run_session
+from learner.training.loop import LoopCallback, LoopContext, TrainingLoop, run_session
 from learner.training.meta_actor import RayMetaLink
 from learner.training.result import StopReason, TrainResult, describe_result
 
@@ -165,16 +167,17 @@ def _train_in_session(
                     cfg.run.total_env_steps,
                     learner.books.counters.env_steps,
                 )
-                return run_session(
-                    cfg,
+                loop = TrainingLoop(
                     learner,
                     pool,
-                    run_dir,
                     stop,
                     progress,
+                    trajectories_per_update=cfg.run.trajectories_per_update,
+                    progress_timeout_s=cfg.run.progress_timeout_s,
                     stop_at_return=options.stop_at_return,
                     callback=options.callback,
                 )
+                return run_session(loop, run_dir)
         except MetaLearnerError as error:  # at start-up; later, run_session's result
             log.error("training stopped: %s", error)
             return TrainResult.from_books(
@@ -231,7 +234,8 @@ def _actor_pool(
 ) -> Iterator[ActorPool]:
     """The rollout actors, started (seeded by the resume count), shut down after."""
     pool = ActorPool(
-        cfg,
+        cfg.run,
+        RolloutSpec.from_config(cfg, num_envs=cfg.run.envs_per_actor),
         agent_layout(spec.observation_shape, spec.num_actions, cfg.agent),
         resume_count=resume_count(state),
         max_restarts=options.max_actor_restarts,
@@ -280,7 +284,8 @@ def _make_learner(
     group = None
     if cfg.run.num_learners > 1:
         use_gpus = _learners_use_gpus(cfg)
-        group = LearnerGroup(cfg, spec.observation_shape, spec.num_actions, use_gpus=use_gpus)
+        rule = partial(Updater, cfg, spec.observation_shape, spec.num_actions)
+        group = LearnerGroup(cfg.run, rule, use_gpus=use_gpus)
         device = torch.device("cpu")
         log.info(
             "%d learners on %d node(s), %s",

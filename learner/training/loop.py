@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from impala_frodo.acting.trajectory import Trajectory
-from impala_frodo.config.schema import Config
 from impala_frodo.records.intervals import ScalarMeans
 from impala_frodo.records.runlog import StorageError
 from learner.cluster.actor_pool import ActorPool, TrainingError
@@ -118,26 +117,32 @@ class _WaitShare:
 
 
 class TrainingLoop:
-    """Take batches from the pool, update the learner, publish weights, refill, log."""
+    """Take batches from the pool, update the learner, publish weights, refill, log.
+
+    An update takes ``trajectories_per_update`` actor batches (``run.batches_per_update``
+    per learner); ``progress_timeout_s`` bounds the wait for one (:class:`StallWatchdog`).
+    """
 
     def __init__(
         self,
-        cfg: Config,
         learner: Learner,
         pool: ActorPool,
         stop: StopSignal,
         progress: Progress,
         *,
+        trajectories_per_update: int,
+        progress_timeout_s: float,
         stop_at_return: float | None = None,
         callback: LoopCallback | None = None,
     ) -> None:
-        self.cfg = cfg
         self.learner = learner
         self.pool = pool
         self.stop = stop
         self.progress = progress
         self.stop_at_return = stop_at_return
         self.callback = callback
+        self.trajectories_per_update = trajectories_per_update
+        self.progress_timeout_s = progress_timeout_s
         self._context = LoopContext(learner, pool, stop)
         self._queue_sizes = ScalarMeans()
         self._pending: list[Trajectory] = []
@@ -147,7 +152,7 @@ class TrainingLoop:
         """Loop until the budget, the return target or a stop request; returns which."""
         self.pool.publish(*self.learner.behaviour_weights())
         self.pool.fill()
-        waits, watchdog = _WaitShare(), StallWatchdog(self.cfg.run.progress_timeout_s)
+        waits, watchdog = _WaitShare(), StallWatchdog(self.progress_timeout_s)
         while not self.learner.books.done:
             if self.stop.requested:
                 return StopReason.SIGNAL
@@ -166,7 +171,7 @@ class TrainingLoop:
                 self.learner.books.restart_intervals()
                 waits.restart()
             self._pending.extend(got)
-            if len(self._pending) < self.cfg.run.trajectories_per_update:
+            if len(self._pending) < self.trajectories_per_update:
                 self.pool.fill()  # keep the actors we took from busy while we wait for the rest
                 continue
             self._update(waits)
@@ -178,7 +183,7 @@ class TrainingLoop:
         """The unrolls finished within one wait slice (up to what the next update needs),
         and how many were finished before the wait (the queue size)."""
         start = time.monotonic()
-        wanted = self.cfg.run.trajectories_per_update - len(self._pending)
+        wanted = self.trajectories_per_update - len(self._pending)
         got, queued = self.pool.take(wanted, timeout=WAIT_SLICE_S)
         waits.add(time.monotonic() - start)
         self.learner.books.count_actor_failures(self.pool.failures)
@@ -219,31 +224,18 @@ def pool_scalars(pool: ActorPool) -> dict[str, float]:
     }
 
 
-def run_session(
-    cfg: Config,
-    learner: Learner,
-    pool: ActorPool,
-    run_dir: Path,
-    stop: StopSignal,
-    progress: Progress,
-    *,
-    stop_at_return: float | None = None,
-    callback: LoopCallback | None = None,
-) -> TrainResult:
-    """Run the loop, then save the final record and checkpoint where that is safe.
+def run_session(loop: TrainingLoop, run_dir: Path) -> TrainResult:
+    """Run ``loop``, then save the final record and checkpoint where that is safe.
 
     Whatever ends the loop, the pool is shut down and the progress display closed; an
     exception of :data:`~learner.training.result.FAILURES` becomes the result's stop reason and
     message (and decides whether a final checkpoint is saved).
     """
-    start = time.monotonic()
-    loop = TrainingLoop(
-        cfg, learner, pool, stop, progress, stop_at_return=stop_at_return, callback=callback
-    )
+    learner, pool, start = loop.learner, loop.pool, time.monotonic()
     ending = _Ending()
     try:
         save_on_exit = _run_loop(loop, ending)
-        if stop.requested:
+        if loop.stop.requested:
             ending.reason = StopReason.SIGNAL
         # A resumed session that added no steps (e.g. a budget already reached) saves
         # nothing: a copy of latest.pt would only push the older previous.pt out.
@@ -252,7 +244,7 @@ def run_session(
         if save_on_exit:
             save_on_exit = _log_last_steps(ending, learner, pool)
     finally:
-        progress.close(learner.last_record)  # the bar ends on the summary's numbers
+        loop.progress.close(learner.last_record)  # the bar ends on the summary's numbers
     if save_on_exit:
         _save_final_checkpoint(ending, learner)
     return TrainResult.from_books(

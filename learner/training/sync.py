@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from actors.rollout import RolloutActor, env_spec
+from actors.rollout import RolloutActor, RolloutSpec, env_spec
 from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config
 from impala_frodo.networks.weights import param_layout
@@ -62,7 +62,7 @@ def train_sync(
         state_observations=spec.state_observations,
     )
     actor = RolloutActor(
-        dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, envs_per_actor=cfg.run.num_envs)),
+        RolloutSpec.from_config(cfg, num_envs=cfg.run.num_envs),
         param_layout(learner.updater.params),
         seed=cfg.run.seed,
     )
