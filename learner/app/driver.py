@@ -190,8 +190,9 @@ def _torch_threads(threads: int) -> Iterator[None]:
     """Torch uses ``threads`` threads meanwhile (the setting before is put back after).
 
     Set before the learner's first torch op: OpenMP sizes its thread pool then, and a
-    spare pool thread spin-waits on a core the actors need (measured: 2x fewer env
-    steps/s with 2 cores when the pool was made with 2 threads and cut to 1).
+    spare pool thread spin-waits on a core the actors need (a pool made with more threads
+    and cut afterwards costs throughput; docs/results-distributed.md, "Measurements
+    behind the code").
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

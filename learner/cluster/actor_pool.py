@@ -14,16 +14,17 @@ finished unrolls waiting for the learner at each update (mean per log interval).
 
 **Weights.** The learner publishes ``(version, params)`` every
 ``run.broadcast_every`` updates; the pool packs the params into one float32
-vector (one numpy buffer serialises ~2.5x faster than a dict of tensors) and
+vector (one numpy buffer serialises faster than a dict of tensors) and
 *offers* it to every actor (``offer_weights``, fire and forget). The offer
 runs in the actor's own ``weights`` concurrency group, beside the unroll in
 progress, and the actor takes the newest offer when its next unroll starts:
 mu lags the learner by about one unroll plus the finished unrolls waiting in
 the queue, not by the whole queue. Up to ``INLINE_WEIGHTS_BYTES`` the vector
-goes by value (the Catch agent is 30 KB: inlined into the task spec, no
+goes by value (small agents such as Catch's: inlined into the task spec, no
 object-store round trip); above it is ``ray.put`` once per publication. A new
 or restarted actor process gets the weights with its next ``unroll`` call.
-Actors never wait for the learner and never poll.
+Actors never wait for the learner and never poll. (The figures behind these choices:
+docs/results-distributed.md, "Measurements behind the code".)
 
 **Faults.** Actors have ``max_restarts`` (Ray restarts a dead process; the
 calls that were in flight fail with ``ActorUnavailableError``, which is logged,

@@ -54,9 +54,9 @@ class StallWatchdog:
     The time measured is since the last unroll *finished*, as far as the driver can
     tell, not since it was taken: an unroll that was already waiting when the learner
     looked finished before that look, at the latest after the previous one
-    (:meth:`looked`). So a driver blocked in a Ray call (13 s when the local raylet
-    was SIGKILLed) that then takes the unrolls finished before the block does not
-    restart the deadline.
+    (:meth:`looked`). So a driver blocked in a Ray call (for seconds when the local
+    raylet was SIGKILLed; docs/results-distributed.md, "Measurements behind the code")
+    that then takes the unrolls finished before the block does not restart the deadline.
     """
 
     def __init__(
