@@ -231,15 +231,14 @@ def run_session(loop: TrainingLoop, run_dir: Path) -> TrainResult:
     exception of :data:`~learner.training.result.FAILURES` becomes the result's stop reason and
     message (and decides whether a final checkpoint is saved).
     """
-    learner, pool, start = loop.learner, loop.pool, time.monotonic()
-    ending = _Ending()
+    learner, pool, books = loop.learner, loop.pool, loop.learner.books
+    start, ending = time.monotonic(), _Ending()
     try:
         save_on_exit = _run_loop(loop, ending)
         if loop.stop.requested:
             ending.reason = StopReason.SIGNAL
         # A resumed session that added no steps (e.g. a budget already reached) saves
         # nothing: a copy of latest.pt would only push the older previous.pt out.
-        books = learner.books
         save_on_exit = save_on_exit and (books.session_env_steps > 0 or books.counters.resumes == 0)
         if save_on_exit:
             save_on_exit = _log_last_steps(ending, learner, pool)
@@ -248,7 +247,7 @@ def run_session(loop: TrainingLoop, run_dir: Path) -> TrainResult:
     if save_on_exit:
         _save_final_checkpoint(ending, learner)
     return TrainResult.from_books(
-        learner.books,
+        books,
         ending.reason,
         run_dir=run_dir,
         wall_s=time.monotonic() - start,
