@@ -17,10 +17,14 @@ the learner: mu is stale by design (by about one unroll plus the queue) and
 the learner's V-trace corrects for it. ``unroll(version, params)`` also takes
 weights directly (a freshly started or restarted actor gets them that way).
 
+An actor takes what it acts with, not the run's whole config: a :class:`RolloutSpec` (the
+env and agent sections, the envs per actor, the unroll length, numpy or torch acting),
+plain values that pickle into a Ray actor.
+
 An actor process never imports torch: mu acts with numpy from the packed weight vector,
 laid out as the ``layout`` it was built with (:func:`~impala_frodo.networks.weights.param_layout` of
-the learner's agent). That saves each actor process torch's import (about a second) at
-start-up.
+the learner's agent). That saves each actor process torch's import at start-up
+(docs/results-distributed.md, "Measurements behind the code").
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import numpy as np
 from impala_frodo.acting.trajectory import Trajectory
 from impala_frodo.acting.unroll import Unroller
 from impala_frodo.config.schema import Config
+from impala_frodo.config.sections import AgentConfig, EnvConfig
 from impala_frodo.envs import make_batched_env
 from impala_frodo.networks.numpy_policy import NumpyPolicy
 from impala_frodo.networks.torch_policy import make_policy
@@ -72,6 +77,24 @@ def env_spec(cfg: Config) -> EnvSpec:
         env.close()
 
 
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What a :class:`RolloutActor` acts in and with: ``num_envs`` envs of ``env``, mu with
+    ``agent``'s torso acting with ``inference`` (``run.actor_inference``), ``unroll_length``
+    steps per unroll."""
+
+    env: EnvConfig
+    agent: AgentConfig
+    num_envs: int
+    unroll_length: int
+    inference: str = "auto"
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, num_envs: int) -> RolloutSpec:
+        """``cfg``'s env, agent, unroll length and actor inference, in ``num_envs`` envs."""
+        return cls(cfg.env, cfg.agent, num_envs, cfg.run.unroll_length, cfg.run.actor_inference)
+
+
 def actor_seed(base_seed: int, actor_id: int, resume_count: int = 0, replacement: int = 0) -> int:
     """A distinct, reproducible seed per run seed, actor slot, resume of the run (0 for its
     first session) and replacement of the slot's actor (0 for the first one)."""
@@ -80,31 +103,30 @@ def actor_seed(base_seed: int, actor_id: int, resume_count: int = 0, replacement
 
 
 class RolloutActor:
-    """Acts with a (stale) copy of the agent in ``cfg.run.envs_per_actor`` envs, T steps a call."""
+    """Acts with a (stale) copy of the agent in ``spec.num_envs`` envs, T steps a call.
+
+    ``seed`` seeds its envs, mu's sampling and the unroller (the pool's are
+    :func:`actor_seed`); ``actor_id`` stamps its trajectories.
+    """
 
     def __init__(
-        self,
-        cfg: Config,
-        layout: ParamLayout,
-        actor_id: int = 0,
-        seed: int | None = None,
+        self, spec: RolloutSpec, layout: ParamLayout, *, seed: int, actor_id: int = 0
     ) -> None:
-        self.cfg = cfg
+        self.spec = spec
         self.actor_id = actor_id
-        seed = actor_seed(cfg.run.seed, actor_id) if seed is None else seed
-        self.env = make_batched_env(cfg.env.id, cfg.run.envs_per_actor, seed=seed, **cfg.env.kwargs)
+        self.env = make_batched_env(spec.env.id, spec.num_envs, seed=seed, **spec.env.kwargs)
         # numpy, or torch for IMPALA's ResNet
         # (run.actor_inference; impala_frodo.networks.torch_policy)
         self.policy: NumpyPolicy = make_policy(
             layout,
-            cfg.agent,
+            spec.agent,
             self.env.observation_shape,
             self.env.num_actions,
             seed=seed,
             obs_scale=self.env.observation_scale,
-            inference=cfg.run.actor_inference,
+            inference=spec.inference,
         )
-        self.unroller = Unroller(self.env, cfg.run.unroll_length, seed=seed)
+        self.unroller = Unroller(self.env, spec.unroll_length, seed=seed)
         self.num_unrolls = 0
         # The newest weights offered while an unroll runs (another thread, under Ray):
         # taken at the start of the next unroll, so mu is at most one unroll stale.

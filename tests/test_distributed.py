@@ -72,7 +72,7 @@ def test_two_actors_feed_the_learner_and_everything_is_logged(ray_local, tmp_pat
     seen: set[int] = set()
     result = train(
         small_cfg(tmp_path, "frodo"),
-        options(callback=lambda ctx: seen.update(ctx.learner.trajectories_by_actor)),
+        options(callback=lambda ctx: seen.update(ctx.learner.books.trajectories_by_actor)),
     )
     assert result.exit_code == ExitCode.OK and result.reason == "budget"
     assert seen == {0, 1}, "both actors' trajectories reached the learner"
@@ -144,7 +144,7 @@ def test_resume_continues_counters_and_curves_without_double_counting(ray_local,
     seen = []  # (actor resume count, learner resumes): the actors, started first, reseeded
 
     def record(ctx) -> None:
-        seen.append((ctx.pool.resume_count, ctx.learner.counters.resumes))
+        seen.append((ctx.pool.resume_count, ctx.learner.books.counters.resumes))
 
     second = train(cfg, options(resume_dir=run_dir, callback=record))
     assert seen and set(seen) == {(1, 1)}
@@ -179,7 +179,7 @@ def _kill_plan(kills: dict[int, str]):
     done: list[str] = []
 
     def callback(ctx) -> None:
-        due = [how for at, how in sorted(kills.items()) if ctx.learner.counters.updates >= at]
+        due = [how for at, how in sorted(kills.items()) if ctx.learner.books.counters.updates >= at]
         how = next((h for h in due if h not in done), None)
         if how is None or not ctx.pool.running(0 if how == "ray" else 1):
             return

@@ -168,7 +168,7 @@ def test_a_run_on_a_file_system_that_fills_up_exits_1_in_one_line(
     kept: list[bytes] = []
 
     def callback(ctx) -> None:
-        if ctx.learner.counters.updates == 10:
+        if ctx.learner.books.counters.updates == 10:
             # A good checkpoint now, whatever the timer did (a loaded machine may not have
             # saved one in the first 10 updates), then the disk fills.
             kept.append(ctx.learner.checkpoint().read_bytes())
@@ -196,7 +196,7 @@ def test_a_final_checkpoint_torch_s_writer_fails_exits_1_in_one_line(
         return real_save(obj, f, *args, **kwargs)
 
     def callback(ctx) -> None:
-        if ctx.learner.counters.updates == 10:
+        if ctx.learner.books.counters.updates == 10:
             failing.append(True)
             ctx.stop.signum = signal.SIGTERM  # stop now: the final checkpoint fails
 
@@ -247,10 +247,10 @@ def test_an_actor_ray_gave_up_on_is_replaced_however_few_deaths_the_driver_saw(r
     throttle_until = time.monotonic() + 600
 
     def callback(ctx) -> None:
-        if ctx.learner.counters.updates == 20:
+        if ctx.learner.books.counters.updates == 20:
             ray.kill(ctx.pool.slots[0].handle, no_restart=True)
         elif ctx.pool.slots[0].replacements:
-            seen_after.append(ctx.learner.trajectories_by_actor[0])
+            seen_after.append(ctx.learner.books.trajectories_by_actor[0])
             # Hold the budget back until the new actor delivered: on a fast machine the
             # surviving actor alone could finish the run while the new one starts up.
             if seen_after[-1] == seen_after[0] and time.monotonic() < throttle_until:

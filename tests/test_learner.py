@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.rollout import RolloutActor, env_spec
+from actors.rollout import RolloutActor, RolloutSpec, env_spec
 from impala_frodo.config.presets import load_preset
 from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.networks.weights import pack_params, param_layout
@@ -55,7 +55,8 @@ def make_learner(cfg: Config, **kwargs) -> Learner:
 def new_actor(cfg: Config, learner: Learner, actor_id: int = 0, seed: int = 0) -> RolloutActor:
     """A rollout actor laid out for ``learner``'s agent, with no weights yet."""
     layout = param_layout(learner.behaviour_weights()[1])
-    return RolloutActor(cfg, layout, actor_id=actor_id, seed=seed)
+    spec = RolloutSpec.from_config(cfg, num_envs=cfg.run.envs_per_actor)
+    return RolloutActor(spec, layout, actor_id=actor_id, seed=seed)
 
 
 def synced_actor(cfg: Config, learner: Learner, actor_id: int = 0) -> RolloutActor:
@@ -75,10 +76,10 @@ def test_update_counts_env_steps_episodes_and_versions():
         episodes += len(trajectory.episode_returns)
         metrics = learner.update([trajectory])
         assert np.isfinite(metrics["loss/inner"])
-    c = learner.counters
+    c = learner.books.counters
     assert (c.env_steps, c.updates, c.trajectories) == (5 * T * B, 5, 5)
     assert c.episodes == episodes > 0
-    assert learner.version == 5 and len(learner.recent_returns) == episodes
+    assert learner.version == 5 and len(learner.books.recent_returns) == episodes
 
 
 def test_batches_from_several_actors_are_concatenated_into_one_update():
@@ -86,8 +87,8 @@ def test_batches_from_several_actors_are_concatenated_into_one_update():
     learner = make_learner(cfg)
     actors = [synced_actor(cfg, learner, i) for i in range(3)]
     learner.update([a.unroll() for a in actors])
-    assert learner.counters.updates == 1
-    assert learner.counters.env_steps == 3 * T * B
+    assert learner.books.counters.updates == 1
+    assert learner.books.counters.env_steps == 3 * T * B
 
 
 def test_policy_lag_is_learner_version_minus_behaviour_version():
@@ -191,7 +192,7 @@ def test_records_come_every_n_updates_or_every_log_every_s_whichever_first():
     cfg = make_cfg(**{"run.log_every_updates": 3, "run.log_every_s": 10.0})
     learner = make_learner(cfg, clock=clock)
     actor = synced_actor(cfg, learner)
-    assert not learner.log_due()  # nothing to log before the first update
+    assert not learner.books.log_due()  # nothing to log before the first update
     logged = []
     for update in range(1, 9):
         learner.update([actor.unroll(*learner.behaviour_weights())])
@@ -271,8 +272,8 @@ def test_state_round_trips_through_a_checkpoint_file(tmp_path):
 
     restored = make_learner(cfg)
     restored.load_state_dict(manager.load())
-    assert restored.counters == learner.counters
-    assert list(restored.recent_returns) == list(learner.recent_returns)
+    assert restored.books.counters == learner.books.counters
+    assert list(restored.books.recent_returns) == list(learner.books.recent_returns)
     assert restored.version == learner.version == 4
     for name, value in learner.updater.params.items():
         assert torch.equal(restored.updater.params[name], value)
@@ -312,7 +313,7 @@ def test_checkpoints_are_timed_and_a_nan_state_is_never_saved(tmp_path, monkeypa
     monkeypatch.setattr(learner.updater, "update", diverge)
     with pytest.raises(NonFiniteLossError):
         learner.update([actor.unroll()])
-    assert learner.counters.updates == 1 and learner.counters.env_steps == T * B
+    assert learner.books.counters.updates == 1 and learner.books.counters.env_steps == T * B
 
     learner.updater.params = {k: v * float("nan") for k, v in learner.updater.params.items()}
     with pytest.raises(NonFiniteLossError, match="checkpoint refused"):
@@ -332,9 +333,9 @@ def test_wall_time_and_counters_continue_after_resume(tmp_path):
     resumed = make_learner(cfg, clock=clock)
     resumed.load_state_dict(learner.state_dict())
     clock.now += 3.0
-    assert resumed.wall_time_s() == pytest.approx(15.0)
+    assert resumed.books.wall_time_s() == pytest.approx(15.0)
     resumed.update([actor.unroll()])
-    assert resumed.counters.env_steps == 2 * T * B and resumed.counters.updates == 2
+    assert resumed.books.counters.env_steps == 2 * T * B and resumed.books.counters.updates == 2
 
 
 @pytest.mark.parametrize("part", ["meta_net", "opt_state"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.records.checkpoint import load_checkpoint
 from impala_frodo.records.runlog import read_metrics
+from impala_frodo.rule.updater import Updater
 from learner.app.driver import TrainOptions, train
 from learner.control.exit_codes import ExitCode
 from learner.training.group import LearnerGroup
@@ -69,10 +71,10 @@ def test_two_learners_train_stay_equal_and_resume_every_rank(ray_local, tmp_path
 
     def callback(ctx) -> None:
         group = ctx.learner.updater
-        if ctx.learner.counters.updates == 12:  # after meta steps (M = 3)
+        if ctx.learner.books.counters.updates == 12:  # after meta steps (M = 3)
             assert_equal_ranks(group)
             checks["nodes"] = group.node_ids
-            checks["meta"] = ctx.learner.counters.meta_updates
+            checks["meta"] = ctx.learner.books.counters.meta_updates
 
     result = train(group_cfg(tmp_path), options(callback=callback))
     assert result.exit_code == ExitCode.OK and result.reason == "budget"
@@ -89,7 +91,7 @@ def test_two_learners_train_stay_equal_and_resume_every_rank(ray_local, tmp_path
 
     def on_resume(ctx) -> None:
         if "updates" not in resumed_at:  # the first update after the resume
-            resumed_at["updates"] = ctx.learner.counters.updates
+            resumed_at["updates"] = ctx.learner.books.counters.updates
             assert_equal_ranks(ctx.learner.updater)
 
     again = train(
@@ -103,7 +105,7 @@ def test_two_learners_train_stay_equal_and_resume_every_rank(ray_local, tmp_path
 
 def test_every_rank_loads_the_checkpoint(ray_local, tmp_path):
     cfg = group_cfg(tmp_path)
-    group = LearnerGroup(cfg, (50,), 3)
+    group = LearnerGroup(cfg.run, partial(Updater, cfg, (50,), 3))
     try:
         state = ray.get(group.ranks[0].state_dict.remote(), timeout=60)
         state["params"] = {k: v + 1.0 for k, v in state["params"].items()}
@@ -121,7 +123,7 @@ def test_a_dead_learner_ends_the_run_with_the_last_checkpoint_kept(ray_local, tm
     killed: dict[str, float] = {}
 
     def callback(ctx) -> None:
-        if ctx.learner.counters.updates == 15 and not killed:
+        if ctx.learner.books.counters.updates == 15 and not killed:
             ctx.learner.checkpoint()
             killed["at"] = time.monotonic()
             ray.kill(ctx.learner.updater.ranks[1], no_restart=True)

@@ -12,14 +12,17 @@ import numpy as np
 import pytest
 import ray
 
+from actors.rollout import RolloutActor, RolloutSpec, env_spec
 from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config, set_dotted
-from impala_frodo.records.checkpoint import load_checkpoint
-from impala_frodo.records.runlog import read_metrics
+from impala_frodo.networks.weights import param_layout
+from impala_frodo.records.checkpoint import CheckpointManager, load_checkpoint
+from impala_frodo.records.runlog import CHECKPOINT_DIR, read_metrics
 from impala_frodo.rule.meta_learner import EtaUpdate, MetaLearnerError
 from learner.app.driver import TrainOptions, train
 from learner.cluster.session import check_resources
 from learner.control.exit_codes import ExitCode
+from learner.training.learner import Learner
 from learner.training.meta_actor import MetaLearnerSpec, RayMetaLink
 from tests.test_metagrad import NUM_ACTIONS, OBS_SHAPE, random_batch
 
@@ -199,3 +202,37 @@ def test_a_dead_meta_learner_ends_the_run_with_eta_kept_and_a_resume_goes_on(
     after = load_checkpoint(result.run_dir / "checkpoints" / "latest.pt")["updater"]
     assert after["num_meta_updates"] > versions  # the new meta-learner went on from there
     assert after["meta_windows"] > state["meta_windows"]
+
+
+def test_a_meta_learner_that_does_not_start_ends_a_resumed_run_with_its_counters(
+    ray_local, tmp_path: Path, monkeypatch
+):
+    """A meta-learner failing at start-up (here: never started) stops the run before its
+    loop: reason ``meta``, exit 1, the error as the message, and the run's counters as the
+    checkpoint left them (nothing added this session)."""
+    cfg = set_dotted(
+        tiny_cfg(),
+        {"run.envs_per_actor": 4, "run.unroll_length": 5, "run.total_env_steps": 10_000},
+    )
+    run_dir = tmp_path / "run"
+    spec = env_spec(cfg)
+    learner = Learner(
+        cfg,
+        spec.observation_shape,
+        spec.num_actions,
+        checkpoints=CheckpointManager(run_dir / CHECKPOINT_DIR),
+    )
+    actor = RolloutActor(
+        RolloutSpec.from_config(cfg, num_envs=4), param_layout(learner.updater.params), seed=0
+    )
+    learner.update([actor.unroll(*learner.behaviour_weights())])
+    learner.checkpoint()
+
+    def never_starts(self, should_stop) -> None:
+        raise MetaLearnerError("the meta-learner has not started in 300 s")
+
+    monkeypatch.setattr(RayMetaLink, "wait_started", never_starts)
+    result = train(cfg, TrainOptions(progress=False, handle_signals=False, resume_dir=run_dir))
+    assert result.reason == "meta" and result.exit_code == ExitCode.FAILED
+    assert result.message == "the meta-learner has not started in 300 s"
+    assert (result.env_steps, result.updates, result.session_env_steps) == (4 * 5, 1, 0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from actors.rollout import RolloutActor
+from actors.rollout import RolloutActor, RolloutSpec
 from impala_frodo.acting.trajectory import Trajectory
 from impala_frodo.acting.unroll import Unroller
 from impala_frodo.config.checks import ConfigError
@@ -196,7 +196,8 @@ def test_minatar_breakout_through_a_rollout_actor():
     )
     agent = AgentNet.from_config((10, 10, 4), 6, cfg.agent)
     params = {k: v.detach() for k, v in agent.named_parameters()}
-    actor = RolloutActor(cfg, param_layout(params), actor_id=0, seed=1)
+    spec = RolloutSpec.from_config(cfg, num_envs=cfg.run.envs_per_actor)
+    actor = RolloutActor(spec, param_layout(params), seed=1)
     assert actor.policy.conv  # mu evaluates the conv torso
     ended = 0
     for version in range(1, 9):
@@ -256,7 +257,8 @@ def test_the_value_loss_on_minatar_frames_falls():
     )
     agent = AgentNet.from_config((10, 10, 4), 6, cfg.agent)
     params = {k: v.detach() for k, v in agent.named_parameters()}
-    actor = RolloutActor(cfg, param_layout(params), actor_id=0, seed=1)
+    spec = RolloutSpec.from_config(cfg, num_envs=cfg.run.envs_per_actor)
+    actor = RolloutActor(spec, param_layout(params), seed=1)
     for version in range(1, 9):
         trajectory = actor.unroll(version, params)
     actor.close()

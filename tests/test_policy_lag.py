@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.rollout import RolloutActor
+from actors.rollout import RolloutActor, RolloutSpec
 from impala_frodo.config.checks import ConfigError
 from impala_frodo.networks.weights import DelayedWeights, param_layout
 from tests.test_learner import make_cfg, make_learner
@@ -48,7 +48,8 @@ def test_policy_lag_must_be_a_non_negative_integer():
 def test_learner_publishes_weights_policy_lag_versions_old_and_measures_the_lag():
     cfg = make_cfg("impala", **{"run.policy_lag": 2})
     learner = make_learner(cfg)
-    actor = RolloutActor(cfg, param_layout(learner.behaviour_weights()[1]), actor_id=0, seed=0)
+    spec = RolloutSpec.from_config(cfg, num_envs=cfg.run.envs_per_actor)
+    actor = RolloutActor(spec, param_layout(learner.behaviour_weights()[1]), seed=0)
     lags = []
     for _ in range(6):
         version, weights = learner.behaviour_weights()

@@ -98,12 +98,13 @@ def test_a_rollout_actor_never_imports_torch():
         """
         import sys
         import numpy as np
-        from actors.rollout import RolloutActor
+        from actors.rollout import RolloutActor, RolloutSpec
         from impala_frodo.config.schema import Config
         layout = (("policy.bias", (3,)), ("policy.weight", (3, 4)),
                   ("torso.0.bias", (4,)), ("torso.0.weight", (4, 50)))
         cfg = Config()
-        actor = RolloutActor(cfg, layout, actor_id=0, seed=0)
+        spec = RolloutSpec.from_config(cfg, num_envs=cfg.run.envs_per_actor)
+        actor = RolloutActor(spec, layout, seed=0)
         size = sum(int(np.prod(s)) for _, s in layout)
         tr = actor.unroll(0, np.zeros(size, np.float32))
         assert tr.actions.shape == (cfg.run.unroll_length, cfg.run.envs_per_actor)

@@ -130,13 +130,13 @@ def scenario(address: str, logdir: str, worker_dir: str, worker_session: int) ->
     seen: dict = {"head": head_id, "worker": worker_id}
 
     def callback(ctx) -> None:
-        updates = ctx.learner.counters.updates
+        updates = ctx.learner.books.counters.updates
         if updates == 10:
             seen["before"] = [_node_of(slot.handle) for slot in ctx.pool.slots]
             seen["survivors"] = _kill_session(worker_session, worker_dir)
             ray.kill(ballast)  # room on the surviving node
-            seen["killed_at_steps"] = ctx.learner.counters.env_steps
-        elif updates > 10 and ctx.learner.done:  # the last update
+            seen["killed_at_steps"] = ctx.learner.books.counters.env_steps
+        elif updates > 10 and ctx.learner.books.done:  # the last update
             seen["after"] = [_node_of(slot.handle) for slot in ctx.pool.slots]
 
     cfg = set_dotted(
@@ -175,7 +175,7 @@ def learners_scenario(address: str, logdir: str) -> dict:
 
     def callback(ctx) -> None:
         nodes[:] = ctx.learner.updater.node_ids
-        meta_updates[0] = ctx.learner.counters.meta_updates
+        meta_updates[0] = ctx.learner.books.counters.meta_updates
 
     cfg = set_dotted(
         Config(),

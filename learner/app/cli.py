@@ -72,8 +72,8 @@ def _exit_process(code: int) -> NoReturn:
 
     Every file of the run is written, fsync'ed and closed and the local Ray instance is
     shut down by the time a command returns; what is left is the interpreter's own
-    finalisation, which took 1.7-1.8 s after a run (Ray's and torch's native
-    libraries; measured on the 2-core machine) for nothing.
+    finalisation of Ray's and torch's native libraries, which takes seconds for nothing
+    (docs/results-distributed.md, "Measurements behind the code").
     """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed pipe (``| head``)

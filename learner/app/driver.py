@@ -37,34 +37,33 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 
-from actors.rollout import DEFAULT_MAX_RESTARTS, EnvSpec
+from actors.rollout import DEFAULT_MAX_RESTARTS, EnvSpec, RolloutSpec
 from impala_frodo.config.schema import Config
 from impala_frodo.networks.agent import agent_layout
-from impala_frodo.records.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from impala_frodo.records.checkpoint import CheckpointError, CheckpointManager
 from impala_frodo.records.runlog import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     RunDirError,
-    RunLock,
     RunLogger,
     StorageError,
-    check_writable,
-    create_run_dir,
     write_config,
 )
 from impala_frodo.rule.meta_learner import MetaLearnerError, MetaLink
 from impala_frodo.rule.updater import Updater
 from impala_frodo.utils import os_error_reason, resolve_device, seed_everything
 from learner.app.env_check import env_spec_or_config_error
+from learner.app.run_dir import claim_run_dir, resume_count
 from learner.cluster.actor_pool import ActorPool, TrainingError
 from learner.cluster.session import (
     ClusterConnectError,
@@ -76,8 +75,8 @@ from learner.cluster.session import (
 from learner.control.progress import Mode, Progress
 from learner.control.signals import StopSignal
 from learner.training.group import LearnerGroup
-from learner.training.learner import Counters, Learner, check_resume_state
-from learner.training.loop import LoopCallback, LoopContext, run_session
+from learner.training.learner import Learner
+from learner.training.loop import LoopCallback, LoopContext, TrainingLoop, run_session
 from learner.training.meta_actor import MetaLearnerSpec, RayMetaLink
 from learner.training.result import StopReason, TrainResult, describe_result
 
@@ -123,7 +122,12 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
     if local:
         check_local_cpus(cfg)
     with (
-        _claim_run_dir(cfg, options) as (run_dir, state),
+        claim_run_dir(
+            cfg,
+            resume_dir=options.resume_dir,
+            run_dir=options.run_dir,
+            resume_checkpoint=options.resume_checkpoint,
+        ) as (run_dir, state),
         _torch_threads(_learner_threads(cfg, options, local)),
         _stop_signal(options.handle_signals) as stop,
     ):
@@ -137,67 +141,50 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
             if options.handle_signals:
                 stop.install()  # over the failure-signal handler Ray's core worker set
             check_resources(cfg, learner_gpus=_learners_use_gpus(cfg))
-            # The actors start first: their processes come up while the learner is built.
-            try:
-                with (
-                    _actor_pool(cfg, spec, state, options) as pool,
-                    _meta_link(cfg, spec, lambda: stop.requested) as meta_link,
-                    _learner(cfg, spec, device, run_dir, state, meta_link) as learner,
-                ):
-                    progress = Progress(
-                        _progress_mode(options.progress),
-                        cfg.run.total_env_steps,
-                        learner.counters.env_steps,
-                    )
-                    return run_session(
-                        cfg,
-                        learner,
-                        pool,
-                        run_dir,
-                        stop,
-                        progress,
-                        stop_at_return=options.stop_at_return,
-                        callback=options.callback,
-                    )
-            except MetaLearnerError as error:  # at start-up; later, run_session's result
-                log.error("training stopped: %s", error)
-                return TrainResult(
-                    run_dir=run_dir,
-                    reason=StopReason.META,
-                    message=str(error),
-                    budget=cfg.run.total_env_steps,
-                    returns_window=cfg.run.returns_window,
-                )
+            return _train_in_session(cfg, spec, device, run_dir, state, options, stop)
 
 
-@contextmanager
-def _claim_run_dir(
-    cfg: Config, options: TrainOptions
-) -> Iterator[tuple[Path, dict[str, Any] | None]]:
-    """A new run directory, or the resumed one with its checkpoint, held for this session.
-
-    Before Ray starts: the directory is locked (:class:`RunLock`: a second session in it
-    is refused), checked to be writable, and a resumed run's checkpoint is loaded.
-    """
-    if options.resume_dir is None:
-        if options.run_dir is not None:  # made by a sweep for this seed
-            run_dir = Path(options.run_dir)
-        else:
-            run_dir = create_run_dir(cfg, cfg.run.logdir)
-    else:
-        run_dir = Path(options.resume_dir)
-    with RunLock(run_dir):
-        check_writable(run_dir)
-        state = None
-        if options.resume_dir is not None:
-            path = options.resume_checkpoint
-            state = (
-                load_checkpoint(path)
-                if path is not None
-                else CheckpointManager(run_dir / CHECKPOINT_DIR).load()
+def _train_in_session(
+    cfg: Config,
+    spec: EnvSpec,
+    device: torch.device,
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    options: TrainOptions,
+    stop: StopSignal,
+) -> TrainResult:
+    """The actors, the async meta-learner (if any) and the learner started, in this order
+    (the actors' and the meta-learner's processes come up while the learner is built);
+    the loop run; all stopped again in the reverse order."""
+    with (
+        _actor_pool(cfg, spec, state, options) as pool,
+        _meta_link(cfg, spec) as meta_link,
+        _learner(cfg, spec, device, run_dir, state, meta_link) as learner,
+    ):
+        try:
+            if meta_link is not None:  # started while the actors and the learner were built
+                meta_link.wait_started(lambda: stop.requested)
+            progress = Progress(
+                _progress_mode(options.progress),
+                cfg.run.total_env_steps,
+                learner.books.counters.env_steps,
             )
-            check_resume_state(state)  # a bad checkpoint is bad input: found before Ray starts
-        yield run_dir, state
+            loop = TrainingLoop(
+                learner,
+                pool,
+                stop,
+                progress,
+                trajectories_per_update=cfg.run.trajectories_per_update,
+                progress_timeout_s=cfg.run.progress_timeout_s,
+                stop_at_return=options.stop_at_return,
+                callback=options.callback,
+            )
+            return run_session(loop, run_dir)
+        except MetaLearnerError as error:  # at start-up; later, run_session's result
+            log.error("training stopped: %s", error)
+            return TrainResult.from_books(
+                learner.books, StopReason.META, run_dir=run_dir, message=str(error)
+            )
 
 
 @contextmanager
@@ -205,8 +192,9 @@ def _torch_threads(threads: int) -> Iterator[None]:
     """Torch uses ``threads`` threads meanwhile (the setting before is put back after).
 
     Set before the learner's first torch op: OpenMP sizes its thread pool then, and a
-    spare pool thread spin-waits on a core the actors need (measured: 2x fewer env
-    steps/s with 2 cores when the pool was made with 2 threads and cut to 1).
+    spare pool thread spin-waits on a core the actors need (a pool made with more threads
+    and cut afterwards costs throughput; docs/results-distributed.md, "Measurements
+    behind the code").
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -249,7 +237,8 @@ def _actor_pool(
 ) -> Iterator[ActorPool]:
     """The rollout actors, started (seeded by the resume count), shut down after."""
     pool = ActorPool(
-        cfg,
+        cfg.run,
+        RolloutSpec.from_config(cfg, num_envs=cfg.run.envs_per_actor),
         agent_layout(spec.observation_shape, spec.num_actions, cfg.agent),
         resume_count=resume_count(state),
         max_restarts=options.max_actor_restarts,
@@ -258,15 +247,6 @@ def _actor_pool(
         yield pool
     finally:
         pool.shutdown()
-
-
-def resume_count(state: dict[str, Any] | None) -> int:
-    """How many times the run was resumed before this session: 0 for a new run.
-
-    It seeds the actors, so that a resumed run does not replay its first session's envs,
-    and :func:`_make_learner` records it as ``learner.counters.resumes``.
-    """
-    return 0 if state is None else Counters.from_dict(state["counters"]).resumes + 1
 
 
 @contextmanager
@@ -314,7 +294,8 @@ def _make_learner(
     group = None
     if cfg.run.num_learners > 1:
         use_gpus = _learners_use_gpus(cfg)
-        group = LearnerGroup(cfg, spec.observation_shape, spec.num_actions, use_gpus=use_gpus)
+        rule = partial(Updater, cfg, spec.observation_shape, spec.num_actions)
+        group = LearnerGroup(cfg.run, rule, use_gpus=use_gpus)
         device = torch.device("cpu")
         log.info(
             "%d learners on %d node(s), %s",
@@ -335,13 +316,13 @@ def _make_learner(
         resume_step = None
         if state is not None:
             learner.load_state_dict(state)  # every learner from the checkpoint
-            resume_step = learner.counters.env_steps
-            learner.counters.resumes = resume_count(state)  # as the actors were seeded
+            resume_step = learner.books.counters.env_steps
+            learner.books.count_resume()  # resume_count(state), as the actors were seeded
             # The resumed run's config (e.g. a larger budget) replaces config.json once this
             # session has a checkpoint of its own: until then the old one still describes it.
             learner.after_next_checkpoint = lambda: _write_config(run_dir, cfg)
         learner.run_logger = RunLogger(run_dir, resume_step=resume_step)
-        learner.run_logger.add_config(cfg, learner.counters.env_steps)
+        learner.run_logger.add_config(cfg, learner.books.counters.env_steps)
     except BaseException:
         if group is not None:
             group.shutdown()
@@ -356,12 +337,10 @@ def _updater(
 
 
 @contextmanager
-def _meta_link(
-    cfg: Config, spec: EnvSpec, should_stop: Callable[[], bool]
-) -> Iterator[RayMetaLink | None]:
-    """In async mode, the link to a meta-learner actor, started and waited for
-    (:meth:`RayMetaLink.wait_started`, while the actors start), closed after; the
-    learner's schedule loads its eta into it. ``None`` in inline mode."""
+def _meta_link(cfg: Config, spec: EnvSpec) -> Iterator[RayMetaLink | None]:
+    """In async mode, the link to a meta-learner actor, started (not waited for: see
+    :meth:`RayMetaLink.wait_started`) and closed after; the learner's schedule loads its
+    eta into it. ``None`` in inline mode."""
     if meta_learner_cpus(cfg) == 0:
         yield None
         return
@@ -371,7 +350,6 @@ def _meta_link(
         timeout_s=cfg.run.progress_timeout_s,
     )
     try:
-        link.wait_started(should_stop)
         yield link
     finally:
         link.close()

@@ -14,16 +14,17 @@ finished unrolls waiting for the learner at each update (mean per log interval).
 
 **Weights.** The learner publishes ``(version, params)`` every
 ``run.broadcast_every`` updates; the pool packs the params into one float32
-vector (one numpy buffer serialises ~2.5x faster than a dict of tensors) and
+vector (one numpy buffer serialises faster than a dict of tensors) and
 *offers* it to every actor (``offer_weights``, fire and forget). The offer
 runs in the actor's own ``weights`` concurrency group, beside the unroll in
 progress, and the actor takes the newest offer when its next unroll starts:
 mu lags the learner by about one unroll plus the finished unrolls waiting in
 the queue, not by the whole queue. Up to ``INLINE_WEIGHTS_BYTES`` the vector
-goes by value (the Catch agent is 30 KB: inlined into the task spec, no
+goes by value (small agents such as Catch's: inlined into the task spec, no
 object-store round trip); above it is ``ray.put`` once per publication. A new
 or restarted actor process gets the weights with its next ``unroll`` call.
-Actors never wait for the learner and never poll.
+Actors never wait for the learner and never poll. (The figures behind these choices:
+docs/results-distributed.md, "Measurements behind the code".)
 
 **Faults.** Actors have ``max_restarts`` (Ray restarts a dead process; the
 calls that were in flight fail with ``ActorUnavailableError``, which is logged,
@@ -52,11 +53,12 @@ from ray.exceptions import ActorDiedError, RayActorError
 from actors.rollout import (
     DEFAULT_MAX_RESTARTS,
     WEIGHTS_GROUP,
+    RolloutSpec,
     actor_seed,
     make_ray_actor_class,
 )
 from impala_frodo.acting.trajectory import Trajectory
-from impala_frodo.config.schema import Config
+from impala_frodo.config.sections import RunConfig
 from impala_frodo.networks.weights import ParamLayout, pack_params, param_layout
 from impala_frodo.utils import first_line
 
@@ -112,28 +114,33 @@ class _Slot:
 
 
 class ActorPool:
-    """N rollout actors with up to ``depth`` unroll calls each in flight: the trajectory queue."""
+    """N rollout actors with up to ``depth`` unroll calls each in flight: the trajectory queue.
+
+    ``run``: the actors' number, CPU share and base seed, and the queue's size;
+    ``rollout``: what every actor acts in and with; ``layout``: the agent's packed weights,
+    as every actor reads them.
+    """
 
     def __init__(
         self,
-        cfg: Config,
+        run: RunConfig,
+        rollout: RolloutSpec,
         layout: ParamLayout,
         *,
         resume_count: int = 0,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
         max_failures: int | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.layout = layout  # the agent's packed weights, as every actor reads them
+        self.rollout = rollout
+        self.layout = layout
+        self.seed = run.seed
         #: How many times the run was resumed before this session: part of the actors' seeds.
         self.resume_count = resume_count
         self.max_restarts = max_restarts
-        self.max_failures = (
-            max_failures if max_failures is not None else 10 + 5 * cfg.run.num_actors
-        )
-        self.depth = max(1, cfg.run.queue_size // cfg.run.num_actors)
-        self._actor_cls = make_ray_actor_class(cfg.run.actor_num_cpus, max_restarts)
-        self.slots = [_Slot(self._spawn(i, 0), i) for i in range(cfg.run.num_actors)]
+        self.max_failures = max_failures if max_failures is not None else 10 + 5 * run.num_actors
+        self.depth = max(1, run.queue_size // run.num_actors)
+        self._actor_cls = make_ray_actor_class(run.actor_num_cpus, max_restarts)
+        self.slots = [_Slot(self._spawn(i, 0), i) for i in range(run.num_actors)]
         self._order: list[ray.ObjectRef] = []  # in-flight calls, oldest first
         #: ref -> (slot, incarnation, handle): the handle is the slot's replacement count.
         self._origin: dict[ray.ObjectRef, tuple[int, int, int]] = {}
@@ -160,8 +167,8 @@ class ActorPool:
         return [ref for ref in mine if ref not in ready]
 
     def _spawn(self, actor_id: int, replacement: int) -> Any:
-        seed = actor_seed(self.cfg.run.seed, actor_id, self.resume_count, replacement)
-        return self._actor_cls.remote(self.cfg, self.layout, actor_id, seed)
+        seed = actor_seed(self.seed, actor_id, self.resume_count, replacement)
+        return self._actor_cls.remote(self.rollout, self.layout, seed=seed, actor_id=actor_id)
 
     # -------------------------------------------------------------- weights
     def publish(self, version: int, params: dict[str, torch.Tensor]) -> None:
@@ -337,6 +344,15 @@ class ActorPool:
                 f"rollout actors failed {self.failures} times (limit {self.max_failures}); "
                 f"last: actor {slot.actor_id}: {reason}"
             )
+
+    def unroll_counts(self) -> dict[str, int]:
+        """This session's unroll calls: submitted = collected + lost + abandoned."""
+        return {
+            "submitted": self.submitted,
+            "collected": self.collected,
+            "lost": self.lost_unrolls,
+            "abandoned": self.abandoned,
+        }
 
     def describe_waits(self) -> str:
         """What the learner is waiting on, actor by actor (for a no-progress error)."""

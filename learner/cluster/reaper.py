@@ -3,8 +3,8 @@
 Ray starts a local instance's head processes (GCS, raylet, the autoscaler monitor, the
 API server, the log monitor) fate-shared with the driver (``PR_SET_PDEATHSIG``), but not
 the raylet's own children: its dashboard agent and runtime-env agent, reparented to
-init when the raylet dies, stay up after a driver killed with SIGKILL (measured: still
-running 5 s later here, and 35 s later in an earlier probe).
+init when the raylet dies, stay up after a driver killed with SIGKILL (seen still
+running seconds later; docs/results-distributed.md, "Measurements behind the code").
 
 :class:`Reaper` runs this file as a small separate process (standard library only, in its
 own session: the terminal's Ctrl-C does not reach it) with the head processes' pids. It

@@ -29,8 +29,8 @@ from learner.cluster.reaper import Reaper
 log = logging.getLogger("impala_frodo")
 
 #: On a local Ray started here, task results up to this size are inlined into the reply
-#: instead of going through the shared-memory object store (measured: +50% env steps/s
-#: for 134 KB Catch unrolls on 2 cores).
+#: instead of going through the shared-memory object store: more env steps/s for unrolls
+#: of Catch's size (docs/results-distributed.md, "Measurements behind the code").
 INLINE_RESULT_BYTES = 4 * 1024 * 1024
 #: The logger of Ray's token authentication set-up.
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -152,7 +152,8 @@ def _shutdown_local() -> None:
 
     ``ray.shutdown`` stops the node's processes one after another, each with SIGTERM and
     up to 1 s to exit. The autoscaler monitor, stopped after the GCS it reports to, takes
-    all of that second (measured: 1.0 s of a 1.1-1.4 s shutdown). A local instance has
+    all of that second, most of the whole shutdown (docs/results-distributed.md,
+    "Measurements behind the code"). A local instance has
     nothing to autoscale and the monitor holds nothing of the run, so it gets SIGKILL
     first; the rest is stopped as before. The run's files are all written and closed by
     then (the learner and its run logger close inside the session). Where Ray's internals

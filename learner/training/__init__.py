@@ -2,11 +2,14 @@
 
 - :mod:`~learner.training.learner`: :class:`Learner`, a plain class: updates, logs,
   checkpoints, publishes weights.
+- :mod:`~learner.training.books`: its books, the one owner of the run's counters, the
+  history, the return window and the log and checkpoint cadence.
 - :mod:`~learner.training.group`: N data-parallel learner processes on Ray.
 - :mod:`~learner.training.meta_actor`: the async meta-learner as a Ray actor.
 - :mod:`~learner.training.loop`: the distributed training loop and its stall watchdog.
 - :mod:`~learner.training.sync`: the synchronous single-process trainer.
-- :mod:`~learner.training.result`: stop reasons, each with its exit code, and results.
+- :mod:`~learner.training.result`: stop reasons, each with its exit code, and results
+  (made from the books by ``TrainResult.from_books``).
 
 May import ``learner.control``, ``learner.cluster``, ``actors`` and ``impala_frodo``.
 """

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 import torch
@@ -35,9 +35,10 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import Tensor
 
-from impala_frodo.config.schema import Config
+from impala_frodo.config.sections import RunConfig
 from impala_frodo.rule.batch import Batch
 from impala_frodo.rule.data_parallel import AllReduceGradients
+from impala_frodo.rule.metagrad import GradientReducer
 from impala_frodo.rule.updater import NonFiniteLossError, Updater
 from impala_frodo.utils import first_line, seed_everything
 
@@ -47,6 +48,14 @@ PLACEMENT_STRATEGIES: Mapping[str, str] = {
     "spread": "SPREAD",
     "strict-spread": "STRICT_SPREAD",
 }
+
+
+class UpdaterFactory(Protocol):
+    """Builds one learner's updater on its device with its gradient reducer, e.g.
+    ``functools.partial(Updater, cfg, obs_shape, num_actions)``. Every rank's process calls
+    it, so it must pickle (a module-level class or function, or a partial of one)."""
+
+    def __call__(self, *, device: torch.device, reducer: GradientReducer) -> Updater: ...
 
 
 class LearnerFailure(RuntimeError):
@@ -67,23 +76,25 @@ class RankResult:
 
 class RankLearner:
     """One of N data-parallel learners: a plain class, a Ray actor in :class:`LearnerGroup`.
-    :meth:`join` makes the process group and the updater."""
+    :meth:`join` makes the process group and the updater (``make_updater``'s, seeded with
+    ``seed`` on every rank); torch runs on ``threads`` threads."""
 
     def __init__(
         self,
-        cfg: Config,
-        obs_shape: Sequence[int],
-        num_actions: int,
+        make_updater: UpdaterFactory,
         rank: int,
         world_size: int,
         device: str,
+        *,
+        seed: int,
+        threads: int,
     ) -> None:
-        self.cfg, self.obs_shape, self.num_actions = cfg, tuple(obs_shape), num_actions
+        self.make_updater, self.seed = make_updater, seed
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.updater: Updater | None = None
         self.reducer: AllReduceGradients | None = None
-        torch.set_num_threads(max(1, int(cfg.run.learner_num_cpus)))
+        torch.set_num_threads(threads)
 
     @staticmethod
     def rendezvous_address() -> str:
@@ -109,11 +120,9 @@ class RankLearner:
             world_size=self.world_size,
             timeout=timedelta(seconds=timeout_s),
         )
-        seed_everything(self.cfg.run.seed)
+        seed_everything(self.seed)
         self.reducer = AllReduceGradients()
-        self.updater = Updater(
-            self.cfg, self.obs_shape, self.num_actions, device=self.device, reducer=self.reducer
-        )
+        self.updater = self.make_updater(device=self.device, reducer=self.reducer)
         self._broadcast_from_rank_0()
 
     def _broadcast_from_rank_0(self) -> None:
@@ -179,23 +188,21 @@ class LearnerGroup:
     It offers what :class:`~learner.training.learner.Learner` uses of an ``Updater``: ``update``,
     the counts, ``acting_params``, ``values``, ``last_target``, ``params`` (shapes) and
     the state dict, all of rank 0 (the ranks agree), and ``perf/*`` timings of the ranks.
+
+    ``run``: the learners' number, CPUs, placement, seed and deadline; ``make_updater``:
+    each rank's updater.
     """
 
     def __init__(
-        self,
-        cfg: Config,
-        obs_shape: Sequence[int],
-        num_actions: int,
-        *,
-        use_gpus: bool = False,
+        self, run: RunConfig, make_updater: UpdaterFactory, *, use_gpus: bool = False
     ) -> None:
-        self.size = cfg.run.num_learners
-        self.timeout_s = cfg.run.progress_timeout_s
+        self.size = run.num_learners
+        self.timeout_s = run.progress_timeout_s
         gpus = 1 if use_gpus else 0
-        bundle = {"CPU": cfg.run.learner_num_cpus} | ({"GPU": gpus} if gpus else {})
+        bundle = {"CPU": run.learner_num_cpus} | ({"GPU": gpus} if gpus else {})
         self.placement = placement_group(
             [dict(bundle) for _ in range(self.size)],
-            strategy=PLACEMENT_STRATEGIES[cfg.run.learner_placement],
+            strategy=PLACEMENT_STRATEGIES[run.learner_placement],
         )
         self.ranks: list[Any] = []
         self.num_updates = 0
@@ -206,13 +213,20 @@ class LearnerGroup:
             remote = ray.remote(RankLearner)
             self.ranks = [
                 remote.options(
-                    num_cpus=cfg.run.learner_num_cpus,
+                    num_cpus=run.learner_num_cpus,
                     num_gpus=gpus,
                     max_restarts=0,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(
                         self.placement, placement_group_bundle_index=rank
                     ),
-                ).remote(cfg, obs_shape, num_actions, rank, self.size, "cuda" if gpus else "cpu")
+                ).remote(
+                    make_updater,
+                    rank,
+                    self.size,
+                    "cuda" if gpus else "cpu",
+                    seed=run.seed,
+                    threads=max(1, int(run.learner_num_cpus)),
+                )
                 for rank in range(self.size)
             ]
             address = self._get(self.ranks[0].rendezvous_address.remote(), "the rendezvous")

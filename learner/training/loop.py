@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from impala_frodo.acting.trajectory import Trajectory
-from impala_frodo.config.schema import Config
 from impala_frodo.records.intervals import ScalarMeans
 from impala_frodo.records.runlog import StorageError
 from learner.cluster.actor_pool import ActorPool, TrainingError
@@ -55,9 +54,9 @@ class StallWatchdog:
     The time measured is since the last unroll *finished*, as far as the driver can
     tell, not since it was taken: an unroll that was already waiting when the learner
     looked finished before that look, at the latest after the previous one
-    (:meth:`looked`). So a driver blocked in a Ray call (13 s when the local raylet
-    was SIGKILLed) that then takes the unrolls finished before the block does not
-    restart the deadline.
+    (:meth:`looked`). So a driver blocked in a Ray call (for seconds when the local
+    raylet was SIGKILLed; docs/results-distributed.md, "Measurements behind the code")
+    that then takes the unrolls finished before the block does not restart the deadline.
     """
 
     def __init__(
@@ -118,28 +117,32 @@ class _WaitShare:
 
 
 class TrainingLoop:
-    """Take batches from the pool, update the learner, publish weights, refill, log."""
+    """Take batches from the pool, update the learner, publish weights, refill, log.
+
+    An update takes ``trajectories_per_update`` actor batches (``run.batches_per_update``
+    per learner); ``progress_timeout_s`` bounds the wait for one (:class:`StallWatchdog`).
+    """
 
     def __init__(
         self,
-        cfg: Config,
         learner: Learner,
         pool: ActorPool,
         stop: StopSignal,
         progress: Progress,
         *,
+        trajectories_per_update: int,
+        progress_timeout_s: float,
         stop_at_return: float | None = None,
         callback: LoopCallback | None = None,
     ) -> None:
-        self.cfg = cfg
         self.learner = learner
         self.pool = pool
         self.stop = stop
         self.progress = progress
         self.stop_at_return = stop_at_return
         self.callback = callback
-        #: The run's actor failures before this session (the pool counts this session's).
-        self.earlier_failures = learner.counters.actor_failures
+        self.trajectories_per_update = trajectories_per_update
+        self.progress_timeout_s = progress_timeout_s
         self._context = LoopContext(learner, pool, stop)
         self._queue_sizes = ScalarMeans()
         self._pending: list[Trajectory] = []
@@ -149,8 +152,8 @@ class TrainingLoop:
         """Loop until the budget, the return target or a stop request; returns which."""
         self.pool.publish(*self.learner.behaviour_weights())
         self.pool.fill()
-        waits, watchdog = _WaitShare(), StallWatchdog(self.cfg.run.progress_timeout_s)
-        while not self.learner.done:
+        waits, watchdog = _WaitShare(), StallWatchdog(self.progress_timeout_s)
+        while not self.learner.books.done:
             if self.stop.requested:
                 return StopReason.SIGNAL
             got, queued = self._take(waits)
@@ -164,14 +167,15 @@ class TrainingLoop:
                 continue
             if not self._flowing:
                 self._flowing = True
-                self.learner.restart_intervals()  # actor start-up is not in the first interval
+                # Actor start-up is not in the first log interval.
+                self.learner.books.restart_intervals()
                 waits.restart()
             self._pending.extend(got)
-            if len(self._pending) < self.cfg.run.trajectories_per_update:
+            if len(self._pending) < self.trajectories_per_update:
                 self.pool.fill()  # keep the actors we took from busy while we wait for the rest
                 continue
             self._update(waits)
-            if self.stop_at_return is not None and self.learner.solved(self.stop_at_return):
+            if self.stop_at_return is not None and self.learner.books.solved(self.stop_at_return):
                 return StopReason.RETURN
         return StopReason.BUDGET
 
@@ -179,10 +183,10 @@ class TrainingLoop:
         """The unrolls finished within one wait slice (up to what the next update needs),
         and how many were finished before the wait (the queue size)."""
         start = time.monotonic()
-        wanted = self.cfg.run.trajectories_per_update - len(self._pending)
+        wanted = self.trajectories_per_update - len(self._pending)
         got, queued = self.pool.take(wanted, timeout=WAIT_SLICE_S)
         waits.add(time.monotonic() - start)
-        self.learner.counters.actor_failures = self.earlier_failures + self.pool.failures
+        self.learner.books.count_actor_failures(self.pool.failures)
         if got:
             self._queue_sizes.add({"perf/queue_size": queued})
         return got, queued
@@ -194,8 +198,8 @@ class TrainingLoop:
         if self.learner.publish_due():
             self.pool.publish(*self.learner.behaviour_weights())
         self.pool.fill()
-        self.progress.update(self.learner.counters.env_steps)
-        if self.learner.log_due():
+        self.progress.update(self.learner.books.counters.env_steps)
+        if self.learner.books.log_due():
             scalars = self._queue_sizes.drain() | pool_scalars(self.pool)
             scalars["perf/learner_wait_frac"] = waits.take()
             self.progress.show(self.learner.log(scalars))
@@ -220,88 +224,89 @@ def pool_scalars(pool: ActorPool) -> dict[str, float]:
     }
 
 
-def run_session(
-    cfg: Config,
-    learner: Learner,
-    pool: ActorPool,
-    run_dir: Path,
-    stop: StopSignal,
-    progress: Progress,
-    *,
-    stop_at_return: float | None = None,
-    callback: LoopCallback | None = None,
-) -> TrainResult:
-    """Run the loop, then save the final record and checkpoint where that is safe.
+def run_session(loop: TrainingLoop, run_dir: Path) -> TrainResult:
+    """Run ``loop``, then save the final record and checkpoint where that is safe.
 
     Whatever ends the loop, the pool is shut down and the progress display closed; an
     exception of :data:`~learner.training.result.FAILURES` becomes the result's stop reason and
     message (and decides whether a final checkpoint is saved).
     """
-    result = TrainResult(
-        run_dir=run_dir, budget=cfg.run.total_env_steps, returns_window=cfg.run.returns_window
-    )
-    start_steps, start = learner.counters.env_steps, time.monotonic()
-    resumed = learner.counters.resumes > 0
-    loop = TrainingLoop(
-        cfg, learner, pool, stop, progress, stop_at_return=stop_at_return, callback=callback
-    )
+    learner, pool, books = loop.learner, loop.pool, loop.learner.books
+    start, ending = time.monotonic(), _Ending()
     try:
-        save_on_exit = _run_loop(loop, result)
-        if stop.requested:
-            result.reason = StopReason.SIGNAL
+        save_on_exit = _run_loop(loop, ending)
+        if loop.stop.requested:
+            ending.reason = StopReason.SIGNAL
         # A resumed session that added no steps (e.g. a budget already reached) saves
         # nothing: a copy of latest.pt would only push the older previous.pt out.
-        save_on_exit = save_on_exit and (learner.counters.env_steps > start_steps or not resumed)
+        save_on_exit = save_on_exit and (books.session_env_steps > 0 or books.counters.resumes == 0)
         if save_on_exit:
-            save_on_exit = _log_last_steps(result, learner, pool)
+            save_on_exit = _log_last_steps(ending, learner, pool)
     finally:
-        progress.close(learner.last_record)  # the bar ends on the summary's numbers
+        loop.progress.close(learner.last_record)  # the bar ends on the summary's numbers
     if save_on_exit:
-        _save_final_checkpoint(result, learner)
-    _count(result, learner, pool, start_steps, time.monotonic() - start)
-    return result
+        _save_final_checkpoint(ending, learner)
+    return TrainResult.from_books(
+        books,
+        ending.reason,
+        run_dir=run_dir,
+        wall_s=time.monotonic() - start,
+        unrolls=pool.unroll_counts(),
+        message=ending.message,
+        last_log=ending.last_log,
+    )
 
 
-def _run_loop(loop: TrainingLoop, result: TrainResult) -> bool:
-    """Run ``loop`` into ``result``; returns whether the final checkpoint may be saved."""
+@dataclass
+class _Ending:
+    """How a session ends, as it is decided: why, the message, and the record the final
+    checkpoint holds (if one is saved)."""
+
+    reason: StopReason = StopReason.BUDGET
+    message: str = ""
+    last_log: dict[str, float] = field(default_factory=dict)
+
+
+def _run_loop(loop: TrainingLoop, ending: _Ending) -> bool:
+    """Run ``loop``; returns whether the final checkpoint may be saved."""
     try:
-        result.reason = loop.run()
+        ending.reason = loop.run()
         return True
     except tuple(FAILURES) as error:
         failure = failure_of(error)
-        result.reason = failure.reason
-        result.message = failure.message.format(error=error, last_good=_last_good(loop.learner))
-        log.error(failure.log_line.format(message=result.message))
+        ending.reason = failure.reason
+        ending.message = failure.message.format(error=error, last_good=_last_good(loop.learner))
+        log.error(failure.log_line.format(message=ending.message))
         return failure.final_checkpoint
     finally:
         loop.pool.shutdown()
 
 
-def _log_last_steps(result: TrainResult, learner: Learner, pool: ActorPool) -> bool:
+def _log_last_steps(ending: _Ending, learner: Learner, pool: ActorPool) -> bool:
     """A last log record for steps not logged yet; returns False if the disk refused it."""
-    if not learner.has_unlogged_steps():  # one record per env-step count
+    if not learner.books.has_unlogged_steps():  # one record per env-step count
         return True
     try:
         learner.log(pool_scalars(pool))
     except StorageError as error:
-        _final_save_failed(result, learner, error)
+        _final_save_failed(ending, learner, error)
         return False
     return True
 
 
-def _save_final_checkpoint(result: TrainResult, learner: Learner) -> None:
+def _save_final_checkpoint(ending: _Ending, learner: Learner) -> None:
     try:
-        result.last_log = learner.last_record
+        ending.last_log = learner.last_record
         path = learner.checkpoint()
         log.info("final checkpoint: %s", path)
     except StorageError as error:
-        _final_save_failed(result, learner, error)
+        _final_save_failed(ending, learner, error)
 
 
-def _final_save_failed(result: TrainResult, learner: Learner, error: StorageError) -> None:
-    result.reason = StopReason.DISK
-    result.message = f"the final checkpoint failed: {error}; {_last_good(learner)}"
-    log.error(result.message)
+def _final_save_failed(ending: _Ending, learner: Learner, error: StorageError) -> None:
+    ending.reason = StopReason.DISK
+    ending.message = f"the final checkpoint failed: {error}; {_last_good(learner)}"
+    log.error(ending.message)
 
 
 def _last_good(learner: Learner) -> str:
@@ -310,23 +315,3 @@ def _last_good(learner: Learner) -> str:
     if manager is not None and manager.exists():
         return f"the last good checkpoint is kept at {manager.latest}"
     return "no checkpoint had been saved yet"
-
-
-def _count(
-    result: TrainResult, learner: Learner, pool: ActorPool, start_steps: int, wall_s: float
-) -> None:
-    """The run's counters, and this session's steps, time and unroll calls, into ``result``."""
-    counters = learner.counters
-    result.env_steps, result.updates = counters.env_steps, counters.updates
-    result.episodes = counters.episodes
-    result.mean_return = learner.mean_return()
-    result.session_env_steps = counters.env_steps - start_steps
-    result.session_wall_s = wall_s
-    result.actor_failures = counters.actor_failures
-    result.history = learner.history
-    result.unrolls = {
-        "submitted": pool.submitted,
-        "collected": pool.collected,
-        "lost": pool.lost_unrolls,
-        "abandoned": pool.abandoned,
-    }

@@ -9,6 +9,7 @@ console's summary line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,8 +19,8 @@ from impala_frodo.rule.meta_learner import MetaLearnerError
 from impala_frodo.rule.updater import NonFiniteLossError
 from learner.cluster.actor_pool import TrainingError
 from learner.control.exit_codes import ExitCode
+from learner.training.books import Books, History
 from learner.training.group import LearnerFailure
-from learner.training.learner import History
 
 
 class StopReason(StrEnum):
@@ -86,7 +87,7 @@ class TrainResult:
     """A session's outcome: why it stopped, the run's counters, and this session's share.
 
     Both trainers return one (the distributed :func:`~learner.app.driver.train` and the
-    synchronous :func:`~learner.training.sync.train_sync`).
+    synchronous :func:`~learner.training.sync.train_sync`), made by :meth:`from_books`.
     """
 
     run_dir: Path | None  # None: a synchronous run that wrote no run directory
@@ -105,6 +106,40 @@ class TrainResult:
     budget: int = 0  # run.total_env_steps
     returns_window: int = 0  # run.returns_window: episodes in mean_return
     history: History = field(default_factory=History)  # this session's episodes and errors
+
+    @classmethod
+    def from_books(
+        cls,
+        books: Books,
+        reason: StopReason,
+        *,
+        run_dir: Path | None,
+        wall_s: float = 0.0,
+        unrolls: Mapping[str, int] | None = None,
+        message: str = "",
+        last_log: Mapping[str, float] | None = None,
+    ) -> TrainResult:
+        """The result of a session that ended for ``reason``, its numbers from the learner's
+        ``books``: ``wall_s``, the session's seconds; ``unrolls``, its unroll calls;
+        ``last_log``, the record the final checkpoint holds (none if none was saved)."""
+        counters = books.counters
+        return cls(
+            run_dir=run_dir,
+            reason=reason,
+            env_steps=counters.env_steps,
+            updates=counters.updates,
+            episodes=counters.episodes,
+            mean_return=books.mean_return(),
+            session_env_steps=books.session_env_steps,
+            session_wall_s=wall_s,
+            actor_failures=counters.actor_failures,
+            unrolls=dict(unrolls or {}),
+            message=message,
+            last_log=dict(last_log or {}),
+            budget=books.budget,
+            returns_window=books.returns_window,
+            history=books.history,
+        )
 
     @property
     def exit_code(self) -> ExitCode:

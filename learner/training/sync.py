@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from actors.rollout import RolloutActor, env_spec
+from actors.rollout import RolloutActor, RolloutSpec, env_spec
 from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config
 from impala_frodo.networks.weights import param_layout
@@ -62,7 +62,7 @@ def train_sync(
         state_observations=spec.state_observations,
     )
     actor = RolloutActor(
-        dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, envs_per_actor=cfg.run.num_envs)),
+        RolloutSpec.from_config(cfg, num_envs=cfg.run.num_envs),
         param_layout(learner.updater.params),
         seed=cfg.run.seed,
     )
@@ -72,12 +72,20 @@ def train_sync(
     start = time.perf_counter()
     try:
         reason = _loop(learner, actor, stop_at_return, on_update)
-        if learner.has_unlogged_steps():
+        if learner.books.has_unlogged_steps():
             learner.log()
     finally:
         actor.close()
         learner.close()
-    return _result(cfg, learner, reason, Path(run_dir) if run_dir else None, start)
+    trajectories = learner.books.counters.trajectories  # every unroll asked for was trained on
+    return TrainResult.from_books(
+        learner.books,
+        reason,
+        run_dir=Path(run_dir) if run_dir else None,
+        wall_s=time.perf_counter() - start,
+        unrolls={"submitted": trajectories, "collected": trajectories, "lost": 0},
+        last_log=learner.last_record,
+    )
 
 
 def _loop(
@@ -87,12 +95,12 @@ def _loop(
     on_update: UpdateCallback | None,
 ) -> StopReason:
     """Act, learn, publish; returns why it stopped (the budget, or the return reached)."""
-    while not learner.done:
+    while not learner.books.done:
         metrics = learner.update([actor.unroll(*learner.behaviour_weights())])
         learner.maybe_log()
         if on_update is not None:
             on_update(learner, metrics)
-        if stop_at_return is not None and learner.solved(stop_at_return):
+        if stop_at_return is not None and learner.books.solved(stop_at_return):
             return StopReason.RETURN
     return StopReason.BUDGET
 
@@ -105,24 +113,3 @@ def _record_every(cfg: Config, num_records: int) -> Config:
         cfg.run, log_every_updates=max(updates // num_records, 1), log_every_s=1e9
     )
     return dataclasses.replace(cfg, run=run)
-
-
-def _result(
-    cfg: Config, learner: Learner, reason: StopReason, run_dir: Path | None, start: float
-) -> TrainResult:
-    c = learner.counters
-    return TrainResult(
-        run_dir=run_dir,
-        reason=reason,
-        env_steps=c.env_steps,
-        updates=c.updates,
-        episodes=c.episodes,
-        mean_return=learner.mean_return(),
-        session_env_steps=c.env_steps,
-        session_wall_s=time.perf_counter() - start,
-        unrolls={"submitted": c.trajectories, "collected": c.trajectories, "lost": 0},
-        last_log=learner.last_record,
-        budget=cfg.run.total_env_steps,
-        returns_window=cfg.run.returns_window,
-        history=learner.history,
-    )
