@@ -305,7 +305,7 @@ def test_a_signal_saves_a_final_checkpoint_and_exits_cleanly(tmp_path, signum):
 
 
 # ------------------------------------------------------------------ learning
-def _solve(tmp_path: Path, algo: str, budget: int, callback=None, **overrides):
+def _solve(tmp_path: Path, algo: str, budget: int, callback=None):
     cfg = set_dotted(
         Config(),
         {
@@ -314,14 +314,13 @@ def _solve(tmp_path: Path, algo: str, budget: int, callback=None, **overrides):
             "run.num_actors": 2,
             "run.envs_per_actor": 32,
             "run.logdir": str(tmp_path / "runs"),
-        }
-        | overrides,
+        },
     )
     assert cfg.env.id == "impala_frodo/Catch-v0" and cfg.env.kwargs == {}  # bsuite's 10 x 5
     return train(cfg, options(stop_at_return=0.8, callback=callback))
 
 
-def _solve_and_read_eta(tmp_path: Path, budget: int, **overrides):
+def _solve_and_read_eta(tmp_path: Path, budget: int):
     """A FRODO run to return 0.8, and :func:`tests.meta_checks.dead_meta_signs` of what it
     wrote: eta before its first meta step (read after the first update) and in the final
     checkpoint, meta/grad_norm of every record, meta/target_minus_return_rms of the last."""
@@ -333,7 +332,7 @@ def _solve_and_read_eta(tmp_path: Path, budget: int, **overrides):
             assert updater.num_meta_updates == 0, "the first update came after a meta step"
             eta_before.update({k: v.detach().clone() for k, v in updater.eta.items()})
 
-    result = _solve(tmp_path, "frodo", budget, callback=keep_first_eta, **overrides)
+    result = _solve(tmp_path, "frodo", budget, callback=keep_first_eta)
     state = load_checkpoint(result.run_dir / "checkpoints" / "latest.pt")
     assert state["counters"]["env_steps"] == result.env_steps  # the final checkpoint
     assert state["updater"]["num_meta_updates"] > 0
