@@ -359,28 +359,63 @@ def test_unknown_game_or_missing_extra_is_exit_2_with_one_line(monkeypatch, caps
 @pytest.mark.ray
 def test_pong_through_the_ray_actor_learner_writes_records(ray_local, tmp_path):
     """A few thousand env steps of IMPALA on Pong: 2 actors x 4 envs, the ResNet learner and
-    numpy acting; episodes capped at 400 frames so that some end (and bootstrap)."""
+    torch acting (``run.actor_inference = "auto"``); episodes capped at 400 frames so that
+    they end (as truncations, which bootstrap).
+
+    The cap is the only way a Pong episode ends this early (game over takes 21 points), so
+    every episode lasts exactly 400 / 4 = 100 agent steps and each env ends one every 100
+    of its steps; its return is a whole score (a point is +1 or -1). The run reports those
+    episodes: in its result, its mean and its metrics.jsonl records."""
     from learner.app.driver import TrainOptions, train
 
+    frameskip, cap_frames, envs_per_actor, unroll_length = 4, 400, 4, 20
     cfg = set_dotted(
         load_preset("atari-pong-impala"),
         {
             "run.num_actors": 2,
-            "run.envs_per_actor": 4,
-            "run.unroll_length": 20,
+            "run.envs_per_actor": envs_per_actor,
+            "run.unroll_length": unroll_length,
             "run.total_env_steps": 1_600,
             "run.queue_size": 4,
             "run.logdir": str(tmp_path / "runs"),
             "run.log_every_updates": 5,
         },
     )
-    cfg = set_dotted(cfg, {"env.kwargs": {**cfg.env.kwargs, "max_episode_frames": 400}})
-    result = train(cfg, TrainOptions(progress=False, handle_signals=False))
-    assert result.exit_code == ExitCode.OK and result.env_steps >= 1_600
-    assert result.episodes >= 8 and -21 <= result.mean_return <= 21
+    cfg = set_dotted(cfg, {"env.kwargs": {**cfg.env.kwargs, "max_episode_frames": cap_frames}})
+    assert cfg.env.kwargs["frameskip"] == frameskip
+    unrolls_by_actor = {}
+    result = train(
+        cfg,
+        TrainOptions(
+            progress=False,
+            handle_signals=False,
+            callback=lambda ctx: unrolls_by_actor.update(ctx.learner.trajectories_by_actor),
+        ),
+    )
+    assert result.exit_code == ExitCode.OK and result.reason == "budget"
+    steps_per_unroll = envs_per_actor * unroll_length
+    assert result.env_steps == 1_600 == result.updates * steps_per_unroll  # one unroll an update
+
+    episode_steps = cap_frames // frameskip
+    returns, lengths = result.history.episode_returns, result.history.episode_lengths
+    assert lengths == [episode_steps] * result.episodes
+    assert sum(unrolls_by_actor.values()) == result.updates
+    assert result.episodes == sum(
+        envs_per_actor * (n * unroll_length // episode_steps) for n in unrolls_by_actor.values()
+    ), unrolls_by_actor
+    assert all(r == int(r) and -21 <= r <= 21 for r in returns), returns
+    assert result.mean_return == pytest.approx(np.mean(returns[-cfg.run.returns_window :]))
+
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
-    assert len(records) >= 2 and all(np.isfinite(r["loss/policy"]) for r in records)
-    assert any("episode/return" in r for r in records)
+    assert len(records) >= 2 and records[-1]["env_steps"] == result.env_steps
+    assert all(np.isfinite(r["loss/policy"]) and np.isfinite(r["loss/value"]) for r in records)
+    ended = [r for r in records if r["episode/count"] > 0]
+    assert sum(r["episode/count"] for r in ended) == result.episodes
+    assert sum(r["episode/return"] * r["episode/count"] for r in ended) == pytest.approx(
+        sum(returns)
+    )
+    assert all(r["episode/length"] == episode_steps for r in ended)
+    assert records[-1]["episode/return_window"] == pytest.approx(result.mean_return)
 
 
 # ------------------------------------------------------------------ summaries

@@ -24,6 +24,7 @@ from impala_frodo.records.runlog import read_metrics
 from learner.app.driver import TrainOptions, train
 from learner.cluster.actor_pool import ActorPool, _Slot
 from learner.control.exit_codes import ExitCode
+from tests.meta_checks import dead_meta_signs
 
 pytestmark = pytest.mark.ray
 
@@ -304,7 +305,7 @@ def test_a_signal_saves_a_final_checkpoint_and_exits_cleanly(tmp_path, signum):
 
 
 # ------------------------------------------------------------------ learning
-def _solve(tmp_path: Path, algo: str, budget: int):
+def _solve(tmp_path: Path, algo: str, budget: int, callback=None):
     cfg = set_dotted(
         Config(),
         {
@@ -316,7 +317,30 @@ def _solve(tmp_path: Path, algo: str, budget: int):
         },
     )
     assert cfg.env.id == "impala_frodo/Catch-v0" and cfg.env.kwargs == {}  # bsuite's 10 x 5
-    return train(cfg, options(stop_at_return=0.8))
+    return train(cfg, options(stop_at_return=0.8, callback=callback))
+
+
+def _solve_and_read_eta(tmp_path: Path, budget: int):
+    """A FRODO run to return 0.8, and :func:`tests.meta_checks.dead_meta_signs` of what it
+    wrote: eta before its first meta step (read after the first update) and in the final
+    checkpoint, meta/grad_norm of every record, meta/target_minus_return_rms of the last."""
+    eta_before = {}
+
+    def keep_first_eta(ctx) -> None:
+        if not eta_before:
+            updater = ctx.learner.updater
+            assert updater.num_meta_updates == 0, "the first update came after a meta step"
+            eta_before.update({k: v.detach().clone() for k, v in updater.eta.items()})
+
+    result = _solve(tmp_path, "frodo", budget, callback=keep_first_eta)
+    state = load_checkpoint(result.run_dir / "checkpoints" / "latest.pt")
+    assert state["counters"]["env_steps"] == result.env_steps  # the final checkpoint
+    assert state["updater"]["num_meta_updates"] > 0
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    grad_norms = [r["meta/grad_norm"] for r in records if "meta/grad_norm" in r]
+    final_rms = records[-1]["meta/target_minus_return_rms"]
+    signs = dead_meta_signs(eta_before, state["updater"]["meta_net"], grad_norms, final_rms)
+    return result, signs
 
 
 @pytest.mark.slow
@@ -327,7 +351,13 @@ def test_distributed_impala_solves_catch_within_100k_steps(ray_local, tmp_path):
 
 
 @pytest.mark.slow
-def test_distributed_frodo_solves_catch_within_500k_steps(ray_local, tmp_path):
-    result = _solve(tmp_path, "frodo", 500_000)
+def test_distributed_frodo_solves_catch_within_500k_steps_and_learns_its_target(
+    ray_local, tmp_path
+):
+    """Solved, and eta moved, the meta-gradient was never 0 and the learned target ended
+    away from the V-trace target (tests/test_learning.py shows these checks fail with a
+    dead meta-gradient)."""
+    result, signs = _solve_and_read_eta(tmp_path, 500_000)
     assert result.reason == "return", f"mean return {result.mean_return} after 500k steps"
     assert result.mean_return >= 0.8 and result.env_steps <= 500_000
+    assert not signs, f"a dead meta-gradient: {signs}"

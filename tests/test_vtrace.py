@@ -95,19 +95,49 @@ def test_on_policy_equals_n_step_return():
     np.testing.assert_allclose(got.vs.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_gradients_flow_through_lambda_and_discounts():
-    """No torch.no_grad inside: MGRL differentiates the targets w.r.t. gamma and lambda."""
+def test_gradients_through_gamma_and_lambda_match_finite_differences_of_the_reference():
+    """No torch.no_grad inside: MGRL differentiates the targets w.r.t. gamma and lambda.
+
+    The autograd gradient of a random linear functional of (v_s, A_s) against a float64
+    central difference of the brute-force reference (a polynomial in gamma and lambda: the
+    difference's error is O(h^2), far below the tolerance), with clipped importance weights
+    (rho_bar = c_bar = 1) and terminals inside the batch."""
     rng = np.random.default_rng(2)
-    log_rhos, discounts, rewards, values, bootstrap_value = (
-        torch.as_tensor(x) for x in random_inputs(rng)
-    )
-    gamma = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
-    lambda_ = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    log_rhos, discounts, rewards, values, bootstrap_value = random_inputs(rng)
+    nonterminal = (discounts > 0).astype(np.float64)
+    assert (np.exp(log_rhos) > 1).any() and not nonterminal.all()  # clipping and terminals
+    weights_vs, weights_pg = rng.normal(size=(2, *log_rhos.shape))
+
+    def objective(gamma: float, lambda_: float) -> float:
+        vs, pg = reference_vtrace(
+            log_rhos, gamma * nonterminal, rewards, values, bootstrap_value, 1.0, 1.0, 1.0, lambda_
+        )
+        return float((weights_vs * vs).sum() + (weights_pg * pg).sum())
+
+    gamma0, lambda0, h = 0.9, 0.8, 1e-6
+    gamma = torch.tensor(gamma0, dtype=torch.float64, requires_grad=True)
+    lambda_ = torch.tensor(lambda0, dtype=torch.float64, requires_grad=True)
+    as_tensor = torch.as_tensor
     out = vtrace.from_importance_weights(
-        log_rhos, gamma * (discounts > 0), rewards, values, bootstrap_value, lambda_=lambda_
+        as_tensor(log_rhos),
+        gamma * as_tensor(nonterminal),
+        as_tensor(rewards),
+        as_tensor(values),
+        as_tensor(bootstrap_value),
+        clip_rho_threshold=1.0,
+        clip_pg_rho_threshold=1.0,
+        clip_c_threshold=1.0,
+        lambda_=lambda_,
     )
-    g_gamma, g_lambda = torch.autograd.grad(out.vs.sum(), [gamma, lambda_])
-    assert g_gamma.abs() > 0 and g_lambda.abs() > 0
+    got = (as_tensor(weights_vs) * out.vs).sum() + (as_tensor(weights_pg) * out.pg_advantages).sum()
+    assert got.item() == pytest.approx(objective(gamma0, lambda0), rel=1e-12)
+    g_gamma, g_lambda = torch.autograd.grad(got, [gamma, lambda_])
+
+    fd_gamma = (objective(gamma0 + h, lambda0) - objective(gamma0 - h, lambda0)) / (2 * h)
+    fd_lambda = (objective(gamma0, lambda0 + h) - objective(gamma0, lambda0 - h)) / (2 * h)
+    assert abs(fd_gamma) > 0.1 and abs(fd_lambda) > 0.1, (fd_gamma, fd_lambda)
+    assert g_gamma.item() == pytest.approx(fd_gamma, rel=1e-7, abs=1e-9)
+    assert g_lambda.item() == pytest.approx(fd_lambda, rel=1e-7, abs=1e-9)
 
 
 @pytest.mark.parametrize(
