@@ -275,7 +275,7 @@ def test_bare_command_prints_help_and_trains_nothing(capsys, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     assert main([]) == ExitCode.OK
     out = capsys.readouterr().out
-    assert out.startswith("usage: impala-frodo") and "{train,sweep,plot,presets}" in out
+    assert out.startswith("usage: impala-frodo") and "{train,eval,sweep,plot,presets}" in out
     assert list(tmp_path.iterdir()) == []  # no runs/ directory: nothing started
 
 

@@ -23,11 +23,12 @@ from impala_frodo.records.runlog import CONFIG_FILE, read_config
 from impala_frodo.reports.plotting import FORMATS as FIGURE_FORMATS
 from impala_frodo.utils import path_too_long, resolve_device, shorten
 from learner.app.env_check import check_env
+from learner.app.evaluate import add_eval_parser
 from learner.control.exit_codes import EXIT_CODES_HELP
 from learner.control.progress import Mode
 
 PROG = "impala-frodo"
-SUBCOMMANDS = ("train", "sweep", "plot", "presets")
+SUBCOMMANDS = ("train", "eval", "sweep", "plot", "presets")
 
 #: Flags that set one config field: (flag, dotted key, type, help).
 FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
@@ -112,15 +113,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    """The ``impala-frodo`` parser: ``train``, ``sweep``, ``plot`` and ``presets``."""
+    """The ``impala-frodo`` parser: ``train``, ``eval``, ``sweep``, ``plot`` and ``presets``."""
     parser = OneLineErrorParser(
         prog=prog,
         description="FRODO meta-gradient RL on an IMPALA-style Ray actor-learner.",
         epilog="With options but no subcommand, the options are those of 'train'. "
         f"'{prog} COMMAND --help' tells more.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,sweep,plot,presets}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sweep,plot,presets}")
     _add_train_parser(sub)
+    add_eval_parser(sub)
     _add_sweep_parser(sub)
     _add_plot_parser(sub)
     sub.add_parser("presets", help="list the presets")
@@ -341,6 +343,9 @@ PATH_OPTIONS = (
     ("--out", "out"),
     ("--plot", "plot"),
     ("DIR", "run_dirs"),
+    ("RUN_DIR", "run_dir"),
+    ("--checkpoint", "checkpoint"),
+    ("--video", "video"),
 )
 
 

@@ -8,6 +8,7 @@ Usage::
     impala-frodo train --config my.toml --set meta.lr=3e-3 --set run.queue_size=4
     impala-frodo train --resume runs/frodo-catch-s0-20250101-120000 --total-env-steps 1000000
     impala-frodo presets
+    impala-frodo eval runs/frodo-catch-s0-20250101-120000 --episodes 50 --video catch.gif
     impala-frodo sweep --preset catch-frodo --preset catch-impala --seeds 10 --plot fig3.png
     impala-frodo sweep --distributed --preset catch-frodo --seeds 10  # seeds via the actor-learner
     impala-frodo plot runs/sweep-catch-frodo-* runs/sweep-catch-impala-* --out fig3.png
@@ -47,6 +48,7 @@ from learner.app.args import (
     progress_mode,
     resume_paths,
 )
+from learner.app.evaluate import cmd_eval
 from learner.app.log_handler import setup_logging
 from learner.control.exit_codes import ExitCode
 
@@ -106,6 +108,8 @@ def _run_command(args: argparse.Namespace) -> int:
         return cmd_sweep(args)
     if args.command == "plot":
         return cmd_plot(args)
+    if args.command == "eval":
+        return cmd_eval(args)
     return cmd_train(args)
 
 
