@@ -27,6 +27,7 @@ from impala_frodo.config.checks import (
 from impala_frodo.config.sections import (
     AgentConfig,
     EnvConfig,
+    EvalConfig,
     LossConfig,
     MetaConfig,
     OptimConfig,
@@ -41,6 +42,7 @@ _SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "meta": MetaConfig,
     "run": RunConfig,
+    "eval": EvalConfig,
 }
 
 
@@ -62,9 +64,13 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    #: The preset the run started from ("" for none): what its name and plots call it.
+    preset: str = ""
 
     def __post_init__(self) -> None:
         one_of("algo", self.algo, ALGOS)
+        require(isinstance(self.preset, str), f"preset must be a name, got {self.preset!r}")
         one_of("task", self.task, TASKS)
         require(
             not (self.task == "prediction" and self.algo == "mgrl"),

@@ -1,6 +1,7 @@
 """One directory per run: its config, TensorBoard events, checkpoints and ``metrics.jsonl``.
 
-Layout of ``<logdir>/<algo>-<env>-s<seed>-<YYYYmmdd-HHMMSS>/``::
+Layout of ``<logdir>/<name>-s<seed>-<YYYYmmdd-HHMMSS>/`` (the name: the preset, or the
+algorithm and env, and the settings that make the run distinct; :func:`run_name`)::
 
     config.json        Config.to_dict() of the run (rewritten on resume with the new budget,
                        once the resumed session has saved its first checkpoint)
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.describe import run_stem
 from impala_frodo.config.schema import Config
 from impala_frodo.utils import os_error_reason, write_text_atomic
 
@@ -65,9 +67,11 @@ def env_short_name(env_id: str) -> str:
 
 
 def run_name(cfg: Config, now: float | None = None) -> str:
-    """``<algo>-<env>-s<seed>-<timestamp>``, e.g. ``frodo-catch-s0-20250101-120000``."""
+    """``<preset or algo-env>[-<distinct settings>]-s<seed>-<timestamp>``, e.g.
+    ``catch-frodo-num_learners=2-s0-20250101-120000`` or ``frodo-catch-s0-20250101-120000``
+    (:func:`~impala_frodo.config.describe.run_stem`): TensorBoard's name of the run."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    return f"{cfg.algo}-{env_short_name(cfg.env.id)}-s{cfg.run.seed}-{stamp}"
+    return f"{run_stem(cfg, env_short_name(cfg.env.id))}-s{cfg.run.seed}-{stamp}"
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

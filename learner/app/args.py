@@ -87,11 +87,13 @@ SWEEP_DESCRIPTION = (
 )
 
 PLOT_DESCRIPTION = (
-    "One panel per env (id and kwargs), one curve per preset (a sweep's "
-    "name) or algorithm: the mean over distinct seeds against env steps, with a band of "
-    "+- 1 standard error over seeds (return for control, value RMSE for the random "
-    "walk, reward switches marked). A directory that is not a run directory stands for "
-    "every run below it, sweeps included (e.g. `impala-frodo plot runs --out fig.png`)."
+    "One panel per env (id and kwargs), one curve per setting: runs whose configs differ "
+    "only in seed, budget or logging are seeds of one curve, named by its preset and the "
+    "settings that differ between the curves. A curve is the mean over distinct seeds "
+    "against env steps with a band of +- 1 standard error (return for control, value "
+    "RMSE for the random walk). Prints one line per curve: its label, seeds and final value. "
+    "A run without the metric is left out with a warning. A directory that is not a run "
+    "directory stands for every run below it (e.g. `impala-frodo plot runs --out fig.png`)."
 )
 
 #: ``sweep --seed-timeout`` default: far above a Catch seed (minutes), below forever.
@@ -240,6 +242,9 @@ def _add_plot_parser(sub: Any) -> None:
     )
     plot.add_argument("--dpi", type=float, default=110.0, help="resolution (default 110)")
     plot.add_argument("--metric", help="metrics.jsonl key (default by task)")
+    plot.add_argument(
+        "--csv", action="store_true", help="also write the plotted curves beside the figure (.csv)"
+    )
     plot.add_argument("--title", help="figure title")
 
 

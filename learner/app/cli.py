@@ -242,25 +242,31 @@ def _finals_text(cfg: Config, run_dirs: list[Path]) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """Plot run (or sweep) directories into one figure."""
-    from impala_frodo.reports.plotting import expand_run_dirs, plot_runs
+    """Plot run (or sweep) directories into one figure; a line per curve on stdout."""
+    from impala_frodo.reports.plotting import compare_runs, expand_run_dirs
 
     if args.dpi <= 0:
         raise UsageError(f"--dpi must be > 0, got {args.dpi}")
     run_dirs = expand_run_dirs(args.run_dirs)
-    figure = plot_runs(
+    comparison = compare_runs(
         run_dirs,
         args.out,
         metric=args.metric,
         title=args.title,
         fmt=args.format,
         dpi=args.dpi,
+        write_csv=args.csv,
     )
-    _say(f"wrote {figure}")
+    for panel in comparison.panels:
+        for run in panel.skipped:
+            _say(f"warning: {run.path} has no {panel.metric!r}: left out")
+    for line in comparison.lines():
+        print(line)
+    _say(f"wrote {comparison.figure}" + (f" and {comparison.csv}" if comparison.csv else ""))
     # Atari runs: median and mean human-normalised scores over games, and their figure.
     from impala_frodo.reports.atari_summary import report_atari
 
-    for line in report_atari(run_dirs, figure):
+    for line in report_atari(run_dirs, comparison.figure):
         _say(line)
     return ExitCode.OK
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from impala_frodo.config.checks import ConfigError
-from impala_frodo.config.schema import Config, load_config
+from impala_frodo.config.schema import Config, load_config, merge
 from impala_frodo.utils import shorten
 
 PRESET_DIR = Path(__file__).parent
@@ -36,4 +36,5 @@ def preset_summary(name: str) -> str:
 
 
 def load_preset(name: str) -> Config:
-    return load_config(preset_path(name))
+    """The preset's config, which records its name (``Config.preset``)."""
+    return merge(load_config(preset_path(name)), {"preset": name})
