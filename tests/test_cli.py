@@ -259,11 +259,21 @@ def test_dotted_keys_are_read_alike_by_set_dotted_and_the_cli():
 
 
 def test_presets_lists_every_preset_with_its_summary(capsys):
-    assert main(["presets"]) == ExitCode.OK
+    assert main(["presets", "--all"]) == ExitCode.OK
     out = capsys.readouterr().out
     for name in preset_names():
-        assert name in out
+        assert f"  {name} " in out
     assert "IMPALA baseline" in out
+
+
+def test_presets_come_by_family_with_atari_folded(capsys):
+    assert main(["presets"]) == ExitCode.OK
+    lines = capsys.readouterr().out.splitlines()
+    families = [line for line in lines if line.endswith(":")]
+    assert families == ["Catch:", "Random walk:", "Gymnasium:", "MinAtar:", "Atari:"]
+    atari = [line.split()[0] for line in lines if line.startswith("  atari-")]
+    assert atari == ["atari-<game>-frodo", "atari-<game>-impala"]
+    assert "57 games" in lines[-2] and "--all" in lines[-1] and len(lines) < 40
 
 
 def test_help_exits_zero(capsys):
@@ -295,11 +305,46 @@ def test_train_help_is_plain_text(capsys):
 
 
 def test_preset_descriptions_are_whole_sentences(capsys):
-    assert main(["presets"]) == ExitCode.OK
-    lines = capsys.readouterr().out.splitlines()
+    assert main(["presets", "--all"]) == ExitCode.OK
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     assert len(lines) == len(preset_names())
     for line in lines:
         assert line.rstrip().endswith("."), line
+
+
+def test_a_typo_gets_a_did_you_mean(capsys):
+    line = assert_usage_error(capsys, ["--preset", "catch-frdo"], "did you mean 'catch-frodo'")
+    assert len(line) < 300 and "atari-alien" not in line
+    assert_usage_error(
+        capsys, ["train", "--num-actros", "3"], "--num-actros: did you mean --num-actors"
+    )
+
+
+def test_step_budgets_take_float_notation(capsys):
+    cfg = config_from_args(parse("train", "--total-env-steps", "1e5"))
+    assert cfg.run.total_env_steps == 100_000
+    assert config_from_args(parse("--total-env-steps", "2.5e5")).run.total_env_steps == 250_000
+    assert_usage_error(capsys, ["train", "--total-env-steps", "1.5"], "not a whole number")
+
+
+def test_train_help_is_short_and_leaves_the_presets_to_presets(capsys):
+    assert main(["train", "--help"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) < 100 and "atari-alien" not in out
+    assert "impala-frodo presets" in out
+
+
+@pytest.mark.skipif(_missing("minatar"), reason="needs the minatar extra")
+def test_a_worker_process_does_not_repeat_minatars_note():
+    code = (
+        "from impala_frodo.envs import make_batched_env; make_batched_env('MinAtar/Breakout-v0', 2)"
+    )
+    counts = []
+    for worker in ("0", "1"):
+        env = {**os.environ, "IMPALA_FRODO_WORKER": worker}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        counts.append(done.stderr.count("is out of date"))
+    assert counts == [1, 0]
 
 
 def test_importing_the_package_registers_the_env_ids():
@@ -319,7 +364,9 @@ def test_train_then_resume_through_the_cli(ray_local, tmp_path, capsys):
     argv = ["--preset", "catch-impala", "--total-env-steps", "4000", "--logdir", str(logdir)]
     assert main([*argv, *common]) == ExitCode.OK
     (run_dir,) = logdir.iterdir()
-    assert "done: reached the budget of 4,000 env steps. " in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "done: reached the budget of 4,000 env steps. " in err
+    assert out.startswith("done: reached the budget") and str(run_dir) in out  # for scripts
     config = json.loads((run_dir / "config.json").read_text())
     assert config["algo"] == "impala"
     assert config["env"]["kwargs"] == {"rows": 11, "columns": 6, "random_start_row": True}

@@ -10,28 +10,42 @@ values by :func:`impala_frodo.config.schema.parse_value`, as everywhere else.
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from impala_frodo.config.checks import ALGOS, DEVICES, META_MODES, ConfigError
-from impala_frodo.config.presets import load_preset, preset_names
+from impala_frodo.config.presets import load_preset
 from impala_frodo.config.schema import Config, load_file, merge, parse_value, set_dotted
 from impala_frodo.records.checkpoint import CheckpointError
 from impala_frodo.records.runlog import CONFIG_FILE, read_config
 from impala_frodo.reports.plotting import FORMATS as FIGURE_FORMATS
-from impala_frodo.utils import path_too_long, resolve_device, shorten
 from learner.app.env_check import check_env
 from learner.app.evaluate import add_eval_parser
 from learner.control.exit_codes import EXIT_CODES_HELP
-from learner.control.progress import Mode
 
 PROG = "impala-frodo"
 SUBCOMMANDS = ("train", "eval", "sweep", "plot", "presets")
 
+
+def whole(text: str) -> int:
+    """A whole number, also in float notation (``1e6``, ``2.5e5``): a step budget reads
+    as one."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(value)
+
+
 #: Flags that set one config field: (flag, dotted key, type, help).
-FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+FIELD_FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     (
         "--env",
         "env.id",
@@ -43,7 +57,7 @@ FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--num-actors", "run.num_actors", int, "rollout actors"),
     ("--envs-per-actor", "run.envs_per_actor", int, "envs each actor steps together"),
     ("--unroll-length", "run.unroll_length", int, "T, steps per unroll"),
-    ("--total-env-steps", "run.total_env_steps", int, "step budget of the run"),
+    ("--total-env-steps", "run.total_env_steps", whole, "step budget of the run (1e6 works)"),
     ("--seed", "run.seed", int, "run seed"),
     ("--logdir", "run.logdir", str, "parent folder of run directories (default runs/)"),
     ("--device", "run.device", str, f"learner device: {', '.join(DEVICES)}"),
@@ -60,7 +74,12 @@ FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--actor-num-cpus", "run.actor_num_cpus", float, "Ray CPUs reserved per actor"),
     ("--checkpoint-every-s", "run.checkpoint_every_s", float, "seconds between checkpoints"),
     ("--log-every-s", "run.log_every_s", float, "seconds between log records (at most)"),
-    ("--log-every-updates", "run.log_every_updates", int, "updates between log records (at most)"),
+    (
+        "--log-every-updates",
+        "run.log_every_updates",
+        int,
+        "updates between log records (at most)",
+    ),
 )
 
 
@@ -127,7 +146,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     add_eval_parser(sub)
     _add_sweep_parser(sub)
     _add_plot_parser(sub)
-    sub.add_parser("presets", help="list the presets")
+    presets = sub.add_parser("presets", help="list the presets")
+    presets.add_argument("--all", action="store_true", help="every Atari game's presets too")
     return parser
 
 
@@ -138,10 +158,10 @@ def _add_config_args(parser: argparse.ArgumentParser, *, many_presets: bool) -> 
             "--preset",
             action="append",
             default=[],
-            help=f"a named preset, repeatable: one sweep each ({', '.join(preset_names())})",
+            help="a named preset, repeatable: one sweep each ('impala-frodo presets' lists them)",
         )
     else:
-        parser.add_argument("--preset", help=f"a named preset ({', '.join(preset_names())})")
+        parser.add_argument("--preset", help="a named preset ('impala-frodo presets' lists them)")
     parser.add_argument("--config", metavar="FILE", help="a TOML or JSON config file")
     for flag, key, kind, text in FIELD_FLAGS:
         parser.add_argument(
@@ -338,66 +358,3 @@ def resume_paths(resume: str) -> tuple[Path, Path | None]:
             f"(a run directory is made by 'train' under run.logdir)"
         )
     return path, None
-
-
-#: The options that name files or folders: ``(flag, attribute)``.
-PATH_OPTIONS = (
-    ("--config", "config"),
-    ("--logdir", "run.logdir"),
-    ("--resume", "resume"),
-    ("--out", "out"),
-    ("--plot", "plot"),
-    ("DIR", "run_dirs"),
-    ("RUN_DIR", "run_dir"),
-    ("--checkpoint", "checkpoint"),
-    ("--video", "video"),
-)
-
-
-def check_paths(args: argparse.Namespace) -> None:
-    """Every path given on the command line fits the file system's limits.
-
-    :class:`UsageError` (one line) for one that is too long, before it is used anywhere.
-    """
-    for flag, attribute in PATH_OPTIONS:
-        value = getattr(args, attribute, None)
-        for path in value if isinstance(value, list) else [value]:
-            if path is None:
-                continue
-            too_long = path_too_long(path)
-            if too_long is not None:
-                raise UsageError(
-                    f"{flag} {shorten(path)} is too long for the file system ({too_long})"
-                )
-
-
-def check_device(cfg: Config) -> None:
-    """The learner's device exists here (``cuda`` without one is bad input)."""
-    try:
-        resolve_device(cfg.run.device)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def progress_mode(args: argparse.Namespace) -> Mode:
-    """``--progress``/``--no-progress``; by default a bar on a terminal, lines in a log file."""
-    if args.progress is None:
-        return "bar" if sys.stderr.isatty() else "lines"
-    return "bar" if args.progress else "off"
-
-
-def max_actor_restarts(args: argparse.Namespace) -> int | None:
-    """``--max-actor-restarts`` (None: the default), checked to be >= 0."""
-    if args.max_actor_restarts is not None and args.max_actor_restarts < 0:
-        raise UsageError(f"--max-actor-restarts must be >= 0, got {args.max_actor_restarts}")
-    return args.max_actor_restarts
-
-
-def check_sweep_args(args: argparse.Namespace) -> None:
-    """``sweep``'s counts and times are positive; :class:`UsageError` if not."""
-    if args.seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.cpus_per_seed <= 0:
-        raise UsageError(f"--cpus-per-seed must be > 0, got {args.cpus_per_seed}")
-    if args.seed_timeout <= 0:
-        raise UsageError(f"--seed-timeout must be > 0, got {args.seed_timeout}")

@@ -23,6 +23,7 @@ import ray
 
 from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config
+from impala_frodo.envs.minatar_envs import WORKER_ENV
 from impala_frodo.utils import first_line, os_error_reason
 from learner.cluster.reaper import Reaper
 
@@ -49,6 +50,8 @@ def local_ray_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
         "include_dashboard": False,
         "logging_level": logging.WARNING,
         "_system_config": {"max_direct_call_object_size": INLINE_RESULT_BYTES},
+        # Third-party notes the driver has shown once are not printed again by every worker.
+        "runtime_env": {"env_vars": {WORKER_ENV: "1"}},
     }
 
 
