@@ -318,6 +318,7 @@ def test_a_typo_gets_a_did_you_mean(capsys):
     assert_usage_error(
         capsys, ["train", "--num-actros", "3"], "--num-actros: did you mean --num-actors"
     )
+    assert_usage_error(capsys, ["train", "--set", "meta.lrr=3"], "did you mean meta.lr?")
 
 
 def test_step_budgets_take_float_notation(capsys):

@@ -9,6 +9,7 @@ and what was given, so a user can fix the config without reading code.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 from collections.abc import Mapping
@@ -119,7 +120,9 @@ def merge(config: Config, overrides: Mapping[str, Any]) -> Config:
             )
             known = {f.name for f in fields(section)}
             bad = sorted(set(value) - known)
-            require(not bad, f"unknown key(s) {bad} in [{key}]; known: {sorted(known)}")
+            close = [m for b in bad for m in difflib.get_close_matches(b, known, n=1)]
+            hint = f"; did you mean {', '.join(f'{key}.{m}' for m in close)}?" if close else ""
+            require(not bad, f"unknown key(s) {bad} in [{key}]{hint}; known: {sorted(known)}")
             changes[key] = dataclasses.replace(section, **value)
         else:
             changes[key] = value

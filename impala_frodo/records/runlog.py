@@ -299,6 +299,18 @@ class RunLogger:
             with self._writing(self.run_dir):
                 self._writer.add_text(tag, text, global_step=int(env_steps))
 
+    def add_gif(self, tag: str, gif: bytes, size: tuple[int, int], env_steps: int) -> None:
+        """An animated GIF (a video of the agent) in TensorBoard's IMAGES tab."""
+        if self._writer is None:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        height, width = size
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
+        with self._writing(self.run_dir):
+            summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+            self._writer.file_writer.add_summary(summary, global_step=int(env_steps))
+
     def add_config(self, cfg: Config, env_steps: int = 0) -> None:
         """The config as a JSON code block (TensorBoard renders text as markdown), the run's
         HParams row and, in its first session, its custom-scalars layout."""

@@ -72,6 +72,12 @@ FIELD_FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--num-learners", "run.num_learners", int, "data-parallel learner processes (Ray actors)"),
     ("--broadcast-every", "run.broadcast_every", int, "updates between weight publications"),
     ("--actor-num-cpus", "run.actor_num_cpus", float, "Ray CPUs reserved per actor"),
+    (
+        "--eval-every-s",
+        "eval.every_s",
+        float,
+        "evaluate the current weights every S seconds on fresh seeds (eval/return)",
+    ),
     ("--checkpoint-every-s", "run.checkpoint_every_s", float, "seconds between checkpoints"),
     ("--log-every-s", "run.log_every_s", float, "seconds between log records (at most)"),
     (

@@ -74,6 +74,7 @@ from learner.cluster.session import (
 )
 from learner.control.progress import Mode, Progress
 from learner.control.signals import StopSignal
+from learner.training.evaluator import evaluation_hook
 from learner.training.group import LearnerGroup
 from learner.training.learner import Counters, Learner, check_resume_state
 from learner.training.loop import LoopCallback, LoopContext, run_session
@@ -142,6 +143,7 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
                     _actor_pool(cfg, spec, state, options) as pool,
                     _learner(cfg, spec, device, run_dir, state) as learner,
                     _meta_learner(cfg, spec, learner, lambda: stop.requested),
+                    evaluation_hook(cfg, learner, options.callback) as callback,  # eval.*
                 ):
                     progress = Progress(
                         _progress_mode(options.progress),
@@ -156,7 +158,7 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
                         stop,
                         progress,
                         stop_at_return=options.stop_at_return,
-                        callback=options.callback,
+                        callback=callback,
                     )
             except MetaLearnerError as error:  # at start-up; later, run_session's result
                 log.error("training stopped: %s", error)
