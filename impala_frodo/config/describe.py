@@ -33,6 +33,12 @@ BOOKKEEPING = frozenset(
         "run.returns_window",
         "run.progress_timeout_s",
         "run.connect_timeout_s",
+        # where processes run and what they reserve, not what is learned
+        "run.actor_num_cpus",
+        "run.learner_num_cpus",
+        "run.learner_placement",
+        "run.actor_inference",
+        "meta.learner_num_cpus",
     }
 )
 _BOOKKEEPING_SECTIONS = ("eval.",)

@@ -67,8 +67,8 @@ from learner.app.env_check import env_spec_or_config_error
 from learner.cluster.actor_pool import ActorPool, TrainingError
 from learner.cluster.session import (
     ClusterConnectError,
-    check_local_cpus,
     check_resources,
+    fit_local_cpus,
     meta_learner_cpus,
     ray_session,
 )
@@ -121,7 +121,7 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
     spec = env_spec_or_config_error(cfg)
     local = not ray.is_initialized() and not (options.address or os.environ.get("RAY_ADDRESS"))
     if local:
-        check_local_cpus(cfg)
+        cfg = fit_local_cpus(cfg)  # shares fitted to this machine's CPUs, said in one line
     with (
         _claim_run_dir(cfg, options) as (run_dir, state),
         _torch_threads(_learner_threads(cfg, options, local)),
