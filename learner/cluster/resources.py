@@ -65,13 +65,14 @@ def fit_local_cpus(cfg: Config) -> Config:
     reserve more CPUs than the machine has (8 actors x 0.5 on 2 cores), every share shrinks
     by one factor until they fit, and a line says so; processes then share the cores, as
     they would anyway. Refused (:class:`ConfigError`, naming the flag) where a share would
-    fall below :data:`MIN_SHARE`. Then :func:`check_local_cpus`.
+    fall below :data:`MIN_SHARE`, or one process alone asks more than the machine has
+    (:func:`check_local_cpus`).
     """
     cpus = os.cpu_count() or 1
     shares = _shares(cfg)
     total = sum(count * share for count, share, _ in shares.values())
-    if total <= cpus + 1e-9:
-        check_local_cpus(cfg)
+    if total <= cpus + 1e-9 or any(share > cpus for _, share, _ in shares.values()):
+        check_local_cpus(cfg)  # a process asking more than the machine is refused there
         return cfg
     factor = cpus / total
     fitted = {key: math.floor(share * factor * 100) / 100 for key, (_, share, _) in shares.items()}
