@@ -47,7 +47,7 @@ def test_the_full_layout_comes_in_order_and_charts_each_tag_once():
 
     learned = ["meta/target_minus_return_rms", "meta/target_return_corr", "meta/grad_norm"]
     learned += ["eval/target_rmse", "meta/target_mean", "meta/gamma", "meta/some_new_scalar"]
-    others = ["return/catch 10x5", "loss/inner", "loss/outer", "perf/policy_lag"]
+    others = ["Return/catch 10x5", "loss/inner", "loss/outer", "perf/policy_lag"]
     others += ["perf/env_steps_per_s", "perf/queue_size", "eval/value_rmse", "perf/grad_norm"]
     for tag in learned + others:
         assert len(where(tag)) == 1, (tag, where(tag))
@@ -65,7 +65,7 @@ def test_a_run_charts_only_what_it_logs(tmp_path):
         logger.add_config(load_preset("catch-impala"))
     charts = _layout(catch)
     assert list(charts["1. return"]) == [
-        "return on catch 11x6 (last returns_window episodes)",
+        "return on catch 11x6 (last returns_window episodes; evaluation)",
         "episode length",
     ]
     assert charts["5. learned target"] == ["target mean"]
@@ -103,7 +103,7 @@ def test_the_hparams_row_reads_back_from_the_event_files(tmp_path):
     ]
     # The metric's values are the run's scalars; episode/count is no chart (a sawtooth).
     tags = accumulator.Tags()["scalars"]
-    assert "episode/return_window" in tags and "return/catch 11x6" in tags
+    assert "episode/return_window" in tags and "Return/catch 11x6" in tags
     assert "episode/count" not in tags
 
 

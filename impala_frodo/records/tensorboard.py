@@ -8,8 +8,11 @@
   metrics the mean return of the last episodes and the evaluation's return (TensorBoard
   shows each one's last value).
 - :func:`tensorboard_tags`: the TensorBoard tags of a record's scalars: ``episode/count``
-  (a sawtooth of no use as a chart) is left out, and the returns are written again under
-  ``return/<env>``, one chart per env, so that runs of different envs never share an axis.
+  (a sawtooth of no use as a chart) is left out, and the returns of a control task are
+  written again as ``Return/<env>`` (the mean of the last ``returns_window`` episodes) and
+  ``Return/<env> (evaluation)``: the TIME SERIES tab opens on that group (upper case sorts
+  before the other groups), a card per env, so that runs of different envs never share an
+  axis.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from impala_frodo.config.schema import Config
 
 #: Record scalars that TensorBoard does not get (metrics.jsonl keeps them).
 NOT_CHARTED = frozenset({"episode/count"})
-#: Record scalars written again per env: ``return/<env>`` and ``return/<env>/eval``.
-RETURN_ALIASES = {"episode/return_window": "", "eval/return": "/eval"}
+#: Record scalars written again per env, ``Return/<env>`` and ``Return/<env> (evaluation)``:
+#: the group TensorBoard's TIME SERIES opens on (upper case sorts first), a card per env.
+RETURN_ALIASES = {"episode/return_window": "", "eval/return": " (evaluation)"}
+RETURN_GROUP = "Return"
 #: The HParams tab's metrics: TensorBoard shows the last value of each.
 HPARAM_METRICS = ("episode/return_window", "eval/return", "eval/value_rmse")
 
@@ -46,7 +51,7 @@ def tensorboard_tags(cfg: Config | None, name: str) -> Iterator[str]:
         return
     yield name
     if cfg is not None and name in RETURN_ALIASES and cfg.task == "control":
-        yield f"return/{env_tag(cfg)}{RETURN_ALIASES[name]}"
+        yield f"{RETURN_GROUP}/{env_tag(cfg)}{RETURN_ALIASES[name]}"
 
 
 def _exactly(*tags: str) -> list[str]:
@@ -115,11 +120,12 @@ CHARTS: tuple[tuple[str, str, list[str], Predicate], ...] = (
 
 
 def _return_chart(cfg: Config) -> tuple[str, list[str]]:
-    """The return chart of the run's env: runs of other envs never share its axis."""
-    env = env_tag(cfg)
-    tags = [f"return/{env}"] + ([f"return/{env}/eval"] if cfg.eval.enabled else [])
-    what = "last returns_window episodes" + ("; evaluation" if cfg.eval.enabled else "")
-    return f"return on {env} ({what})", _exactly(*tags)
+    """The return chart of the run's env (one title and one pattern for every run of it,
+    evaluating or not): runs of other envs never share its axis."""
+    env = re.escape(f"{RETURN_GROUP}/{env_tag(cfg)}")
+    return f"return on {env_tag(cfg)} (last returns_window episodes; evaluation)", [
+        rf"^{env}( \(evaluation\))?$"
+    ]
 
 
 def layout(cfg: Config | None = None) -> dict[str, dict[str, list]]:
