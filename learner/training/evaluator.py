@@ -11,8 +11,9 @@ evaluation also films an episode into TensorBoard (``eval/video``, a GIF).
 The learner never waits for it: :class:`EvaluationHook`, called after every update, looks
 at the evaluation in flight without blocking (``ray.wait`` with no timeout), hands out the
 next one only when none is in flight, and abandons one still out after ``eval.timeout_s``
-with a warning. :class:`Evaluator` is the plain class the actor wraps (tests drive it
-directly).
+with a warning. A run that reaches its budget ends on an evaluation of its final weights
+(:meth:`EvaluationHook.finish`). :class:`Evaluator` is the plain class the actor wraps
+(tests drive it directly).
 """
 
 from __future__ import annotations
@@ -124,28 +125,46 @@ class EvaluationHook:
         self.then = then
         self.schedule = EvalSchedule(cfg)
         self._pending: tuple[Any, float] | None = None  # (object ref, when it started)
-        self.done = 0
+        self.done = 0  # evaluations logged
+        self.last_steps = -1  # the env steps of the last one logged
 
     def __call__(self, context: Any) -> None:
+        self.context = context
         learner = context.learner
         self._collect(learner)
         steps = learner.counters.env_steps
         if self._pending is None and self.schedule.due(steps):
-            video = self.schedule.start(steps)
-            weights = pack_params(learner.updater.acting_params("cpu"))
-            ref = self.actor.evaluate.remote(steps, weights, video)
-            self._pending = (ref, time.monotonic())
+            self._submit(learner, video=self.schedule.start(steps))
         if self.then is not None:
             self.then(context)
 
-    def _collect(self, learner: Any) -> None:
-        """Log the evaluation in flight if it is back; abandon it past its deadline."""
+    def finish(self) -> None:
+        """At the end of a run that reached its budget: the evaluation in flight, and one of
+        the final weights, waited for (each within ``eval.timeout_s``) and logged, so that
+        every finished run ends on an evaluation. Nothing after a stop request."""
+        context = getattr(self, "context", None)
+        if context is None or context.stop.requested or not context.learner.done:
+            return
+        learner = context.learner
+        self._collect(learner, wait_s=self.cfg.eval.timeout_s)
+        if self._pending is None and self.last_steps < learner.counters.env_steps:
+            self._submit(learner, video=self.schedule.video_every_s > 0)
+            self._collect(learner, wait_s=self.cfg.eval.timeout_s)
+
+    def _submit(self, learner: Any, video: bool) -> None:
+        weights = pack_params(learner.updater.acting_params("cpu"))
+        ref = self.actor.evaluate.remote(learner.counters.env_steps, weights, video)
+        self._pending = (ref, time.monotonic())
+
+    def _collect(self, learner: Any, wait_s: float = 0.0) -> None:
+        """Log the evaluation in flight if it is back (within ``wait_s``); abandon it past
+        its deadline."""
         import ray
 
         if self._pending is None:
             return
         ref, started = self._pending
-        ready, _ = ray.wait([ref], timeout=0)
+        ready, _ = ray.wait([ref], timeout=wait_s)
         if not ready:
             if time.monotonic() - started > self.cfg.eval.timeout_s + 60:
                 log.warning(
@@ -163,6 +182,7 @@ class EvaluationHook:
             )
             return
         self.done += 1
+        self.last_steps = result.env_steps
         if learner.run_logger is not None:
             learner.run_logger.log(result.env_steps, result.scalars(), learner.wall_time_s())
             if result.gif is not None:
@@ -185,7 +205,9 @@ def evaluation_hook(
     layout = param_layout(learner.updater.acting_params("cpu"))
     actor_class = ray.remote(num_cpus=cfg.eval.num_cpus, max_restarts=1)(Evaluator)
     actor = actor_class.remote(cfg, layout)
+    hook = EvaluationHook(cfg, actor, then)
     try:
-        yield EvaluationHook(cfg, actor, then)
+        yield hook
+        hook.finish()
     finally:
         ray.kill(actor)
