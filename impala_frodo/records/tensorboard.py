@@ -10,7 +10,7 @@
 - :func:`tensorboard_tags`: the TensorBoard tags of a record's scalars: ``episode/count``
   (a sawtooth of no use as a chart) is left out, and the returns of a control task are
   written again as ``Return/<env>`` (the mean of the last ``returns_window`` episodes) and
-  ``Return/<env> (evaluation)``: the TIME SERIES tab opens on that group (upper case sorts
+  ``Return/<env>/evaluation``: the TIME SERIES tab opens on that group (upper case sorts
   before the other groups), a card per env, so that runs of different envs never share an
   axis.
 """
@@ -26,9 +26,9 @@ from impala_frodo.config.schema import Config
 
 #: Record scalars that TensorBoard does not get (metrics.jsonl keeps them).
 NOT_CHARTED = frozenset({"episode/count"})
-#: Record scalars written again per env, ``Return/<env>`` and ``Return/<env> (evaluation)``:
+#: Record scalars written again per env, ``Return/<env>`` and ``Return/<env>/evaluation``:
 #: the group TensorBoard's TIME SERIES opens on (upper case sorts first), a card per env.
-RETURN_ALIASES = {"episode/return_window": "", "eval/return": " (evaluation)"}
+RETURN_ALIASES = {"episode/return_window": "", "eval/return": "/evaluation"}
 RETURN_GROUP = "Return"
 #: The HParams tab's metrics: TensorBoard shows the last value of each.
 HPARAM_METRICS = ("episode/return_window", "eval/return", "eval/value_rmse")
@@ -124,7 +124,7 @@ def _return_chart(cfg: Config) -> tuple[str, list[str]]:
     evaluating or not): runs of other envs never share its axis."""
     env = re.escape(f"{RETURN_GROUP}/{env_tag(cfg)}")
     return f"return on {env_tag(cfg)} (last returns_window episodes; evaluation)", [
-        rf"^{env}( \(evaluation\))?$"
+        rf"^{env}(/evaluation)?$"
     ]
 
 
