@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from impala_frodo.envs.atari_scores import REFERENCE_SCORES
+from impala_frodo.reports.atari_summary import algorithm_label
 from impala_frodo.reports.plotting import expand_run_dirs, load_runs
 
 #: IMPALA's Pong score at 200M frames: 21, the game's maximum (every point won), as the deep
@@ -38,13 +39,14 @@ def main() -> None:
     random, human = REFERENCE_SCORES["pong"]
     for ax, zoom in zip(axes, (False, True), strict=True):
         for run in runs:
-            colour = colours.get(run.label)
+            label = algorithm_label(run)
+            colour = colours.get(label)
             steps, values = run.series("episode/return")
             if steps.size:
                 ax.plot(steps, values, ".", color=colour, alpha=0.35, ms=4)
             steps, window = run.series("episode/return_window")
             if steps.size:
-                ax.plot(steps, window, "-", color=colour, label=f"{run.label}, last 100 episodes")
+                ax.plot(steps, window, "-", color=colour, label=f"{label}, last 100 episodes")
         ax.axhline(random, color="tab:red", ls=":", lw=1, label=f"random {random:g}")
         if not zoom:
             ax.axhline(IMPALA_PUBLISHED_PONG, color="k", ls="--", lw=1, label="IMPALA, 200M frames")

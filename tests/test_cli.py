@@ -118,7 +118,8 @@ def _write(tmp_path, name: str, data: bytes) -> str:
 NO_BOX2D = None if _missing("Box2D") else "Box2D is installed here"
 TOO_MANY_CPUS = str(min(64, (os.cpu_count() or 1) + 1))  # 64: the config's own limit
 #: Actors of the default 0.5 CPU: one more than the local instance (os.cpu_count()) places.
-ONE_ACTOR_TOO_MANY = str(2 * (os.cpu_count() or 1) + 1)
+#: One actor more than the machine's CPUs hold at 0.05 CPU each (the least share fitted).
+ONE_ACTOR_TOO_MANY = str(20 * (os.cpu_count() or 1) + 1)
 
 #: (id, argv builder, fragments of the one-line message, skip reason or None): the bad
 #: inputs that once crashed or hung (issue 13), each an exit code 2 with one line now.
@@ -152,11 +153,13 @@ BAD_INPUTS = [
      ["optim.lr must be a number"], None),
     # Issue 23: more actors than a local instance could ever place (it hung); names too
     # long for the file system (tracebacks); a --resume that is not a run directory.
+    # Since: shares are fitted to the machine, down to 0.05 CPU a process.
     ("num-actors-10**12", lambda t: ["--num-actors", str(10**12)],
-     ["run.num_actors = 1,000,000,000,000 actors", "actors can be placed", "--address"], None),
+     ["1,000,000,000,000 actors would get under 0.05 CPU each", "--num-actors", "--address"],
+     None),
     ("num-actors-one-beyond-local", lambda t: ["--num-actors", ONE_ACTOR_TOO_MANY,
                                                "--total-env-steps", "2000"],
-     [f"run.num_actors = {ONE_ACTOR_TOO_MANY} actors", "actors can be placed"], None),
+     [f"{ONE_ACTOR_TOO_MANY} actors would get under 0.05 CPU each", "lower --num-actors"], None),
     ("preset-10000-chars", lambda t: ["--preset", "x" * 10_000],
      ["unknown preset 'xxxx", "(10,000 characters)", "catch-frodo"], None),
     ("config-path-too-long", lambda t: ["--config", str(t / ("x" * 300))],
@@ -259,11 +262,21 @@ def test_dotted_keys_are_read_alike_by_set_dotted_and_the_cli():
 
 
 def test_presets_lists_every_preset_with_its_summary(capsys):
-    assert main(["presets"]) == ExitCode.OK
+    assert main(["presets", "--all"]) == ExitCode.OK
     out = capsys.readouterr().out
     for name in preset_names():
-        assert name in out
+        assert f"  {name} " in out
     assert "IMPALA baseline" in out
+
+
+def test_presets_come_by_family_with_atari_folded(capsys):
+    assert main(["presets"]) == ExitCode.OK
+    lines = capsys.readouterr().out.splitlines()
+    families = [line for line in lines if line.endswith(":")]
+    assert families == ["Catch:", "Random walk:", "Gymnasium:", "MinAtar:", "Atari:"]
+    atari = [line.split()[0] for line in lines if line.startswith("  atari-")]
+    assert atari == ["atari-<game>-frodo", "atari-<game>-impala"]
+    assert "57 games" in lines[-2] and "--all" in lines[-1] and len(lines) < 40
 
 
 def test_help_exits_zero(capsys):
@@ -275,7 +288,7 @@ def test_bare_command_prints_help_and_trains_nothing(capsys, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     assert main([]) == ExitCode.OK
     out = capsys.readouterr().out
-    assert out.startswith("usage: impala-frodo") and "{train,sweep,plot,presets}" in out
+    assert out.startswith("usage: impala-frodo") and "{train,eval,sweep,plot,presets}" in out
     assert list(tmp_path.iterdir()) == []  # no runs/ directory: nothing started
 
 
@@ -295,11 +308,47 @@ def test_train_help_is_plain_text(capsys):
 
 
 def test_preset_descriptions_are_whole_sentences(capsys):
-    assert main(["presets"]) == ExitCode.OK
-    lines = capsys.readouterr().out.splitlines()
+    assert main(["presets", "--all"]) == ExitCode.OK
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     assert len(lines) == len(preset_names())
     for line in lines:
         assert line.rstrip().endswith("."), line
+
+
+def test_a_typo_gets_a_did_you_mean(capsys):
+    line = assert_usage_error(capsys, ["--preset", "catch-frdo"], "did you mean 'catch-frodo'")
+    assert len(line) < 300 and "atari-alien" not in line
+    assert_usage_error(
+        capsys, ["train", "--num-actros", "3"], "--num-actros: did you mean --num-actors"
+    )
+    assert_usage_error(capsys, ["train", "--set", "meta.lrr=3"], "did you mean meta.lr?")
+
+
+def test_step_budgets_take_float_notation(capsys):
+    cfg = config_from_args(parse("train", "--total-env-steps", "1e5"))
+    assert cfg.run.total_env_steps == 100_000
+    assert config_from_args(parse("--total-env-steps", "2.5e5")).run.total_env_steps == 250_000
+    assert_usage_error(capsys, ["train", "--total-env-steps", "1.5"], "not a whole number")
+
+
+def test_train_help_is_short_and_leaves_the_presets_to_presets(capsys):
+    assert main(["train", "--help"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) < 100 and "atari-alien" not in out
+    assert "impala-frodo presets" in out
+
+
+@pytest.mark.skipif(_missing("minatar"), reason="needs the minatar extra")
+def test_a_worker_process_does_not_repeat_minatars_note():
+    code = (
+        "from impala_frodo.envs import make_batched_env; make_batched_env('MinAtar/Breakout-v0', 2)"
+    )
+    counts = []
+    for worker in ("0", "1"):
+        env = {**os.environ, "IMPALA_FRODO_WORKER": worker}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        counts.append(done.stderr.count("is out of date"))
+    assert counts == [1, 0]
 
 
 def test_importing_the_package_registers_the_env_ids():
@@ -319,7 +368,9 @@ def test_train_then_resume_through_the_cli(ray_local, tmp_path, capsys):
     argv = ["--preset", "catch-impala", "--total-env-steps", "4000", "--logdir", str(logdir)]
     assert main([*argv, *common]) == ExitCode.OK
     (run_dir,) = logdir.iterdir()
-    assert "done: reached the budget of 4,000 env steps. " in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "done: reached the budget of 4,000 env steps. " in err
+    assert out.startswith("done: reached the budget") and str(run_dir) in out  # for scripts
     config = json.loads((run_dir / "config.json").read_text())
     assert config["algo"] == "impala"
     assert config["env"]["kwargs"] == {"rows": 11, "columns": 6, "random_start_row": True}

@@ -27,10 +27,17 @@ METRIC = "episode/return"
 
 
 def fake_run(
-    parent: Path, algo: str, seed: int, last_step: int = 10_000, level: float = 0.0, **env
+    parent: Path,
+    algo: str,
+    seed: int,
+    last_step: int = 10_000,
+    level: float = 0.0,
+    settings: dict | None = None,
+    metric: str = METRIC,
+    **env,
 ) -> Path:
-    """A run directory with a straight-line return curve, without training."""
-    overrides = {"algo": algo, "run.seed": seed}
+    """A run directory with a straight-line ``metric`` curve, without training."""
+    overrides = {"algo": algo, "run.seed": seed, **(settings or {})}
     if env:
         overrides["env.kwargs"] = env
     cfg = set_dotted(Config(), overrides)
@@ -38,7 +45,7 @@ def fake_run(
     steps = np.arange(1_000, last_step + 1, 1_000)
     with open(run_dir / METRICS_FILE, "w") as f:
         for step in steps:
-            f.write(json.dumps({"env_steps": int(step), METRIC: level + step / 1e5}) + "\n")
+            f.write(json.dumps({"env_steps": int(step), metric: level + step / 1e5}) + "\n")
     return run_dir
 
 
@@ -89,8 +96,9 @@ def test_sweeps_inside_runs_are_found_and_labelled_by_preset(tmp_path):
     alone = fake_run(tmp_path / "runs", "frodo", 0)
     found = expand_run_dirs([tmp_path / "runs"])
     assert sorted(found) == sorted([*inside, alone])
-    labels = {c.label: c.num_seeds for c in seed_curves(load_runs(found), METRIC)}
-    assert labels == {"FRODO (catch-frodo)": 2, "FRODO": 1}
+    # One setting (the same config): one curve, named by the sweep's preset.
+    (curve,) = seed_curves(load_runs(found), METRIC)
+    assert (curve.label, curve.num_seeds, curve.num_runs) == ("FRODO (catch-frodo)", 2, 3)
     assert not (alone / "checkpoints").exists()  # made by the first checkpoint only
 
 
@@ -114,3 +122,39 @@ def test_plot_command(tmp_path, capsys):
     assert out.is_file() and str(out) in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nothing"), "--out", str(out)]) == ExitCode.USAGE
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_two_settings_are_two_curves_named_by_what_differs(tmp_path, capsys):
+    """A 2-learner run and an async one of one preset are not averaged into one curve;
+    the budget and the seed are bookkeeping, not a setting."""
+    runs = tmp_path / "runs"
+    preset = {"preset": "catch-frodo"}
+    for seed in (0, 1):
+        fake_run(runs, "frodo", seed, settings={**preset, "run.num_learners": 2}, level=0.5)
+        fake_run(runs, "frodo", seed, settings={**preset, "meta.mode": "async"})
+    fake_run(runs, "frodo", 2, settings={**preset, "meta.mode": "async", "run.total_env_steps": 9})
+    out = tmp_path / "fig.png"
+    assert main(["plot", str(runs), "--out", str(out), "--csv"]) == ExitCode.OK
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [
+        "Catch-v0: FRODO (catch-frodo), meta.mode=async: 3 seeds, final episode/return "
+        "0.100 +- 0.000",
+        "Catch-v0: FRODO (catch-frodo), num_learners=2: 2 seeds, final episode/return "
+        "0.600 +- 0.000",
+    ]
+    rows = out.with_suffix(".csv").read_text().splitlines()
+    assert rows[0] == "panel,metric,curve,env_steps,mean,stderr,seeds"
+    assert len(rows) == 1 + 2 * 200 and rows[-1].endswith(",0.6,0,2")
+
+
+def test_a_run_without_the_metric_is_left_out_with_a_warning(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_run(runs, "impala", 0)
+    bare = fake_run(runs, "impala", 1, metric="loss/inner")
+    out = tmp_path / "fig.png"
+    assert main(["plot", str(runs), "--out", str(out)]) == ExitCode.OK
+    captured = capsys.readouterr()
+    assert f"warning: {bare} has no 'episode/return': left out" in captured.err
+    assert "IMPALA (V-trace target): 1 seed," in captured.out
+    assert main(["plot", str(bare), "--out", str(out)]) == ExitCode.USAGE
+    assert "no run has the metric 'episode/return'" in capsys.readouterr().err

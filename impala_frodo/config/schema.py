@@ -9,6 +9,7 @@ and what was given, so a user can fix the config without reading code.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from impala_frodo.config.checks import (
 from impala_frodo.config.sections import (
     AgentConfig,
     EnvConfig,
+    EvalConfig,
     LossConfig,
     MetaConfig,
     OptimConfig,
@@ -41,6 +43,7 @@ _SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "meta": MetaConfig,
     "run": RunConfig,
+    "eval": EvalConfig,
 }
 
 
@@ -62,9 +65,13 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    #: The preset the run started from ("" for none): what its name and plots call it.
+    preset: str = ""
 
     def __post_init__(self) -> None:
         one_of("algo", self.algo, ALGOS)
+        require(isinstance(self.preset, str), f"preset must be a name, got {self.preset!r}")
         one_of("task", self.task, TASKS)
         require(
             not (self.task == "prediction" and self.algo == "mgrl"),
@@ -126,7 +133,9 @@ def merge(config: Config, overrides: Mapping[str, Any]) -> Config:
             )
             known = {f.name for f in fields(section)}
             bad = sorted(set(value) - known)
-            require(not bad, f"unknown key(s) {bad} in [{key}]; known: {sorted(known)}")
+            close = [m for b in bad for m in difflib.get_close_matches(b, known, n=1)]
+            hint = f"; did you mean {', '.join(f'{key}.{m}' for m in close)}?" if close else ""
+            require(not bad, f"unknown key(s) {bad} in [{key}]{hint}; known: {sorted(known)}")
             changes[key] = dataclasses.replace(section, **value)
         else:
             changes[key] = value

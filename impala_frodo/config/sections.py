@@ -1,5 +1,5 @@
 """The sections of a run's config, one dataclass each, validated on construction:
-``env``, ``agent``, ``loss``, ``optim``, ``meta`` and ``run``.
+``env``, ``agent``, ``loss``, ``optim``, ``meta``, ``run`` and ``eval``.
 
 Every field is checked in ``__post_init__`` (:mod:`impala_frodo.config.checks`), so a
 user can fix the config without reading code. Parts of the system take the section
@@ -335,3 +335,37 @@ class RunConfig:
     def trajectories_per_update(self) -> int:
         """Actor batches one update consumes: ``batches_per_update`` per learner."""
         return self.batches_per_update * self.num_learners
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during training: the current weights play whole episodes on fresh seeds
+    in an evaluator process of their own, logged as ``eval/return`` (off by default)."""
+
+    every_s: float = 0.0  # seconds between evaluations (0: not by time)
+    every_env_steps: int = 0  # env steps between evaluations (0: not by steps)
+    episodes: int = 10  # episodes an evaluation plays
+    greedy: bool = False  # the most likely action (else sampled, as training acts)
+    num_cpus: float = 0.5  # Ray CPUs the evaluator reserves
+    video_every_s: float = 0.0  # a video of an evaluation into TensorBoard this often (0: none)
+    timeout_s: float = 300.0  # an evaluation still playing after this is abandoned
+
+    def __post_init__(self) -> None:
+        in_range("eval.every_s", self.every_s, 0.0, 1e9)
+        require(
+            isinstance(self.every_env_steps, int)
+            and not isinstance(self.every_env_steps, bool)
+            and self.every_env_steps >= 0,
+            f"eval.every_env_steps must be an integer >= 0, got {self.every_env_steps!r}",
+        )
+        positive_int("eval.episodes", self.episodes)
+        require(
+            isinstance(self.greedy, bool), f"eval.greedy must be true or false, got {self.greedy!r}"
+        )
+        in_range("eval.num_cpus", self.num_cpus, 0.0, 64.0, low_open=True)
+        in_range("eval.video_every_s", self.video_every_s, 0.0, 1e9)
+        in_range("eval.timeout_s", self.timeout_s, 0.0, 1e9, low_open=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_s > 0 or self.every_env_steps > 0

@@ -9,6 +9,9 @@ again):
   ``left_rewards``). No ``TimeLimit`` either: the walk terminates with probability 1, and a
   time limit would cut the long episodes that the prediction metric is about.
 
+Both draw themselves (``render_mode="rgb_array"``, :mod:`impala_frodo.envs.pictures`);
+:class:`~impala_frodo.envs.rendering.RenderingEnv` films any family, one env at a time.
+
 Atari's ``ALE/<Game>-v5`` ids (the ``atari`` extra) are served by :class:`BatchedAtari`
 (``impala_frodo.envs.atari``), not through Gymnasium's registry.
 """

@@ -56,3 +56,13 @@ def make_batched_env(
 
         return BatchedAtari(env_id, num_envs, seed=seed, **env_kwargs)
     return GymnasiumBatchedEnv(env_id, num_envs, seed=seed, **env_kwargs)
+
+
+def evaluation_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The env as an evaluation plays it: training's kwargs, but Catch without its
+    desynchronised first episodes (``random_start_row``, a device for training's batches: a
+    ball dropped one row above the paddle cannot be caught), so that every episode
+    evaluated is bsuite's."""
+    if env_id == catch.ENV_ID:
+        return {**env_kwargs, "random_start_row": False}
+    return dict(env_kwargs)

@@ -34,6 +34,8 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from impala_frodo.envs.pictures import catch_picture
+
 #: The registered Gymnasium id.
 ENV_ID = "impala_frodo/Catch-v0"
 
@@ -70,14 +72,15 @@ class Catch(gymnasium.Env[np.ndarray, np.int64]):
         columns: board width (>= 1). bsuite default 5.
         random_start_row: drop the first episode's ball from a random row (desynchronised
             starts, see the module docstring). bsuite: ``False``.
-        render_mode: ``None`` or ``"ansi"`` (a text picture of the board).
+        render_mode: ``None``, ``"ansi"`` (a text picture of the board) or ``"rgb_array"``
+            (a pixel picture, :func:`~impala_frodo.envs.pictures.catch_picture`).
 
     Observation: float32 ``[rows, columns]`` in {0, 1}. Actions: ``Discrete(3)`` =
     left, stay, right. ``reset(options={"start_column": c})`` fixes the ball's start column
     (for tests and replays) instead of drawing it from ``self.np_random``.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 (Gymnasium convention)
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 6}  # noqa: RUF012 (Gymnasium convention)
 
     def __init__(
         self,
@@ -103,6 +106,7 @@ class Catch(gymnasium.Env[np.ndarray, np.int64]):
         self._ball_y = 0
         self._paddle_x = self.columns // 2
         self._needs_reset = True
+        self._outcome: float | None = None  # the terminal reward, once the episode ended
 
     @property
     def paddle_y(self) -> int:
@@ -130,6 +134,7 @@ class Catch(gymnasium.Env[np.ndarray, np.int64]):
         self._first_episode = False
         self._paddle_x = self.columns // 2
         self._needs_reset = False
+        self._outcome = None
         return self._observation(), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -149,10 +154,15 @@ class Catch(gymnasium.Env[np.ndarray, np.int64]):
         if terminated:
             reward = 1.0 if self._paddle_x == self._ball_x else -1.0
             self._needs_reset = True
+            self._outcome = reward
         return self._observation(), reward, terminated, False, {}
 
-    def render(self) -> str | None:
-        """With ``render_mode="ansi"``: the board as text (``o`` ball, ``=`` paddle)."""
+    def render(self) -> str | np.ndarray | None:
+        """The board as text (``render_mode="ansi"``: ``o`` ball, ``=`` paddle) or as uint8
+        ``[H, W, 3]`` pixels (``"rgb_array"``; the paddle green or red once the ball landed)."""
+        if self.render_mode == "rgb_array":
+            ball = (self._ball_x, self._ball_y)
+            return catch_picture(self.rows, self.columns, ball, self._paddle_x, self._outcome)
         if self.render_mode != "ansi":
             return None
         chars = np.full((self.rows, self.columns), ".")

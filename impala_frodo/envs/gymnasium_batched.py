@@ -35,7 +35,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self, env_id: str, num_envs: int, seed: int | None = None, **env_kwargs: Any
     ) -> None:
         self.num_envs = check_num_envs(num_envs)
-        self.env_id = _check_registered(env_id)
+        self.env_id = check_registered(env_id)
         self._envs: list[gymnasium.Env] = []
         try:
             for _ in range(self.num_envs):
@@ -56,20 +56,10 @@ class GymnasiumBatchedEnv(BatchedEnv):
             )
         self.num_actions = int(action_space.n)
         self._action_start = int(action_space.start)
-        self._obs_space = env.observation_space
-        self._image = _is_image_space(self._obs_space)
-        if self._image:
-            self.observation_shape = tuple(int(s) for s in self._obs_space.shape)
-            self.observation_dtype, self.observation_scale = _image_storage(self._obs_space)
-            return
-        try:
-            flat_dim = spaces.flatdim(self._obs_space)
-        except (ValueError, NotImplementedError, TypeError) as exc:
-            raise ValueError(
-                f"env {self.env_id!r} has observation space {self._obs_space}, which cannot be "
-                "flattened to a vector"
-            ) from exc
-        self.observation_shape = (int(flat_dim),)
+        self._format = ObservationFormat(self.env_id, env.observation_space)
+        self.observation_shape = self._format.shape
+        self.observation_dtype = self._format.dtype
+        self.observation_scale = self._format.scale
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Reset every env; ``[B, *observation_shape]`` in ``observation_dtype``."""
@@ -120,10 +110,36 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self._envs = []
 
     def _convert(self, obs: Any) -> np.ndarray:
-        """One observation as an array of ``observation_shape`` (an image: as it is, no copy)."""
-        if self._image:
+        return self._format.convert(obs)
+
+
+class ObservationFormat:
+    """How a Gymnasium observation space is stored (see :class:`GymnasiumBatchedEnv`):
+    ``shape``, ``dtype``, ``scale`` and :meth:`convert`. A one-line ``ValueError`` for a
+    space that cannot be flattened to a vector."""
+
+    def __init__(self, env_id: str, space: spaces.Space) -> None:
+        self.space = space
+        self.image = _is_image_space(space)
+        if self.image:
+            self.shape: tuple[int, ...] = tuple(int(s) for s in space.shape)
+            self.dtype, self.scale = _image_storage(space)
+            return
+        try:
+            flat_dim = spaces.flatdim(space)
+        except (ValueError, NotImplementedError, TypeError) as exc:
+            raise ValueError(
+                f"env {env_id!r} has observation space {space}, which cannot be "
+                "flattened to a vector"
+            ) from exc
+        self.shape = (int(flat_dim),)
+        self.dtype, self.scale = np.dtype(np.float32), 1.0
+
+    def convert(self, obs: Any) -> np.ndarray:
+        """One observation as an array of ``shape`` (an image: as it is, no copy)."""
+        if self.image:
             return np.asarray(obs)
-        return np.asarray(spaces.flatten(self._obs_space, obs), dtype=np.float32)
+        return np.asarray(spaces.flatten(self.space, obs), dtype=np.float32)
 
 
 def _is_image_space(space: spaces.Space) -> bool:
@@ -145,7 +161,7 @@ def _image_storage(space: spaces.Box) -> tuple[np.dtype, float]:
     return np.dtype(np.float32), 1.0
 
 
-def _check_registered(env_id: Any) -> str:
+def check_registered(env_id: Any) -> str:
     """Return ``env_id`` if Gymnasium knows it, else raise a one-line ``ValueError``.
 
     MinAtar's ids are registered here on first use (``minatar`` itself registers them only

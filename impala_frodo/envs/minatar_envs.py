@@ -12,6 +12,8 @@ channel per object kind; ``sticky_action_prob`` (default 0.1) and ``difficulty_r
 from __future__ import annotations
 
 import importlib.util
+import os
+import warnings
 
 import gymnasium
 
@@ -19,6 +21,9 @@ PREFIX = "MinAtar/"
 #: The Gymnasium names of MinAtar's games and their channel counts C.
 GAMES = {"Asterix": 4, "Breakout": 4, "Freeway": 7, "Seaquest": 10, "SpaceInvaders": 6}
 INSTALL_HINT = "pip install 'impala-frodo[minatar]' (python3 run.py installs it)"
+#: Set (to "1") in the worker processes of a local Ray instance: notes the driver has shown
+#: once are not printed again by each of them.
+WORKER_ENV = "IMPALA_FRODO_WORKER"
 
 
 def is_minatar_id(env_id: str) -> bool:
@@ -39,3 +44,7 @@ def register_minatar_envs() -> None:
     from minatar import gym as minatar_gym
 
     minatar_gym.register_envs()
+    if os.environ.get(WORKER_ENV) == "1":
+        # Gymnasium's note that -v1 exists (the presets take -v0 on purpose: all 6 actions,
+        # as in MinAtar's paper): the driver has shown it, the actors need not repeat it.
+        warnings.filterwarnings("ignore", r".*MinAtar/\S+ is out of date", DeprecationWarning)

@@ -26,6 +26,8 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from impala_frodo.envs.pictures import random_walk_picture
+
 #: The registered Gymnasium id.
 ENV_ID = "impala_frodo/RandomWalk-v0"
 
@@ -94,16 +96,25 @@ class NonStationaryRandomWalk(gymnasium.Env[np.ndarray, np.int64]):
         switch_every: env steps (across episodes) between changes of the left reward. Default
             960 = 10 FRODO iterations of 6 trajectories of 16 steps.
         left_rewards: the left rewards to cycle through, first one first. Default (0, -1).
+        render_mode: ``None`` or ``"rgb_array"`` (a pixel picture of the walk,
+            :func:`~impala_frodo.envs.pictures.random_walk_picture`).
 
     Observation: one-hot float32 ``[5]`` (zeros after a terminal step). Actions: ``Discrete(2)``,
     ignored (the walk is a prediction task).
     """
 
-    metadata = {"render_modes": [], "render_fps": 4}  # noqa: RUF012 (Gymnasium convention)
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 6}  # noqa: RUF012 (Gymnasium's)
 
     def __init__(
-        self, switch_every: int = 960, left_rewards: Sequence[float] = (0.0, -1.0)
+        self,
+        switch_every: int = 960,
+        left_rewards: Sequence[float] = (0.0, -1.0),
+        render_mode: str | None = None,
     ) -> None:
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self._last_reward = 0.0
         self._left_rewards = np.asarray(
             validate_random_walk_args(switch_every, left_rewards), dtype=np.float64
         )
@@ -170,7 +181,15 @@ class NonStationaryRandomWalk(gymnasium.Env[np.ndarray, np.int64]):
         elif self._state < 0:
             reward, terminated = left_reward, True
         self._needs_reset = terminated
+        self._last_reward = reward
         return self._observation(), reward, terminated, False, {"left_reward": left_reward}
+
+    def render(self) -> np.ndarray | None:
+        """With ``render_mode="rgb_array"``: uint8 ``[H, W, 3]`` pixels of the walk (the exit
+        cell lit by its reward once the walk has left)."""
+        if self.render_mode != "rgb_array":
+            return None
+        return random_walk_picture(NUM_STATES, self._state, self._last_reward)
 
     def _observation(self) -> np.ndarray:
         obs = np.zeros(NUM_STATES, dtype=np.float32)

@@ -159,7 +159,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt or unreadable ({_unpickling_reason(e)})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,  # a legacy-format read of arbitrary bytes
+        zipfile.BadZipFile,
+    ) as e:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt or unreadable ({first_line(e)})"
         ) from None

@@ -1,12 +1,13 @@
 """One directory per run: its config, TensorBoard events, checkpoints and ``metrics.jsonl``.
 
-Layout of ``<logdir>/<algo>-<env>-s<seed>-<YYYYmmdd-HHMMSS>/``::
+Layout of ``<logdir>/<name>-s<seed>-<YYYYmmdd-HHMMSS>/`` (the name: the preset, or the
+algorithm and env, and the settings that make the run distinct; :func:`run_name`)::
 
     config.json        Config.to_dict() of the run (rewritten on resume with the new budget,
                        once the resumed session has saved its first checkpoint)
-    events.out.tfevents.*   TensorBoard scalars (global step = env steps), the config as text
-                       and a custom-scalars layout (TENSORBOARD_LAYOUT: return, losses,
-                       policy lag, throughput, learned target, in that order)
+    events.out.tfevents.*   TensorBoard scalars (global step = env steps), the config as text,
+                       the run's custom-scalars layout and HParams row
+                       (impala_frodo.records.tensorboard)
     metrics.jsonl      one JSON object per log interval: env_steps, wall_time_s, time, scalars
     checkpoints/       latest.pt, previous.pt (see impala_frodo.records.checkpoint); made by the
                        first checkpoint (a sweep's synchronous runs have none)
@@ -38,7 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.describe import run_stem
 from impala_frodo.config.schema import Config
+from impala_frodo.records.tensorboard import hparams_summaries, tensorboard_tags
+from impala_frodo.records.tensorboard import layout as tensorboard_layout
 from impala_frodo.utils import os_error_reason, write_text_atomic
 
 CONFIG_FILE = "config.json"
@@ -65,9 +69,11 @@ def env_short_name(env_id: str) -> str:
 
 
 def run_name(cfg: Config, now: float | None = None) -> str:
-    """``<algo>-<env>-s<seed>-<timestamp>``, e.g. ``frodo-catch-s0-20250101-120000``."""
+    """``<preset or algo-env>[-<distinct settings>]-s<seed>-<timestamp>``, e.g.
+    ``catch-frodo-num_learners=2-s0-20250101-120000`` or ``frodo-catch-s0-20250101-120000``
+    (:func:`~impala_frodo.config.describe.run_stem`): TensorBoard's name of the run."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    return f"{cfg.algo}-{env_short_name(cfg.env.id)}-s{cfg.run.seed}-{stamp}"
+    return f"{run_stem(cfg, env_short_name(cfg.env.id))}-s{cfg.run.seed}-{stamp}"
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
@@ -234,76 +240,6 @@ def truncate_metrics(path: str | Path, max_env_steps: int) -> int:
     return len(lines) - len(kept)
 
 
-def _exactly(*tags: str) -> list[str]:
-    """Custom-scalar charts take regular expressions: these match the tags and nothing else."""
-    return [f"^{re.escape(tag)}$" for tag in tags]
-
-
-#: TensorBoard's CUSTOM SCALARS tab: what to look at first, grouped, in this order
-#: (``{category: {chart: ["Multiline", [tag regexes]]}}``). Charts of tags that a run
-#: does not write stay empty (e.g. the learned-target ones for IMPALA).
-TENSORBOARD_LAYOUT: dict[str, dict[str, list]] = {
-    "1. return": {
-        "return (mean over the interval's episodes, and over the last returns_window)": [
-            "Multiline",
-            _exactly("episode/return", "episode/return_window"),
-        ],
-        "value RMSE against the true values (random walk; and in the 100 steps after a switch)": [
-            "Multiline",
-            _exactly("eval/value_rmse", "eval/value_rmse_after_switch"),
-        ],
-        "episode length": ["Multiline", _exactly("episode/length")],
-    },
-    "2. losses": {
-        "inner and outer losses": ["Multiline", [r"^loss/(inner|outer|outer_canonical|revise)$"]],
-        "loss terms": ["Multiline", _exactly("loss/policy", "loss/value", "loss/entropy")],
-        "agent gradient norm": ["Multiline", _exactly("perf/grad_norm")],
-    },
-    "3. policy lag": {
-        "policy lag (updates between acting and learning)": [
-            "Multiline",
-            _exactly("perf/policy_lag", "perf/policy_lag_max"),
-        ],
-    },
-    "4. throughput": {
-        "env steps/s": ["Multiline", _exactly("perf/env_steps_per_s")],
-        "updates/s": ["Multiline", _exactly("perf/updates_per_s")],
-        "queue and in-flight unrolls": [
-            "Multiline",
-            _exactly("perf/queue_size", "perf/in_flight"),
-        ],
-        "fraction of time the learner waits": ["Multiline", _exactly("perf/learner_wait_frac")],
-    },
-    "5. learned target": {
-        "target minus return (mean, RMS)": [
-            "Multiline",
-            _exactly("meta/target_minus_return_mean", "meta/target_minus_return_rms"),
-        ],
-        "correlation of target and return": [
-            "Multiline",
-            _exactly("meta/target_return_corr"),
-        ],
-        "target RMSE against the true values (random walk)": [
-            "Multiline",
-            _exactly("eval/target_rmse"),
-        ],
-        "meta-gradient norm": ["Multiline", _exactly("meta/grad_norm")],
-        "target mean": ["Multiline", _exactly("meta/target_mean")],
-        "meta-parameters (MGRL's gamma, lambda; beta)": [
-            "Multiline",
-            _exactly("meta/gamma", "meta/lambda", "meta/beta"),
-        ],
-        "other meta/ scalars": [
-            "Multiline",
-            [
-                r"^meta/(?!(target_minus_return_mean|target_minus_return_rms|target_return_corr"
-                r"|grad_norm|target_mean|gamma|lambda|beta)$)"
-            ],
-        ],
-    },
-}
-
-
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -329,8 +265,8 @@ class RunLogger:
 
             purge = None if resume_step is None else resume_step + 1
             self._writer = SummaryWriter(str(self.run_dir), purge_step=purge, flush_secs=10)
-            if resume_step is None:  # a resumed run has its layout from the first session
-                self._writer.add_custom_scalars(TENSORBOARD_LAYOUT)
+        self._resumed = resume_step is not None
+        self._cfg: Config | None = None  # known from add_config on
 
     @contextlib.contextmanager
     def _writing(self, what: Path) -> Iterator[None]:
@@ -354,7 +290,8 @@ class RunLogger:
         for name, value in scalars.items():
             record[name] = _finite_or_none(float(value))
             if self._writer is not None:
-                self._writer.add_scalar(name, float(value), global_step=int(env_steps))
+                for tag in tensorboard_tags(self._cfg, name):
+                    self._writer.add_scalar(tag, float(value), global_step=int(env_steps))
         self._metrics.write(json.dumps(record) + "\n")
 
     def add_text(self, tag: str, text: str, env_steps: int = 0) -> None:
@@ -362,10 +299,31 @@ class RunLogger:
             with self._writing(self.run_dir):
                 self._writer.add_text(tag, text, global_step=int(env_steps))
 
+    def add_gif(self, tag: str, gif: bytes, size: tuple[int, int], env_steps: int) -> None:
+        """An animated GIF (a video of the agent) in TensorBoard's IMAGES tab."""
+        if self._writer is None:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        height, width = size
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
+        with self._writing(self.run_dir):
+            summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+            self._writer.file_writer.add_summary(summary, global_step=int(env_steps))
+
     def add_config(self, cfg: Config, env_steps: int = 0) -> None:
-        """The config as a JSON code block (TensorBoard renders text as markdown)."""
+        """The config as a JSON code block (TensorBoard renders text as markdown), the run's
+        HParams row and, in its first session, its custom-scalars layout."""
+        self._cfg = cfg
         text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
         self.add_text("config", "\n".join(f"    {line}" for line in text.splitlines()), env_steps)
+        if self._writer is None:
+            return
+        with self._writing(self.run_dir):
+            if not self._resumed:  # a resumed run has its layout from the first session
+                self._writer.add_custom_scalars(tensorboard_layout(cfg))
+            for summary in hparams_summaries(cfg):
+                self._writer.file_writer.add_summary(summary)
 
     def flush(self) -> None:
         with self._writing(self.run_dir):

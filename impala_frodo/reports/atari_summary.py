@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from impala_frodo.config.describe import describe, distinct_settings
 from impala_frodo.envs.atari import atari_game, is_atari_id
 from impala_frodo.envs.atari_scores import human_normalised
 from impala_frodo.reports.plotting import CONTROL_METRIC, Run, final_values, load_runs, seed_curves
+from impala_frodo.reports.runs import ALGO_NAMES
 
 #: The mean return of the last ``run.returns_window`` episodes, in each log record.
 WINDOW_METRIC = "episode/return_window"
@@ -42,8 +44,16 @@ def atari_runs(runs: Sequence[Run]) -> dict[str, dict[str, list[Run]]]:
     out: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if is_atari_id(run.config.env.id):
-            out[run.label][atari_game(run.config.env.id)].append(run)
+            out[algorithm_label(run)][atari_game(run.config.env.id)].append(run)
     return {label: dict(games) for label, games in out.items()}
+
+
+def algorithm_label(run: Run) -> str:
+    """The algorithm across games: its name, and the settings that differ from its
+    preset's (a game's preset names the game, so it is not part of the label)."""
+    name = ALGO_NAMES[(run.config.algo, run.config.task)]
+    settings = describe(distinct_settings(run.config))
+    return f"{name}, {settings}" if settings else name
 
 
 def atari_summary(runs: Sequence[Run]) -> dict[str, Any]:
@@ -56,11 +66,11 @@ def atari_summary(runs: Sequence[Run]) -> dict[str, Any]:
             # The score: the mean of the last run.returns_window episodes at the run's end
             # (the usual "last 100 episodes"); runs without it, the last 10 % of records.
             finals = final_values(members, WINDOW_METRIC, fraction=0.0)
-            if label not in finals:
+            if not finals:
                 finals = final_values(members, CONTROL_METRIC)
-            if label not in finals:
+            if not finals:
                 continue  # no episode ended yet
-            score, se, seeds = finals[label]
+            score, se, seeds = next(iter(finals.values()))  # the game's runs: one setting
             per_game[game] = {
                 "score": round(score, 2),
                 "score_se": round(se, 2),
@@ -84,7 +94,7 @@ def hns_curves(runs: Sequence[Run]) -> dict[str, tuple[np.ndarray, np.ndarray, n
     for label, games in sorted(atari_runs(runs).items()):
         curves = {}
         for game, members in games.items():
-            found = [c for c in seed_curves(members, CONTROL_METRIC) if c.label == label]
+            found = seed_curves(members, CONTROL_METRIC)
             if found:
                 curves[game] = found[0]
         if not curves:

@@ -1,91 +1,49 @@
 """Figures from run directories: mean and standard error over seeds against env steps.
 
-Reads each run's ``config.json`` and ``metrics.jsonl`` (see
-:mod:`impala_frodo.records.runlog`). Runs are grouped into one panel per env (id and
-kwargs) and, in a panel, into one curve per preset (the name of the sweep a run
-belongs to) or, outside sweeps, per algorithm. A curve is the mean over its
-distinct seeds (runs that share a seed are averaged first, so they count once)
-with a band of +- 1 standard error over seeds, on a grid of env steps common to
-the panel; a seed contributes only up to its last record, never extrapolated.
-For the random walk the metric is the value RMSE and the reward switches are
-marked.
+Reads each run's ``config.json`` and ``metrics.jsonl`` (:mod:`impala_frodo.reports.runs`).
+Runs are grouped into one panel per env (id and kwargs) and, in a panel, into one curve
+per setting: runs whose configs differ only in bookkeeping (seed, budget, logging) are
+seeds of one curve, named by what sets it apart (the preset, and the settings that differ
+between the curves: :func:`~impala_frodo.reports.runs.label_runs`). A curve is the mean
+over its distinct seeds (runs that share a seed are averaged first, so they count once)
+with a band of +- 1 standard error over seeds, on a grid of env steps common to the
+panel; a seed contributes only up to its last record, never extrapolated. A run without
+the metric is set aside (:attr:`Panel.skipped`), not an error. For the random walk the
+metric is the value RMSE and the reward switches are marked.
 """
 
 from __future__ import annotations
 
-import json
+import csv
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from impala_frodo.config.checks import ConfigError
-from impala_frodo.config.schema import Config
-from impala_frodo.records.runlog import METRICS_FILE, read_config, read_metrics
+from impala_frodo.reports.runs import (
+    SWEEP_FILE,
+    Run,
+    expand_run_dirs,
+    label_runs,
+    load_runs,
+    sweep_name,
+)
 
 CONTROL_METRIC = "episode/return"
 PREDICTION_METRIC = "eval/value_rmse"
-#: Written by a sweep into its directory: ``{"name": preset or "config", "seeds": [...]}``.
-SWEEP_FILE = "sweep.json"
 FORMATS = ("png", "svg", "pdf")
-_LABELS = {
-    ("impala", "control"): "IMPALA (V-trace target)",
-    ("impala", "prediction"): "fixed n-step target",
-    ("frodo", "control"): "FRODO",
-    ("frodo", "prediction"): "FRODO",
-    ("frodo-ext", "control"): "FRODO + extension",
-    ("frodo-ext", "prediction"): "FRODO + extension",
-    ("mgrl", "control"): "MGRL",
-}
-
-
-def sweep_name(run_dir: Path) -> str | None:
-    """The preset of the sweep that ``run_dir`` belongs to (None outside a sweep)."""
-    try:
-        name = json.loads((run_dir.parent / SWEEP_FILE).read_text()).get("name")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return name if isinstance(name, str) and name and name != "config" else None
-
-
-@dataclass
-class Run:
-    path: Path
-    config: Config
-    records: list[dict[str, Any]]
-    preset: str | None = None  # the sweep's preset name, if the run is part of a sweep
-
-    @property
-    def label(self) -> str:
-        algo = _LABELS[(self.config.algo, self.config.task)]
-        return f"{algo} ({self.preset})" if self.preset else algo
-
-    @property
-    def seed(self) -> int:
-        return self.config.run.seed
-
-    @property
-    def env_key(self) -> tuple[str, str, str]:
-        """What must be equal for runs to share a panel: env id, its kwargs, the task."""
-        kwargs = json.dumps(self.config.env.kwargs, sort_keys=True)
-        return self.config.env.id, kwargs, self.config.task
-
-    @property
-    def env_title(self) -> str:
-        env = self.config.env
-        details = ", ".join(f"{k}={v}" for k, v in env.kwargs.items())
-        return f"{env.id.split('/')[-1]} {details}".strip()
-
-    def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(env steps, values) of the records that have ``metric``."""
-        points = [(r["env_steps"], r[metric]) for r in self.records if r.get(metric) is not None]
-        if not points:
-            return np.zeros(0), np.zeros(0)
-        steps, values = zip(*points, strict=True)
-        return np.asarray(steps, float), np.asarray(values, float)
+__all__ = [
+    "SWEEP_FILE",
+    "Run",
+    "expand_run_dirs",
+    "label_runs",
+    "load_runs",
+    "sweep_name",
+]
 
 
 @dataclass
@@ -97,6 +55,7 @@ class Curve:
     num_seeds: int  # distinct seeds
     num_runs: int  # runs (more than seeds when runs share a seed)
     seeds_at_end: int  # seeds that reach the curve's last step
+    counts: np.ndarray | None = None  # [G] seeds that reach each step
 
     @property
     def legend(self) -> str:
@@ -109,43 +68,6 @@ class Curve:
         return f"{text} ({', '.join(notes)})" if notes else text
 
 
-def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories as given, with any other directory replaced by the runs below it.
-
-    A run directory holds ``metrics.jsonl``; ``runs/`` or a sweep directory holds run
-    directories, at any depth (``runs/sweep-x-<time>/<run>/``). Anything else is a
-    :class:`ConfigError`.
-    """
-    out: list[Path] = []
-    for entry in paths:
-        path = Path(entry)
-        if (path / METRICS_FILE).is_file():
-            found = [path]
-        elif path.is_dir():
-            found = sorted(p.parent for p in path.rglob(METRICS_FILE))
-        else:
-            found = []
-        if not found:
-            raise ConfigError(
-                f"{str(path)!r} is not a run directory (no {METRICS_FILE}) "
-                "nor a directory holding runs"
-            )
-        out.extend(p for p in found if p not in out)
-    return out
-
-
-def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
-    """Read run directories; a clear :class:`ConfigError` for one that is not a run."""
-    runs = []
-    for run_dir in run_dirs:
-        path = Path(run_dir)
-        metrics = path / METRICS_FILE
-        if not metrics.is_file():
-            raise ConfigError(f"{str(path)!r} is not a run directory: no {METRICS_FILE}")
-        runs.append(Run(path, read_config(path), read_metrics(metrics), sweep_name(path)))
-    return runs
-
-
 def default_metric(runs: Sequence[Run]) -> str:
     tasks = {r.config.task for r in runs}
     if len(tasks) != 1:
@@ -153,7 +75,7 @@ def default_metric(runs: Sequence[Run]) -> str:
     return PREDICTION_METRIC if tasks == {"prediction"} else CONTROL_METRIC
 
 
-def panels(runs: Sequence[Run]) -> list[list[Run]]:
+def panels_by_env(runs: Sequence[Run]) -> list[list[Run]]:
     """The runs split by env (id, kwargs) and task, in order of first appearance."""
     groups: dict[tuple[str, str, str], list[Run]] = {}
     for run in runs:
@@ -209,7 +131,9 @@ def seed_curves(runs: Sequence[Run], metric: str, points: int = 200) -> list[Cur
             stderr[several] = std / np.sqrt(count[several])
         reached = np.flatnonzero(count)
         seeds_at_end = int(count[reached[-1]]) if reached.size else 0
-        curves.append(Curve(label, grid, mean, stderr, len(per_seed), num_runs, seeds_at_end))
+        curves.append(
+            Curve(label, grid, mean, stderr, len(per_seed), num_runs, seeds_at_end, count)
+        )
     return sorted(curves, key=lambda c: c.label)
 
 
@@ -253,7 +177,62 @@ def reward_switch_steps(runs: Sequence[Run], max_steps: float) -> np.ndarray:
     return np.arange(every, max_steps, every, dtype=float)
 
 
-def plot_runs(
+@dataclass
+class Panel:
+    """One env's curves of a metric, and the runs of that env skipped for lacking it."""
+
+    title: str
+    metric: str
+    runs: list[Run]
+    curves: list[Curve]
+    finals: dict[str, tuple[float, float, int]]
+    skipped: list[Run] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_runs` wrote and found: the figure, the CSV, the panels."""
+
+    figure: Path
+    panels: list[Panel]
+    csv: Path | None = None
+
+    @property
+    def skipped(self) -> list[Run]:
+        return [run for panel in self.panels for run in panel.skipped]
+
+    def lines(self) -> list[str]:
+        """One line per curve: panel, label, seeds, final value (mean +- s.e. over seeds)."""
+        out = []
+        for panel in self.panels:
+            for curve in panel.curves:
+                mean, se, _ = panel.finals.get(curve.label, (np.nan, np.nan, 0))
+                seeds = f"{curve.num_seeds} seed{'s' if curve.num_seeds != 1 else ''}"
+                out.append(
+                    f"{panel.title}: {curve.label}: {seeds}, final {panel.metric} "
+                    f"{mean:.3f} +- {se:.3f}"
+                )
+        return out
+
+
+def make_panels(runs: Sequence[Run], metric: str | None = None) -> list[Panel]:
+    """One :class:`Panel` per env; runs without the metric are set aside, and an env none
+    of whose runs has it gets no panel (:class:`ConfigError` if no env has one)."""
+    panels = []
+    for group in panels_by_env(runs):
+        name = metric or default_metric(group)
+        having = [run for run in group if run.series(name)[0].size]
+        skipped = [run for run in group if run not in having]
+        curves = seed_curves(having, name) if having else []
+        finals = final_values(having, name) if having else {}
+        panels.append(Panel(group[0].env_title, name, having, curves, finals, skipped))
+    if not any(panel.curves for panel in panels):
+        names = sorted({panel.metric for panel in panels})
+        raise ConfigError(f"no run has the metric {' or '.join(map(repr, names))}")
+    return panels
+
+
+def compare_runs(
     run_dirs: Sequence[str | Path],
     out: str | Path,
     *,
@@ -261,16 +240,10 @@ def plot_runs(
     title: str | None = None,
     fmt: str | None = None,
     dpi: float = 110,
-) -> Path:
-    """Write a figure of mean +- s.e. over seeds, one panel per env; returns its path.
-
-    ``fmt``: png, svg or pdf (default: the suffix of ``out``, else png).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    write_csv: bool = False,
+) -> Comparison:
+    """Curves of the runs (mean +- s.e. over seeds, one panel per env, one curve per
+    setting) into a figure, and with ``write_csv`` their data beside it (``<out>.csv``)."""
     out = Path(out)
     fmt = _figure_format(out, fmt)
     if not out.suffix:
@@ -278,15 +251,57 @@ def plot_runs(
     runs = load_runs(run_dirs)
     if not runs:
         raise ConfigError("plot needs at least one run directory")
-    groups = panels(runs)
-    columns = min(len(groups), 3)
-    rows = -(-len(groups) // columns)
+    panels = make_panels(runs, metric)
+    comparison = Comparison(_draw(panels, out, fmt, dpi, title), panels)
+    if write_csv:
+        comparison.csv = write_curves_csv(panels, out.with_suffix(".csv"))
+    return comparison
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, **options: Any) -> Path:
+    """:func:`compare_runs`' figure alone; returns its path."""
+    return compare_runs(run_dirs, out, **options).figure
+
+
+def write_curves_csv(panels: Sequence[Panel], path: Path) -> Path:
+    """The plotted data, a row per curve and grid step: panel, metric, curve, env_steps,
+    mean, stderr, seeds (that reach the step)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["panel", "metric", "curve", "env_steps", "mean", "stderr", "seeds"])
+        for panel in panels:
+            for c in panel.curves:
+                for step, mean, se, n in zip(c.steps, c.mean, c.stderr, c.counts, strict=True):
+                    if n:
+                        writer.writerow(
+                            [
+                                panel.title,
+                                panel.metric,
+                                c.label,
+                                f"{step:.0f}",
+                                f"{mean:.6g}",
+                                f"{se:.6g}",
+                                int(n),
+                            ]
+                        )
+    return path
+
+
+def _draw(panels: Sequence[Panel], out: Path, fmt: str, dpi: float, title: str | None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [panel for panel in panels if panel.curves]
+    columns = min(len(shown), 3)
+    rows = -(-len(shown) // columns)
     fig, axes = plt.subplots(
         rows, columns, figsize=(6.4 * columns, 4.2 * rows + 0.4), squeeze=False, dpi=dpi
     )
-    for ax, group in zip(axes.flat, groups, strict=False):
-        _draw_panel(ax, group, metric or default_metric(group))
-    for ax in axes.flat[len(groups) :]:
+    for ax, panel in zip(axes.flat, shown, strict=False):
+        _draw_panel(ax, panel)
+    for ax in axes.flat[len(shown) :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
@@ -317,12 +332,10 @@ def _figure_format(out: Path, fmt: str | None) -> str:
     return fmt
 
 
-def _draw_panel(ax: Any, runs: Sequence[Run], metric: str) -> None:
-    curves = seed_curves(runs, metric)
-    if not curves:
-        raise ConfigError(f"no run of {runs[0].env_title} has the metric {metric!r}")
+def _draw_panel(ax: Any, panel: Panel) -> None:
+    curves, metric = panel.curves, panel.metric
     max_steps = max(c.steps[-1] for c in curves)
-    for k, step in enumerate(reward_switch_steps(runs, max_steps)):
+    for k, step in enumerate(reward_switch_steps(panel.runs, max_steps)):
         ax.axvline(step, color="0.85", lw=0.6, zorder=0, label="reward switch" if k == 0 else None)
     for curve in curves:
         (line,) = ax.plot(curve.steps, curve.mean, lw=1.6, label=curve.legend)
@@ -336,6 +349,10 @@ def _draw_panel(ax: Any, runs: Sequence[Run], metric: str) -> None:
     ax.set_xlabel("env steps")
     ylabel = {CONTROL_METRIC: "mean episode return", PREDICTION_METRIC: "RMS value error"}
     ax.set_ylabel(ylabel.get(metric, metric))
-    ax.set_title(runs[0].env_title)
+    ax.set_title(panel.title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+
+
+#: The old name of :func:`panels_by_env`.
+panels = panels_by_env

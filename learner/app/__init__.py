@@ -1,7 +1,10 @@
 """The application: ``impala-frodo`` / ``python -m learner``.
 
-- :mod:`~learner.app.cli`: the commands (train, sweep, plot, presets).
-- :mod:`~learner.app.args`: the parser, and the config from the arguments.
+- :mod:`~learner.app.cli`: the commands (train, eval, sweep, plot, presets).
+- :mod:`~learner.app.evaluate`: ``eval``, a trained agent playing: scores and videos.
+- :mod:`~learner.app.args`: the parser, and the config from the arguments;
+  :mod:`~learner.app.checks`: the values no parser checks; :mod:`~learner.app.hints`:
+  ``did you mean`` for an unknown option.
 - :mod:`~learner.app.driver`: a training run set up and torn down (run directory,
   learner, Ray session, actors): :func:`~learner.app.driver.train`.
 - :mod:`~learner.app.run_dir`: a session's run directory claimed (locked, checked, the

@@ -10,27 +10,42 @@ values by :func:`impala_frodo.config.schema.parse_value`, as everywhere else.
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from impala_frodo.config.checks import ALGOS, DEVICES, META_MODES, ConfigError
-from impala_frodo.config.presets import load_preset, preset_names
+from impala_frodo.config.presets import load_preset
 from impala_frodo.config.schema import Config, load_file, merge, parse_value, set_dotted
 from impala_frodo.records.checkpoint import CheckpointError
 from impala_frodo.records.runlog import CONFIG_FILE, read_config
 from impala_frodo.reports.plotting import FORMATS as FIGURE_FORMATS
-from impala_frodo.utils import path_too_long, resolve_device, shorten
 from learner.app.env_check import check_env
+from learner.app.evaluate import add_eval_parser
 from learner.control.exit_codes import EXIT_CODES_HELP
-from learner.control.progress import Mode
 
 PROG = "impala-frodo"
-SUBCOMMANDS = ("train", "sweep", "plot", "presets")
+SUBCOMMANDS = ("train", "eval", "sweep", "plot", "presets")
+
+
+def whole(text: str) -> int:
+    """A whole number, also in float notation (``1e6``, ``2.5e5``): a step budget reads
+    as one."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(value)
+
 
 #: Flags that set one config field: (flag, dotted key, type, help).
-FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+FIELD_FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     (
         "--env",
         "env.id",
@@ -42,7 +57,7 @@ FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--num-actors", "run.num_actors", int, "rollout actors"),
     ("--envs-per-actor", "run.envs_per_actor", int, "envs each actor steps together"),
     ("--unroll-length", "run.unroll_length", int, "T, steps per unroll"),
-    ("--total-env-steps", "run.total_env_steps", int, "step budget of the run"),
+    ("--total-env-steps", "run.total_env_steps", whole, "step budget of the run (1e6 works)"),
     ("--seed", "run.seed", int, "run seed"),
     ("--logdir", "run.logdir", str, "parent folder of run directories (default runs/)"),
     ("--device", "run.device", str, f"learner device: {', '.join(DEVICES)}"),
@@ -57,9 +72,20 @@ FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--num-learners", "run.num_learners", int, "data-parallel learner processes (Ray actors)"),
     ("--broadcast-every", "run.broadcast_every", int, "updates between weight publications"),
     ("--actor-num-cpus", "run.actor_num_cpus", float, "Ray CPUs reserved per actor"),
+    (
+        "--eval-every-s",
+        "eval.every_s",
+        float,
+        "evaluate the current weights every S seconds on fresh seeds (eval/return)",
+    ),
     ("--checkpoint-every-s", "run.checkpoint_every_s", float, "seconds between checkpoints"),
     ("--log-every-s", "run.log_every_s", float, "seconds between log records (at most)"),
-    ("--log-every-updates", "run.log_every_updates", int, "updates between log records (at most)"),
+    (
+        "--log-every-updates",
+        "run.log_every_updates",
+        int,
+        "updates between log records (at most)",
+    ),
 )
 
 
@@ -86,11 +112,13 @@ SWEEP_DESCRIPTION = (
 )
 
 PLOT_DESCRIPTION = (
-    "One panel per env (id and kwargs), one curve per preset (a sweep's "
-    "name) or algorithm: the mean over distinct seeds against env steps, with a band of "
-    "+- 1 standard error over seeds (return for control, value RMSE for the random "
-    "walk, reward switches marked). A directory that is not a run directory stands for "
-    "every run below it, sweeps included (e.g. `impala-frodo plot runs --out fig.png`)."
+    "One panel per env (id and kwargs), one curve per setting: runs whose configs differ "
+    "only in seed, budget or logging are seeds of one curve, named by its preset and the "
+    "settings that differ between the curves. A curve is the mean over distinct seeds "
+    "against env steps with a band of +- 1 standard error (return for control, value "
+    "RMSE for the random walk). Prints one line per curve: its label, seeds and final value. "
+    "A run without the metric is left out with a warning. A directory that is not a run "
+    "directory stands for every run below it (e.g. `impala-frodo plot runs --out fig.png`)."
 )
 
 #: ``sweep --seed-timeout`` default: far above a Catch seed (minutes), below forever.
@@ -112,18 +140,20 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    """The ``impala-frodo`` parser: ``train``, ``sweep``, ``plot`` and ``presets``."""
+    """The ``impala-frodo`` parser: ``train``, ``eval``, ``sweep``, ``plot`` and ``presets``."""
     parser = OneLineErrorParser(
         prog=prog,
         description="FRODO meta-gradient RL on an IMPALA-style Ray actor-learner.",
         epilog="With options but no subcommand, the options are those of 'train'. "
         f"'{prog} COMMAND --help' tells more.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,sweep,plot,presets}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sweep,plot,presets}")
     _add_train_parser(sub)
+    add_eval_parser(sub)
     _add_sweep_parser(sub)
     _add_plot_parser(sub)
-    sub.add_parser("presets", help="list the presets")
+    presets = sub.add_parser("presets", help="list the presets")
+    presets.add_argument("--all", action="store_true", help="every Atari game's presets too")
     return parser
 
 
@@ -134,10 +164,10 @@ def _add_config_args(parser: argparse.ArgumentParser, *, many_presets: bool) -> 
             "--preset",
             action="append",
             default=[],
-            help=f"a named preset, repeatable: one sweep each ({', '.join(preset_names())})",
+            help="a named preset, repeatable: one sweep each ('impala-frodo presets' lists them)",
         )
     else:
-        parser.add_argument("--preset", help=f"a named preset ({', '.join(preset_names())})")
+        parser.add_argument("--preset", help="a named preset ('impala-frodo presets' lists them)")
     parser.add_argument("--config", metavar="FILE", help="a TOML or JSON config file")
     for flag, key, kind, text in FIELD_FLAGS:
         parser.add_argument(
@@ -238,6 +268,9 @@ def _add_plot_parser(sub: Any) -> None:
     )
     plot.add_argument("--dpi", type=float, default=110.0, help="resolution (default 110)")
     plot.add_argument("--metric", help="metrics.jsonl key (default by task)")
+    plot.add_argument(
+        "--csv", action="store_true", help="also write the plotted curves beside the figure (.csv)"
+    )
     plot.add_argument("--title", help="figure title")
 
 
@@ -331,63 +364,3 @@ def resume_paths(resume: str) -> tuple[Path, Path | None]:
             f"(a run directory is made by 'train' under run.logdir)"
         )
     return path, None
-
-
-#: The options that name files or folders: ``(flag, attribute)``.
-PATH_OPTIONS = (
-    ("--config", "config"),
-    ("--logdir", "run.logdir"),
-    ("--resume", "resume"),
-    ("--out", "out"),
-    ("--plot", "plot"),
-    ("DIR", "run_dirs"),
-)
-
-
-def check_paths(args: argparse.Namespace) -> None:
-    """Every path given on the command line fits the file system's limits.
-
-    :class:`UsageError` (one line) for one that is too long, before it is used anywhere.
-    """
-    for flag, attribute in PATH_OPTIONS:
-        value = getattr(args, attribute, None)
-        for path in value if isinstance(value, list) else [value]:
-            if path is None:
-                continue
-            too_long = path_too_long(path)
-            if too_long is not None:
-                raise UsageError(
-                    f"{flag} {shorten(path)} is too long for the file system ({too_long})"
-                )
-
-
-def check_device(cfg: Config) -> None:
-    """The learner's device exists here (``cuda`` without one is bad input)."""
-    try:
-        resolve_device(cfg.run.device)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def progress_mode(args: argparse.Namespace) -> Mode:
-    """``--progress``/``--no-progress``; by default a bar on a terminal, lines in a log file."""
-    if args.progress is None:
-        return "bar" if sys.stderr.isatty() else "lines"
-    return "bar" if args.progress else "off"
-
-
-def max_actor_restarts(args: argparse.Namespace) -> int | None:
-    """``--max-actor-restarts`` (None: the default), checked to be >= 0."""
-    if args.max_actor_restarts is not None and args.max_actor_restarts < 0:
-        raise UsageError(f"--max-actor-restarts must be >= 0, got {args.max_actor_restarts}")
-    return args.max_actor_restarts
-
-
-def check_sweep_args(args: argparse.Namespace) -> None:
-    """``sweep``'s counts and times are positive; :class:`UsageError` if not."""
-    if args.seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.cpus_per_seed <= 0:
-        raise UsageError(f"--cpus-per-seed must be > 0, got {args.cpus_per_seed}")
-    if args.seed_timeout <= 0:
-        raise UsageError(f"--seed-timeout must be > 0, got {args.seed_timeout}")

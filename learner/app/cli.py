@@ -8,6 +8,7 @@ Usage::
     impala-frodo train --config my.toml --set meta.lr=3e-3 --set run.queue_size=4
     impala-frodo train --resume runs/frodo-catch-s0-20250101-120000 --total-env-steps 1000000
     impala-frodo presets
+    impala-frodo eval runs/frodo-catch-s0-20250101-120000 --episodes 50 --video catch.gif
     impala-frodo sweep --preset catch-frodo --preset catch-impala --seeds 10 --plot fig3.png
     impala-frodo sweep --distributed --preset catch-frodo --seeds 10  # seeds via the actor-learner
     impala-frodo plot runs/sweep-catch-frodo-* runs/sweep-catch-impala-* --out fig3.png
@@ -27,10 +28,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from impala_frodo.config.checks import ConfigError
-from impala_frodo.config.presets import preset_names, preset_summary
+from impala_frodo.config.presets import folded_summary, listing, preset_summary
 from impala_frodo.config.schema import Config
 from impala_frodo.records.checkpoint import CheckpointError
 from impala_frodo.records.runlog import RunDirError
@@ -38,15 +39,19 @@ from learner.app.args import (
     PROG,
     UsageError,
     build_parser,
+    config_from_args,
+    normalise_argv,
+    resume_paths,
+)
+from learner.app.checks import (
     check_device,
     check_paths,
     check_sweep_args,
-    config_from_args,
     max_actor_restarts,
-    normalise_argv,
     progress_mode,
-    resume_paths,
 )
+from learner.app.evaluate import cmd_eval
+from learner.app.hints import option_hint
 from learner.app.log_handler import setup_logging
 from learner.control.exit_codes import ExitCode
 
@@ -83,12 +88,13 @@ def _exit_process(code: int) -> NoReturn:
 
 def _main(argv: Sequence[str], prog: str) -> int:
     parser = build_parser(prog)
+    argv = normalise_argv(argv)
     try:
-        args = parser.parse_args(normalise_argv(argv))
+        args = parser.parse_args(argv)
     except SystemExit as e:  # argparse's --help (0)
         return int(e.code or 0)
     except UsageError as e:  # argparse's errors, one line (OneLineErrorParser)
-        return _error(str(e))
+        return _error(option_hint(parser, argv, str(e)))
     try:
         return _run_command(args)
     except BAD_INPUT as e:
@@ -101,11 +107,13 @@ def _main(argv: Sequence[str], prog: str) -> int:
 def _run_command(args: argparse.Namespace) -> int:
     check_paths(args)
     if args.command == "presets":
-        return cmd_presets()
+        return cmd_presets(args.all)
     if args.command == "sweep":
         return cmd_sweep(args)
     if args.command == "plot":
         return cmd_plot(args)
+    if args.command == "eval":
+        return cmd_eval(args)
     return cmd_train(args)
 
 
@@ -116,6 +124,15 @@ def _error(message: str) -> int:
 
 def _say(message: str) -> None:
     print(f"[{PROG}] {message}", file=sys.stderr)
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    """Whether two streams write to one file or terminal (``> log 2>&1``, a shell)."""
+    try:
+        one, two = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (OSError, ValueError, AttributeError):  # pytest's captured streams
+        return False
+    return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
 
 
 def _exit_now_if_stuck(code: int) -> int:
@@ -129,12 +146,18 @@ def _exit_now_if_stuck(code: int) -> int:
 
 
 # ------------------------------------------------------------------ commands
-def cmd_presets() -> int:
-    """One line per preset: its name and summary."""
-    names = preset_names()
-    width = max(map(len, names), default=0)
-    for name in names:
-        print(f"{name:<{width}}  {preset_summary(name)}")
+def cmd_presets(full: bool = False) -> int:
+    """The presets by family, each with its summary; Atari's one line per algorithm unless
+    ``full``."""
+    sections = listing(full=full)
+    width = max(len(entry) for _, entries in sections for entry in entries)
+    for title, entries in sections:
+        print(f"{title}:")
+        for entry in entries:
+            summary = folded_summary(entry) if "<game>" in entry else preset_summary(entry)
+            print(f"  {entry:<{width}}  {summary}")
+    if not full:
+        print(f"('{PROG} presets --all' lists every Atari game's presets)")
     return ExitCode.OK
 
 
@@ -159,7 +182,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         options.max_actor_restarts = restarts
     setup_logging()
     result = train(cfg, options)
-    _say(describe_result(result))
+    summary = describe_result(result)
+    print(summary)  # on stdout, for scripts; on stderr too where that is elsewhere
+    if not _same_file(sys.stdout, sys.stderr):
+        _say(summary)
     if result.message:
         _say(result.message)
     return result.exit_code
@@ -238,25 +264,31 @@ def _finals_text(cfg: Config, run_dirs: list[Path]) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """Plot run (or sweep) directories into one figure."""
-    from impala_frodo.reports.plotting import expand_run_dirs, plot_runs
+    """Plot run (or sweep) directories into one figure; a line per curve on stdout."""
+    from impala_frodo.reports.plotting import compare_runs, expand_run_dirs
 
     if args.dpi <= 0:
         raise UsageError(f"--dpi must be > 0, got {args.dpi}")
     run_dirs = expand_run_dirs(args.run_dirs)
-    figure = plot_runs(
+    comparison = compare_runs(
         run_dirs,
         args.out,
         metric=args.metric,
         title=args.title,
         fmt=args.format,
         dpi=args.dpi,
+        write_csv=args.csv,
     )
-    _say(f"wrote {figure}")
+    for panel in comparison.panels:
+        for run in panel.skipped:
+            _say(f"warning: {run.path} has no {panel.metric!r}: left out")
+    for line in comparison.lines():
+        print(line)
+    _say(f"wrote {comparison.figure}" + (f" and {comparison.csv}" if comparison.csv else ""))
     # Atari runs: median and mean human-normalised scores over games, and their figure.
     from impala_frodo.reports.atari_summary import report_atari
 
-    for line in report_atari(run_dirs, figure):
+    for line in report_atari(run_dirs, comparison.figure):
         _say(line)
     return ExitCode.OK
 

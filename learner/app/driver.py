@@ -67,13 +67,14 @@ from learner.app.run_dir import claim_run_dir, resume_count
 from learner.cluster.actor_pool import ActorPool, TrainingError
 from learner.cluster.session import (
     ClusterConnectError,
-    check_local_cpus,
     check_resources,
+    fit_local_cpus,
     meta_learner_cpus,
     ray_session,
 )
 from learner.control.progress import Mode, Progress
 from learner.control.signals import StopSignal
+from learner.training.evaluator import evaluation_hook
 from learner.training.group import LearnerGroup
 from learner.training.learner import Learner
 from learner.training.loop import LoopCallback, LoopContext, TrainingLoop, run_session
@@ -120,7 +121,7 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
     spec = env_spec_or_config_error(cfg)
     local = not ray.is_initialized() and not (options.address or os.environ.get("RAY_ADDRESS"))
     if local:
-        check_local_cpus(cfg)
+        cfg = fit_local_cpus(cfg)  # shares fitted to this machine's CPUs, said in one line
     with (
         claim_run_dir(
             cfg,
@@ -160,6 +161,7 @@ def _train_in_session(
         _actor_pool(cfg, spec, state, options) as pool,
         _meta_link(cfg, spec) as meta_link,
         _learner(cfg, spec, device, run_dir, state, meta_link) as learner,
+        evaluation_hook(cfg, learner, options.callback) as callback,  # eval.*
     ):
         try:
             if meta_link is not None:  # started while the actors and the learner were built
@@ -177,7 +179,7 @@ def _train_in_session(
                 trajectories_per_update=cfg.run.trajectories_per_update,
                 progress_timeout_s=cfg.run.progress_timeout_s,
                 stop_at_return=options.stop_at_return,
-                callback=options.callback,
+                callback=callback,
             )
             return run_session(loop, run_dir)
         except MetaLearnerError as error:  # at start-up; later, run_session's result

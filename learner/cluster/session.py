@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
 import socket
@@ -22,9 +21,15 @@ from typing import Any
 import ray
 
 from impala_frodo.config.checks import ConfigError
-from impala_frodo.config.schema import Config
+from impala_frodo.envs.minatar_envs import WORKER_ENV
 from impala_frodo.utils import first_line, os_error_reason
 from learner.cluster.reaper import Reaper
+from learner.cluster.resources import (  # where the driver has long found them
+    check_local_cpus,
+    check_resources,
+    fit_local_cpus,
+    meta_learner_cpus,
+)
 
 log = logging.getLogger("impala_frodo")
 
@@ -49,6 +54,8 @@ def local_ray_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
         "include_dashboard": False,
         "logging_level": logging.WARNING,
         "_system_config": {"max_direct_call_object_size": INLINE_RESULT_BYTES},
+        # Third-party notes the driver has shown once are not printed again by every worker.
+        "runtime_env": {"env_vars": {WORKER_ENV: "1"}},
     }
 
 
@@ -256,95 +263,11 @@ def _quiet_default_token_auth() -> Iterator[None]:
         logger.removeFilter(drop)
 
 
-def check_local_cpus(cfg: Config) -> None:
-    """On the local Ray a run starts (``os.cpu_count()`` CPUs) every actor must fit, and
-    data-parallel learners with at least one actor.
-
-    An actor holds its ``run.actor_num_cpus`` for the whole run, so actors beyond what
-    the instance's CPUs hold at once (beside the learners) are never placed: the run would
-    wait for them until ``run.progress_timeout_s``. Refused as bad input before Ray starts.
-    (A cluster may grow: there :func:`check_resources` only warns about actors.)
-    """
-    cpus = os.cpu_count() or 1
-    per_actor = cfg.run.actor_num_cpus
-    if per_actor > cpus:
-        raise ConfigError(
-            f"run.actor_num_cpus = {per_actor:g} is more than the {cpus} CPUs of "
-            f"the local Ray instance this run starts: no actor could ever be placed"
-        )
-    _check_learner_cpus(cfg, cpus, "the local Ray instance this run starts")
-    learner_cpus = (
-        cfg.run.num_learners * cfg.run.learner_num_cpus if cfg.run.num_learners > 1 else 0
-    )
-    placeable = math.floor((cpus - learner_cpus) / per_actor + 1e-9)
-    if cfg.run.num_actors > placeable:
-        beside = f" beside {cfg.run.num_learners} learners" if learner_cpus else ""
-        raise ConfigError(
-            f"run.num_actors = {cfg.run.num_actors:,} actors of run.actor_num_cpus = "
-            f"{per_actor:g} need {cfg.run.num_actors * per_actor:,.1f} CPUs, but the local Ray "
-            f"instance this run starts has {cpus}: at most {placeable} actors can be placed"
-            f"{beside}; lower --num-actors or --actor-num-cpus, or join a cluster with --address"
-        )
-    check_meta_learner_fits(cfg, cpus, "the local Ray instance this run starts")
-
-
-def meta_learner_cpus(cfg: Config) -> float:
-    """The Ray CPUs the async meta-learner reserves (0 without one)."""
-    return cfg.meta.learner_num_cpus if cfg.is_meta and cfg.meta.mode == "async" else 0.0
-
-
-def check_meta_learner_fits(cfg: Config, cpus: float, where: str) -> None:
-    """The async meta-learner and the actors fit in ``cpus`` together (else
-    :class:`ConfigError`): the actors start first, and a meta-learner left without a place
-    would never run."""
-    meta = meta_learner_cpus(cfg)
-    actors = cfg.run.num_actors * cfg.run.actor_num_cpus
-    if meta > 0 and meta + actors > cpus:
-        raise ConfigError(
-            f"the async meta-learner (meta.learner_num_cpus = {meta:g}) and {cfg.run.num_actors} "
-            f"actors x {cfg.run.actor_num_cpus:g} CPU need {meta + actors:g} CPUs, but {where} "
-            f"has {cpus:g}: lower meta.learner_num_cpus or run.actor_num_cpus, or use "
-            "meta.mode = 'inline'"
-        )
-
-
-def _check_learner_cpus(cfg: Config, cpus: float, where: str) -> None:
-    learners = cfg.run.num_learners
-    if learners == 1:
-        return
-    least = learners * cfg.run.learner_num_cpus + cfg.run.actor_num_cpus  # and one actor
-    if least > cpus:
-        raise ConfigError(
-            f"{learners} learners x run.learner_num_cpus = {cfg.run.learner_num_cpus:g} and "
-            f"an actor's {cfg.run.actor_num_cpus:g} need {least:g} CPUs but {where} has "
-            f"{cpus:g}: lower run.num_learners or run.learner_num_cpus"
-        )
-
-
-def check_resources(cfg: Config, learner_gpus: bool = False) -> None:
-    """Refuse data-parallel learners, or an async meta-learner, that the cluster can never
-    place (ConfigError); warn when it has fewer CPUs than the actors reserve."""
-    resources = ray.cluster_resources()
-    cpus = resources.get("CPU", 0.0)
-    check_meta_learner_fits(cfg, cpus, "the cluster")  # async runs one learner (config)
-    learners = cfg.run.num_learners
-    if learners > 1:
-        _check_learner_cpus(cfg, cpus, "the cluster")
-        gpus = resources.get("GPU", 0.0)
-        if learner_gpus and learners > gpus:
-            raise ConfigError(
-                f"{learners} learners need a GPU each but the cluster has {gpus:g}: lower "
-                "run.num_learners, or set run.device=cpu"
-            )
-        cpus -= learners * cfg.run.learner_num_cpus
-    need = cfg.run.num_actors * cfg.run.actor_num_cpus
-    if need > cpus:
-        log.warning(
-            "%d actors x %.2f CPU = %.1f CPUs but the cluster has %.1f%s: only %d can run at once",
-            cfg.run.num_actors,
-            cfg.run.actor_num_cpus,
-            need,
-            cpus,
-            " beside the learners" if learners > 1 else "",
-            int(cpus // cfg.run.actor_num_cpus),
-        )
+__all__ = [
+    "ClusterConnectError",
+    "check_local_cpus",
+    "check_resources",
+    "fit_local_cpus",
+    "meta_learner_cpus",
+    "ray_session",
+]

@@ -6,6 +6,7 @@
   history, the return window and the log and checkpoint cadence.
 - :mod:`~learner.training.group`: N data-parallel learner processes on Ray.
 - :mod:`~learner.training.meta_actor`: the async meta-learner as a Ray actor.
+- :mod:`~learner.training.evaluator`: evaluation during training, an actor of its own.
 - :mod:`~learner.training.loop`: the distributed training loop and its stall watchdog.
 - :mod:`~learner.training.sync`: the synchronous single-process trainer.
 - :mod:`~learner.training.result`: stop reasons, each with its exit code, and results
