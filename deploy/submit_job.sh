@@ -15,9 +15,10 @@
 #   IMPALA_FRODO_LOGDIR     logdir added when none is given (default /runs)
 #   PYTHON                  interpreter for the entrypoint on the head (default python)
 #   SUBMISSION_ID           a submission id of your choice (default: Ray makes one)
-#   ENTRYPOINT_NUM_CPUS     CPUs reserved on the head for the driver (and its OMP_NUM_THREADS;
-#                           without it, Ray runs the driver with OMP_NUM_THREADS=1)
-#   ENTRYPOINT_NUM_GPUS     GPUs reserved for the driver (see deploy/README.md, GPU)
+#   ENTRYPOINT_NUM_CPUS     CPUs reserved for the driver, on any node that has them free (and
+#                           its OMP_NUM_THREADS; without it, Ray runs the driver on the head
+#                           with OMP_NUM_THREADS=1)
+#   ENTRYPOINT_NUM_GPUS     GPUs reserved for the driver (see deploy/README.md, GPUs)
 #   RAY_AUTH_MODE, RAY_AUTH_TOKEN   Ray token authentication, read by `ray job submit`
 #   NO_WAIT=1               return after submitting instead of following the logs
 #   DRY_RUN=1               print the command instead of running it

@@ -43,6 +43,7 @@ CLUSTER_FILE = DEPLOY / "cluster.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 SUBMIT_SCRIPT = DEPLOY / "submit_job.sh"
 README = DEPLOY / "README.md"
+CI_DOC = REPO_ROOT / "docs" / "ci.md"
 PRESETS = REPO_ROOT / "impala_frodo" / "config" / "presets"
 
 RAY_SERVICES = ("ray-head", "ray-worker")
@@ -329,13 +330,54 @@ def test_python_m_learner_resolves():
 
 
 def test_documented_presets_exist():
-    texts = [README, COMPOSE_FILE, CLUSTER_FILE, SUBMIT_SCRIPT]
+    texts = [README, CI_DOC, COMPOSE_FILE, CLUSTER_FILE, SUBMIT_SCRIPT]
     presets = set()
     for path in texts:
         presets.update(re.findall(r"--preset[ =]([\w.-]+)", path.read_text()))
     assert presets
     for name in presets:
         assert (PRESETS / f"{name}.toml").is_file(), f"preset {name} named in the docs is missing"
+
+
+def _documented_learner_commands() -> list[list[str]]:
+    """The learner arguments of every ``deploy/submit_job.sh`` and ``python -m learner``
+    command in deploy/README.md: in bash blocks and in inline code, continuations joined."""
+    text = README.read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = [ln for block in blocks for ln in block.replace("\\\n", " ").splitlines()]
+    lines += re.findall(r"`([^`\n]*(?:submit_job\.sh|python -m learner)[^`\n]*)`", text)
+    commands = []
+    for line in lines:
+        tokens = shlex.split(line, comments=True)
+        for marker in (["deploy/submit_job.sh"], ["python", "-m", "learner"]):
+            n = len(marker)
+            starts = [i for i in range(len(tokens)) if tokens[i : i + n] == marker]
+            if starts:
+                argv = tokens[starts[0] + n :]
+                if any(a.startswith("--") for a in argv):  # not the bare name in prose
+                    commands.append(argv)
+                break
+    return commands
+
+
+def test_documented_learner_commands_parse(monkeypatch):
+    """Every learner command the cluster guide shows parses with the learner's own parser
+    (flags, --set keys) and, unless it resumes a run, gives a valid config (presets exist,
+    learners <= actors, ...). Envs are not built: MinAtar and Atari need their extras."""
+    from learner.app import args as learner_args
+
+    monkeypatch.setattr(learner_args, "check_env", lambda cfg: None)
+    commands = _documented_learner_commands()
+    assert len(commands) >= 5, commands
+    parser = learner_args.build_parser()
+    for argv in commands:
+        parsed = parser.parse_args(learner_args.normalise_argv(argv))
+        assert parsed.command == "train", argv
+        if parsed.resume is None:
+            learner_args.config_from_args(parsed)
+        # A job runs in a temporary copy of the working directory: a given logdir is absolute.
+        logdir = getattr(parsed, "run.logdir", None)
+        assert logdir is None or Path(logdir).is_absolute(), argv
 
 
 def test_submit_script_builds_the_documented_command():
