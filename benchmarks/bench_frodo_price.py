@@ -24,7 +24,12 @@ forward pass spends its time on work the FLOP count does not see (element-wise
 operators, the LSTM's small products, autograd's bookkeeping). ``--profile`` adds a
 ``torch.profiler`` table of where one FRODO cycle on Catch spends its time.
 
+``--settings`` adds the price settings' per-update time and FLOPs against IMPALA on
+Catch 11 x 6; ``--e2e`` distributed runs of IMPALA and FRODO at those settings,
+alternated, with their steady env steps/s.
+
     python benchmarks/bench_frodo_price.py --nets catch minatar --repeats 5 --profile
+    python benchmarks/bench_frodo_price.py --nets --settings --e2e base k4-f0.25-w16
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -259,6 +265,60 @@ def settings_table(steps: int, repeats: int, cycles: int = 4) -> dict[str, Any]:
     }
 
 
+def e2e_table(settings: list[str], actors: int, steps: int, repeats: int) -> dict[str, Any]:
+    """Distributed runs on a local Ray instance (Catch 11 x 6, the price presets): IMPALA and
+    FRODO at each setting alternated within every repeat; steady env steps/s (between the
+    first and last log records), medians, and each one's ratio to IMPALA's median."""
+    import ray
+    from bench_e2e import machine_info, steady_rate
+
+    from learner.app.driver import TrainOptions, train
+    from learner.cluster.session import local_ray_init_kwargs
+
+    arms = {"impala": ("catch-impala", {})}
+    arms |= {name: ("catch-frodo", SETTINGS[name]) for name in settings}
+    samples: dict[str, list[float]] = {name: [] for name in arms}
+    ray.init(**local_ray_init_kwargs())
+    try:
+        with tempfile.TemporaryDirectory() as logdir:
+            for _ in range(repeats):
+                for name, (preset, overrides) in arms.items():
+                    cfg = set_dotted(
+                        load_preset(preset),
+                        overrides
+                        | {
+                            "run.num_actors": actors,
+                            "run.total_env_steps": steps,
+                            "run.log_every_s": 0.5,
+                            "run.checkpoint_every_s": 1e9,
+                            "run.logdir": logdir,
+                        },
+                    )
+                    result = train(cfg, TrainOptions(progress=False, handle_signals=False))
+                    if result.exit_code != 0:
+                        raise RuntimeError(f"{name}: {result.reason} {result.message}")
+                    rate = steady_rate(result.run_dir)
+                    if rate is not None:
+                        samples[name].append(rate)
+    finally:
+        ray.shutdown()
+    base = statistics.median(samples["impala"])
+    return {
+        "machine": machine_info(torch.get_num_threads()),
+        "actors": actors,
+        "env_steps_per_run": steps,
+        "repeats": repeats,
+        "rates": {
+            name: {
+                "steady_env_steps_per_s": round(statistics.median(rates)),
+                "samples": [round(r) for r in rates],
+                "ratio_to_impala": round(statistics.median(rates) / base, 3),
+            }
+            for name, rates in samples.items()
+        },
+    }
+
+
 def profile_table(steps: int, rows: int = 15) -> list[dict[str, Any]]:
     """Where one FRODO cycle on Catch spends its CPU time: the top operators."""
     parts = Parts("catch", "frodo", steps)
@@ -280,7 +340,7 @@ def profile_table(steps: int, rows: int = 15) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=["catch", "minatar"])
+    parser.add_argument("--nets", nargs="*", choices=sorted(NETS), default=["catch", "minatar"])
     parser.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
     parser.add_argument("--steps", type=int, default=20, help="unroll length T")
     parser.add_argument("--repeats", type=int, default=5)
@@ -289,6 +349,14 @@ def main() -> None:
     parser.add_argument(
         "--settings", action="store_true", help="the price settings on Catch 11 x 6 (T = 16)"
     )
+    parser.add_argument(
+        "--e2e",
+        nargs="*",
+        metavar="SETTING",
+        help="distributed runs of IMPALA and FRODO at these settings (default: all), alternated",
+    )
+    parser.add_argument("--e2e-actors", type=int, default=2)
+    parser.add_argument("--e2e-steps", type=int, default=200_000)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {"threads": args.threads, "torch": torch.__version__, "nets": {}}
@@ -302,6 +370,9 @@ def main() -> None:
         report["profile_frodo_catch"] = profile_table(args.steps)
     if args.settings:
         report["settings_catch_11x6"] = settings_table(16, args.repeats)
+    if args.e2e is not None:
+        chosen = args.e2e or list(SETTINGS)
+        report["e2e_catch_11x6"] = e2e_table(chosen, args.e2e_actors, args.e2e_steps, args.repeats)
     print(json.dumps(report, indent=2))
 
 
