@@ -64,6 +64,7 @@ from impala_frodo.records.runlog import (
 from impala_frodo.rule.meta_learner import MetaLearnerError
 from impala_frodo.utils import os_error_reason, resolve_device, seed_everything
 from learner.app.env_check import env_spec_or_config_error
+from learner.app.preflight import removed_if_refused
 from learner.cluster.actor_pool import ActorPool, TrainingError
 from learner.cluster.session import (
     ClusterConnectError,
@@ -178,6 +179,7 @@ def _claim_run_dir(
     Before Ray starts: the directory is locked (:class:`RunLock`: a second session in it
     is refused), checked to be writable, and a resumed run's checkpoint is loaded.
     """
+    made_here = options.resume_dir is None and options.run_dir is None
     if options.resume_dir is None:
         if options.run_dir is not None:  # made by a sweep for this seed
             run_dir = Path(options.run_dir)
@@ -185,7 +187,7 @@ def _claim_run_dir(
             run_dir = create_run_dir(cfg, cfg.run.logdir)
     else:
         run_dir = Path(options.resume_dir)
-    with RunLock(run_dir):
+    with RunLock(run_dir), removed_if_refused(run_dir, made_here):
         check_writable(run_dir)
         state = None
         if options.resume_dir is not None:

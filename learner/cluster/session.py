@@ -24,6 +24,7 @@ import ray
 from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config
 from impala_frodo.utils import first_line, os_error_reason
+from learner.cluster import local_start
 from learner.cluster.reaper import Reaper
 
 log = logging.getLogger("impala_frodo")
@@ -32,8 +33,9 @@ log = logging.getLogger("impala_frodo")
 #: instead of going through the shared-memory object store (measured: +50% env steps/s
 #: for 134 KB Catch unrolls on 2 cores).
 INLINE_RESULT_BYTES = 4 * 1024 * 1024
-#: The logger of Ray's token authentication set-up.
+#: The logger of Ray's token authentication set-up, and that of ``ray.init``.
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_WORKER_LOGGER = "ray._private.worker"
 #: Longest single wait of the driver: a stop request is seen within about this.
 WAIT_SLICE_S = 0.5
 
@@ -67,18 +69,21 @@ def ray_session(
     :class:`ClusterConnectError`; ``should_stop()`` true meanwhile (a stop request) raises
     ``KeyboardInterrupt``.
     Otherwise: a private local instance with ``num_cpus = os.cpu_count()``, no
-    dashboard, and Ray's default token authentication.
+    dashboard, and Ray's default token authentication, started by
+    :func:`~learner.cluster.local_start.start_local` (``should_stop()`` true meanwhile
+    kills what it started and raises ``KeyboardInterrupt``).
     """
     if ray.is_initialized():
         yield False
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    reaper = None
-    if address:
-        _connect(address, connect_timeout_s, should_stop)
-    else:
-        with _quiet_default_token_auth():
-            ray.init(**local_ray_init_kwargs())
+    reaper = instance = None
+    with _quiet_start():
+        if address:
+            _connect(address, connect_timeout_s, should_stop)
+        else:
+            instance = local_start.start_local(local_ray_init_kwargs(), should_stop)
+    if instance is not None:
         reaper = _start_reaper()
     try:
         yield True
@@ -87,6 +92,7 @@ def ray_session(
             ray.shutdown()  # only disconnects: the cluster stays up
         else:
             _shutdown_local()
+            instance.release()
             if reaper is not None:
                 reaper.close()
 
@@ -172,8 +178,9 @@ _stuck_connect: threading.Thread | None = None
 
 
 def connect_stuck() -> bool:
-    """A cluster connection attempt is still blocked in Ray (see :func:`ray_session`)."""
-    return _stuck_connect is not None and _stuck_connect.is_alive()
+    """A cluster connection, or a local start, abandoned on a stop request or a deadline is
+    still blocked in Ray (see :func:`ray_session`)."""
+    return (_stuck_connect is not None and _stuck_connect.is_alive()) or local_start.stuck()
 
 
 def _connect(address: str, timeout_s: float, should_stop: Callable[[], bool] | None = None) -> None:
@@ -239,20 +246,28 @@ class _DropMessage(logging.Filter):
         return not record.getMessage().startswith(self.start)
 
 
-@contextmanager
-def _quiet_default_token_auth() -> Iterator[None]:
-    """Drop Ray's note that a new local instance has token authentication on.
+#: Ray's notes on a start that say nothing to a user: (logger, message start).
+_START_NOTES = (
+    # Ray turns token authentication on by default and says so on every local start (it
+    # stays on; only the note goes).
+    (_AUTH_LOGGER, "Token authentication is enabled for this Ray cluster"),
+    # ray.init outside the main thread (here, on purpose) does not put in its own SIGTERM
+    # handler, which would end the process with sys.exit in the middle of the start.
+    (_WORKER_LOGGER, "SIGTERM handler is not set because current thread is not the main"),
+)
 
-    Ray turns it on by default and warns on every local start; it stays on, the
-    note is only dropped (other warnings of that logger still show).
-    """
-    logger = logging.getLogger(_AUTH_LOGGER)
-    drop = _DropMessage("Token authentication is enabled for this Ray cluster")
-    logger.addFilter(drop)
+
+@contextmanager
+def _quiet_start() -> Iterator[None]:
+    """Drop :data:`_START_NOTES` meanwhile (other messages of those loggers still show)."""
+    filters = [(logging.getLogger(name), _DropMessage(start)) for name, start in _START_NOTES]
+    for logger, drop in filters:
+        logger.addFilter(drop)
     try:
         yield
     finally:
-        logger.removeFilter(drop)
+        for logger, drop in filters:
+            logger.removeFilter(drop)
 
 
 def check_local_cpus(cfg: Config) -> None:
