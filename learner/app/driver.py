@@ -64,7 +64,7 @@ from impala_frodo.records.runlog import (
 from impala_frodo.rule.meta_learner import MetaLearnerError
 from impala_frodo.utils import os_error_reason, resolve_device, seed_everything
 from learner.app.env_check import env_spec_or_config_error
-from learner.app.preflight import removed_if_refused
+from learner.app.preflight import check_cluster_memory, check_memory, removed_if_refused
 from learner.cluster.actor_pool import ActorPool, TrainingError
 from learner.cluster.session import (
     ClusterConnectError,
@@ -122,6 +122,7 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
     local = not ray.is_initialized() and not (options.address or os.environ.get("RAY_ADDRESS"))
     if local:
         check_local_cpus(cfg)
+    check_memory(cfg, spec, local=local)  # before Ray starts and before any file is written
     with (
         _claim_run_dir(cfg, options) as (run_dir, state),
         _torch_threads(_learner_threads(cfg, options, local)),
@@ -137,6 +138,8 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
             if options.handle_signals:
                 stop.install()  # over the failure-signal handler Ray's core worker set
             check_resources(cfg, learner_gpus=_learners_use_gpus(cfg))
+            if not local:
+                check_cluster_memory(cfg, spec)
             # The actors start first: their processes come up while the learner is built.
             try:
                 with (
