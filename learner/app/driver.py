@@ -75,11 +75,11 @@ from learner.cluster.session import (
 )
 from learner.control.progress import Mode, Progress
 from learner.control.signals import StopSignal
-from learner.training.group import LearnerGroup
+from learner.training.group import LearnerFailure, LearnerGroup
 from learner.training.learner import Counters, Learner, check_resume_state
 from learner.training.loop import LoopCallback, LoopContext, run_session
 from learner.training.meta_actor import RayMetaLink
-from learner.training.result import StopReason, TrainResult, describe_result
+from learner.training.result import StopReason, TrainResult, describe_result, failure_of
 
 log = logging.getLogger("impala_frodo")
 
@@ -162,11 +162,13 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
                         stop_at_return=options.stop_at_return,
                         callback=options.callback,
                     )
-            except MetaLearnerError as error:  # at start-up; later, run_session's result
+            # At start-up (the meta-learner or the learners not placed, or dead); later,
+            # run_session's result.
+            except (MetaLearnerError, LearnerFailure) as error:
                 log.error("training stopped: %s", error)
                 return TrainResult(
                     run_dir=run_dir,
-                    reason=StopReason.META,
+                    reason=failure_of(error).reason,
                     message=str(error),
                     budget=cfg.run.total_env_steps,
                     returns_window=cfg.run.returns_window,

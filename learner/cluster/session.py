@@ -287,6 +287,7 @@ def check_local_cpus(cfg: Config) -> None:
             f"the local Ray instance this run starts: no actor could ever be placed"
         )
     _check_learner_cpus(cfg, cpus, "the local Ray instance this run starts")
+    _check_learner_nodes(cfg, 1, "the local Ray instance this run starts")
     learner_cpus = (
         cfg.run.num_learners * cfg.run.learner_num_cpus if cfg.run.num_learners > 1 else 0
     )
@@ -322,6 +323,18 @@ def check_meta_learner_fits(cfg: Config, cpus: float, where: str) -> None:
         )
 
 
+def _check_learner_nodes(cfg: Config, nodes: int, where: str) -> None:
+    """``strict-spread`` learners need a node each: more than ``nodes`` are never placed
+    (after a node loss, a resume would wait ``run.progress_timeout_s`` for a node)."""
+    learners = cfg.run.num_learners
+    if learners > 1 and cfg.run.learner_placement == "strict-spread" and learners > nodes:
+        raise ConfigError(
+            f"run.learner_placement = 'strict-spread' puts each of the {learners} learners on "
+            f"a node of its own, but {where} has {nodes} live node(s): use 'spread' or "
+            "'pack', or add nodes"
+        )
+
+
 def _check_learner_cpus(cfg: Config, cpus: float, where: str) -> None:
     learners = cfg.run.num_learners
     if learners == 1:
@@ -344,6 +357,9 @@ def check_resources(cfg: Config, learner_gpus: bool = False) -> None:
     learners = cfg.run.num_learners
     if learners > 1:
         _check_learner_cpus(cfg, cpus, "the cluster")
+        _check_learner_nodes(
+            cfg, sum(bool(node.get("Alive")) for node in ray.nodes()), "the cluster"
+        )
         gpus = resources.get("GPU", 0.0)
         if learner_gpus and learners > gpus:
             raise ConfigError(
