@@ -177,7 +177,7 @@ def run_scenario(kind: str, two_nodes, tmp_path: Path) -> dict:  # noqa: F811
     )
     assert done.returncode == 0, done.stderr[-4000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    print(kind, {k: seen.get(k) for k in ("ended_after_s", "reason", "message")})  # pytest -s
+    print(kind, {k: seen.get(k) for k in ("ended_after_s", "reason", "refused_in_s")})
     return seen
 
 
