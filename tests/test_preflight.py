@@ -118,8 +118,8 @@ def test_a_size_that_cannot_fit_is_one_line_naming_what_to_lower():
 
 @pytest.mark.parametrize(
     ("need", "warned"),
-    [(GIB, False), (9 * GIB, True), (13 * GIB, True)],
-    ids=["small", "over-half", "over-what-is-free"],
+    [(GIB, False), (5 * GIB, True), (13 * GIB, True)],
+    ids=["small", "over-a-quarter", "over-what-is-free"],
 )
 def test_a_large_size_that_fits_is_one_warning_line(caplog, need, warned):
     with caplog.at_level(logging.WARNING, logger="impala_frodo"):

@@ -36,8 +36,9 @@ from impala_frodo.records.runlog import CONFIG_FILE, LOCK_FILE, RunDirError
 
 log = logging.getLogger("impala_frodo")
 
-#: A run estimated to take more than this share of a machine gets a warning.
-LARGE_SHARE = 0.5
+#: A run estimated to take more than this share of a machine gets a warning: the estimate
+#: is a lower bound, and resident sizes were 2 to 6 times it (docs/faults.md).
+LARGE_SHARE = 0.25
 #: cgroup v2's and v1's memory limit, and usage, of this process's group.
 _CGROUP_FILES = (
     ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
