@@ -1,5 +1,5 @@
 """Sizes that cannot fit are refused up front (issue 31, item 1): the estimate
-(:mod:`impala_frodo.acting.memory`, :mod:`impala_frodo.networks.sizes`) and the check
+(:mod:`impala_frodo.sizing.memory`, :mod:`impala_frodo.networks.sizes`) and the check
 against the machine or the cluster (:mod:`learner.app.preflight`)."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import time
 import pytest
 
 from actors.rollout import EnvSpec
-from impala_frodo.acting.memory import STEP_BYTES, chain_length, run_memory, unroll_bytes
 from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.networks.agent import AgentNet
 from impala_frodo.networks.meta import MetaNet
 from impala_frodo.networks.sizes import agent_parameters, meta_parameters
+from impala_frodo.sizing.memory import STEP_BYTES, chain_length, run_memory, unroll_bytes
 from learner.app import preflight
 from learner.app.preflight import Machine, Part, check_fits, format_bytes, this_machine
 from learner.control.exit_codes import ExitCode

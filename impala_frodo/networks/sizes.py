@@ -3,7 +3,7 @@
 The networks are built on PyTorch's ``meta`` device (shapes only: no memory, no
 initialisation, so an absurd width costs nothing) and their parameters counted: no figure
 here restates an architecture, so the counts stay right when a torso changes.
-:mod:`impala_frodo.acting.memory` turns them into bytes of a run.
+:mod:`impala_frodo.sizing.memory` turns them into bytes of a run.
 """
 
 from __future__ import annotations

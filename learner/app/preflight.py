@@ -1,7 +1,7 @@
 """Before a run starts: do its sizes fit in memory, and a refused start leaves nothing.
 
 **Memory.** :func:`check_memory` sets the run's estimate
-(:func:`~impala_frodo.acting.memory.run_memory`: the arrays and parameters its sizes
+(:func:`~impala_frodo.sizing.memory.run_memory`: the arrays and parameters its sizes
 make certain, a lower bound) beside what the machine can hold: its physical memory, or
 its cgroup's limit if lower. A run on a local Ray instance has every process here; with
 ``--address`` only the driver (and its learner) is, and :func:`check_cluster_memory`
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actors.rollout import EnvSpec
-from impala_frodo.acting.memory import RunMemory, run_memory
 from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config
 from impala_frodo.records.runlog import CONFIG_FILE, LOCK_FILE, RunDirError
+from impala_frodo.sizing.memory import RunMemory, run_memory
 
 log = logging.getLogger("impala_frodo")
 
@@ -171,7 +171,7 @@ def check_fits(found: list[Part], machine: Machine, subject: str = "this run") -
 
 
 def estimate(cfg: Config, spec: EnvSpec) -> RunMemory:
-    """:func:`~impala_frodo.acting.memory.run_memory` for the env of ``spec``."""
+    """:func:`~impala_frodo.sizing.memory.run_memory` for the env of ``spec``."""
     return run_memory(cfg, spec.observation_shape, spec.observation_itemsize, spec.num_actions)
 
 
