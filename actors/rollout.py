@@ -63,6 +63,8 @@ class EnvSpec:
     num_actions: int
     #: ``[S, *obs_shape]`` observations of every state, for value evaluation (random walk).
     state_observations: np.ndarray | None = None
+    #: Bytes of an observation element as the env stores it (1 for byte images).
+    observation_itemsize: int = 4
 
 
 def env_spec(cfg: Config) -> EnvSpec:
@@ -72,7 +74,8 @@ def env_spec(cfg: Config) -> EnvSpec:
         states = env.state_observations()
         if states is not None:
             states = np.asarray(states, dtype=np.float32)
-        return EnvSpec(tuple(env.observation_shape), int(env.num_actions), states)
+        itemsize = np.dtype(env.observation_dtype).itemsize
+        return EnvSpec(tuple(env.observation_shape), int(env.num_actions), states, itemsize)
     finally:
         env.close()
 

@@ -10,6 +10,7 @@ The core in rooms, each a subpackage with one job; a room imports only the rooms
 - ``acting``: unrolls and the trajectory format.
 - ``rule``: the learning rule (V-trace, losses, meta-gradient, the update).
 - ``records``: run directories, logs and checkpoints.
+- ``sizing``: what a run's sizes ask of memory (estimates made before it starts).
 - ``reports``: figures, tables and probes.
 
 Importing the package registers its Gymnasium ids (``impala_frodo/Catch-v0``,

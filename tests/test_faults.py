@@ -307,6 +307,7 @@ def test_a_cluster_address_that_refuses_exits_2_at_once(tmp_path):
     assert err.strip().splitlines() == [
         "impala-frodo: error: cannot reach the Ray cluster at '127.0.0.1:1': Connection refused"
     ]
+    assert not any(tmp_path.iterdir()), "a refused run left its run directory behind"
 
 
 @pytest.fixture
@@ -342,4 +343,5 @@ def test_a_signal_while_connecting_stops_the_run(tmp_path, silent_endpoint):
             process.kill()
             process.wait(timeout=60)
     assert process.returncode == ExitCode.INTERRUPTED, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert "interrupted: stopped while connecting" in err and "Traceback" not in err, err
+    assert not any(tmp_path.iterdir()), "a run stopped before it started left its directory"

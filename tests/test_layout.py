@@ -45,6 +45,9 @@ ROOMS: dict[str, frozenset[str]] = {
         }
     ),
     "impala_frodo.records": frozenset({"impala_frodo.utils", "impala_frodo.config"}),
+    "impala_frodo.sizing": frozenset(
+        {"impala_frodo.utils", "impala_frodo.config", "impala_frodo.networks"}
+    ),
     "impala_frodo.reports": frozenset(
         {
             "impala_frodo.utils",

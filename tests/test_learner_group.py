@@ -138,6 +138,25 @@ def test_a_dead_learner_ends_the_run_with_the_last_checkpoint_kept(ray_local, tm
     assert saved["counters"]["updates"] == 15, "the last good checkpoint is kept as it was"
 
 
+def test_learners_not_placed_in_time_end_the_run_with_exit_1_not_a_traceback(ray_local, tmp_path):
+    """A placement that waits past ``run.progress_timeout_s`` (here: another job holds the
+    CPUs) is a learner failure at start-up, as a learner lost later is."""
+
+    @ray.remote(num_cpus=2)
+    class Ballast:
+        def ready(self) -> bool:
+            return True
+
+    ballast = Ballast.remote()
+    ray.get(ballast.ready.remote(), timeout=60)
+    try:
+        result = train(group_cfg(tmp_path, "impala", **{"run.progress_timeout_s": 3.0}), options())
+    finally:
+        ray.kill(ballast)
+    assert result.reason == "learners" and result.exit_code == ExitCode.FAILED, result.message
+    assert "placing 2 learners" in result.message and "no answer within" in result.message
+
+
 def test_the_synchronous_trainer_refuses_several_learners(tmp_path):
     with pytest.raises(ConfigError, match="distributed trainer"):
         train_sync(group_cfg(tmp_path))
@@ -152,7 +171,15 @@ def test_the_synchronous_trainer_refuses_several_learners(tmp_path):
             ["--num-learners", "41", "--num-actors", "41"],
             "would get under 0.05 CPU each",
         ),
+        (
+            [
+                *("--num-learners", "2", "--set", "run.learner_num_cpus=0.5"),
+                *("--set", "run.learner_placement=strict-spread"),
+            ],
+            "but the local Ray instance this run starts has 1 live node(s): use 'spread' or",
+        ),
     ],
+    ids=["none", "more-than-actors", "cpus", "strict-spread-on-one-node"],
 )
 def test_learners_that_cannot_be_had_are_refused_in_one_line(tmp_path, args, message):
     argv = ["train", "--preset", "catch-impala", "--logdir", str(tmp_path), "--no-progress"]

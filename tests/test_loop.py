@@ -113,18 +113,18 @@ def test_an_unroll_that_finished_during_the_wait_restarts_the_deadline_then():
 def test_a_dead_raylet_is_named():
     from types import SimpleNamespace
 
-    from learner.cluster.session import raylet_failure
+    from learner.cluster.local_instance import head_failure
 
     process = subprocess.Popen(["sleep", "60"])
     processes = {"raylet": [SimpleNamespace(process=process)]}
     try:
-        assert raylet_failure(processes) is None
+        assert head_failure(processes) is None
         process.kill()
         process.wait(timeout=60)
-        assert raylet_failure(processes) == (
+        assert head_failure(processes) == (
             f"the local Ray node is lost: its raylet (pid {process.pid}) died (killed by SIGKILL)"
         )
     finally:
         if process.poll() is None:
             process.kill()
-    assert raylet_failure({}) is None
+    assert head_failure({}) is None

@@ -9,6 +9,8 @@
   learner, Ray session, actors): :func:`~learner.app.driver.train`.
 - :mod:`~learner.app.run_dir`: a session's run directory claimed (locked, checked, the
   checkpoint to resume loaded) before Ray starts.
+- :mod:`~learner.app.preflight`: a run's sizes against memory before it starts; a refused
+  start leaves no run directory.
 - :mod:`~learner.app.sweep`: seeds of a config as parallel Ray tasks.
 - :mod:`~learner.app.env_check`: is the env usable; :mod:`~learner.app.log_handler`: log
   lines that do not tear the progress bar.

@@ -99,8 +99,8 @@ def _main(argv: Sequence[str], prog: str) -> int:
         return _run_command(args)
     except BAD_INPUT as e:
         return _exit_now_if_stuck(_error(str(e)))
-    except KeyboardInterrupt:
-        print(f"[{PROG}] interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"[{PROG}] interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
         return _exit_now_if_stuck(ExitCode.INTERRUPTED)
 
 

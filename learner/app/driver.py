@@ -34,7 +34,6 @@ abandoned at the end of the session.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -63,23 +62,25 @@ from impala_frodo.rule.meta_learner import MetaLearnerError, MetaLink
 from impala_frodo.rule.updater import Updater
 from impala_frodo.utils import os_error_reason, resolve_device, seed_everything
 from learner.app.env_check import env_spec_or_config_error
+from learner.app.preflight import check_cluster_memory, check_memory
 from learner.app.run_dir import claim_run_dir, resume_count
 from learner.cluster.actor_pool import ActorPool, TrainingError
-from learner.cluster.session import (
-    ClusterConnectError,
+from learner.cluster.resources import (
     check_resources,
     fit_local_cpus,
+    learner_threads,
     meta_learner_cpus,
-    ray_session,
+    torch_threads,
 )
+from learner.cluster.session import ClusterConnectError, ray_session
 from learner.control.progress import Mode, Progress
-from learner.control.signals import StopSignal
+from learner.control.signals import StopSignal, stop_signal
 from learner.training.evaluator import evaluation_hook
-from learner.training.group import LearnerGroup
+from learner.training.group import LearnerFailure, LearnerGroup
 from learner.training.learner import Learner
 from learner.training.loop import LoopCallback, LoopContext, TrainingLoop, run_session
 from learner.training.meta_actor import MetaLearnerSpec, RayMetaLink
-from learner.training.result import StopReason, TrainResult, describe_result
+from learner.training.result import StopReason, TrainResult, describe_result, failure_of
 
 log = logging.getLogger("impala_frodo")
 
@@ -122,6 +123,7 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
     local = not ray.is_initialized() and not (options.address or os.environ.get("RAY_ADDRESS"))
     if local:
         cfg = fit_local_cpus(cfg)  # shares fitted to this machine's CPUs, said in one line
+    check_memory(cfg, spec, local=local)  # before Ray starts and before any file is written
     with (
         claim_run_dir(
             cfg,
@@ -129,8 +131,8 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
             run_dir=options.run_dir,
             resume_checkpoint=options.resume_checkpoint,
         ) as (run_dir, state),
-        _torch_threads(_learner_threads(cfg, options, local)),
-        _stop_signal(options.handle_signals) as stop,
+        torch_threads(learner_threads(cfg, options.learner_threads, local=local)),
+        stop_signal(options.handle_signals) as stop,
     ):
         session = ray_session(
             options.address,
@@ -142,6 +144,8 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
             if options.handle_signals:
                 stop.install()  # over the failure-signal handler Ray's core worker set
             check_resources(cfg, learner_gpus=_learners_use_gpus(cfg))
+            if not local:
+                check_cluster_memory(cfg, spec)
             return _train_in_session(cfg, spec, device, run_dir, state, options, stop)
 
 
@@ -182,55 +186,13 @@ def _train_in_session(
                 callback=callback,
             )
             return run_session(loop, run_dir)
-        except MetaLearnerError as error:  # at start-up; later, run_session's result
+        # At start-up (the meta-learner or the learners not placed, or dead); later,
+        # run_session's result.
+        except (MetaLearnerError, LearnerFailure) as error:
             log.error("training stopped: %s", error)
             return TrainResult.from_books(
-                learner.books, StopReason.META, run_dir=run_dir, message=str(error)
+                learner.books, failure_of(error).reason, run_dir=run_dir, message=str(error)
             )
-
-
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """Torch uses ``threads`` threads meanwhile (the setting before is put back after).
-
-    Set before the learner's first torch op: OpenMP sizes its thread pool then, and a
-    spare pool thread spin-waits on a core the actors need (a pool made with more threads
-    and cut afterwards costs throughput; docs/results-distributed.md, "Measurements
-    behind the code").
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextmanager
-def _stop_signal(handle_signals: bool) -> Iterator[StopSignal]:
-    """A :class:`StopSignal`, handling SIGINT/SIGTERM from now (before Ray connects: a stop
-    while it connects is seen too) if ``handle_signals``; the old handlers back after."""
-    stop = StopSignal()
-    if handle_signals:
-        stop.install()
-    try:
-        yield stop
-    finally:
-        stop.restore()
-
-
-def _learner_threads(cfg: Config, options: TrainOptions, local: bool) -> int:
-    """Torch threads for the learner: on a local Ray, the cores the actors leave free.
-
-    On a cluster (or a Ray someone else started) the current setting stays
-    (``OMP_NUM_THREADS``; see ``ENTRYPOINT_NUM_CPUS`` in deploy/submit_job.sh).
-    """
-    if options.learner_threads is not None:
-        return options.learner_threads
-    if not local:
-        return torch.get_num_threads()
-    actor_cpus = math.ceil(cfg.run.num_actors * cfg.run.actor_num_cpus + meta_learner_cpus(cfg))
-    return max(1, (os.cpu_count() or 1) - actor_cpus)
 
 
 @contextmanager

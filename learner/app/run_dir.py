@@ -16,6 +16,7 @@ from typing import Any
 from impala_frodo.config.schema import Config
 from impala_frodo.records.checkpoint import CheckpointManager, load_checkpoint
 from impala_frodo.records.runlog import CHECKPOINT_DIR, RunLock, check_writable, create_run_dir
+from learner.app.preflight import removed_if_refused
 from learner.training.books import Counters
 from learner.training.learner import check_resume_state
 
@@ -34,13 +35,15 @@ def claim_run_dir(
     else ``run_dir``, a new run's directory already made (a sweep makes its seeds' up
     front), or a new one under ``run.logdir``.
     """
+    made_here = resume_dir is None and run_dir is None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
     elif run_dir is not None:
         run_dir = Path(run_dir)
     else:
         run_dir = create_run_dir(cfg, cfg.run.logdir)
-    with RunLock(run_dir):
+    # A start refused or stopped before anything but config.json was written leaves nothing.
+    with RunLock(run_dir), removed_if_refused(run_dir, made_here):
         check_writable(run_dir)
         state = None
         if resume_dir is not None:

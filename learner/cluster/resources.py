@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray
+import torch
 
 from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config, set_dotted
@@ -38,6 +41,7 @@ def check_local_cpus(cfg: Config) -> None:
             f"the local Ray instance this run starts: no actor could ever be placed"
         )
     _check_learner_cpus(cfg, cpus, "the local Ray instance this run starts")
+    _check_learner_nodes(cfg, 1, "the local Ray instance this run starts")
     learner_cpus = (
         cfg.run.num_learners * cfg.run.learner_num_cpus if cfg.run.num_learners > 1 else 0
     )
@@ -145,6 +149,18 @@ def check_meta_learner_fits(cfg: Config, cpus: float, where: str) -> None:
         )
 
 
+def _check_learner_nodes(cfg: Config, nodes: int, where: str) -> None:
+    """``strict-spread`` learners need a node each: more than ``nodes`` are never placed
+    (after a node loss, a resume would wait ``run.progress_timeout_s`` for a node)."""
+    learners = cfg.run.num_learners
+    if learners > 1 and cfg.run.learner_placement == "strict-spread" and learners > nodes:
+        raise ConfigError(
+            f"run.learner_placement = 'strict-spread' puts each of the {learners} learners on "
+            f"a node of its own, but {where} has {nodes} live node(s): use 'spread' or "
+            "'pack', or add nodes"
+        )
+
+
 def _check_learner_cpus(cfg: Config, cpus: float, where: str) -> None:
     learners = cfg.run.num_learners
     if learners == 1:
@@ -167,6 +183,9 @@ def check_resources(cfg: Config, learner_gpus: bool = False) -> None:
     learners = cfg.run.num_learners
     if learners > 1:
         _check_learner_cpus(cfg, cpus, "the cluster")
+        _check_learner_nodes(
+            cfg, sum(bool(node.get("Alive")) for node in ray.nodes()), "the cluster"
+        )
         gpus = resources.get("GPU", 0.0)
         if learner_gpus and learners > gpus:
             raise ConfigError(
@@ -185,3 +204,35 @@ def check_resources(cfg: Config, learner_gpus: bool = False) -> None:
             " beside the learners" if learners > 1 else "",
             int(cpus // cfg.run.actor_num_cpus),
         )
+
+
+def learner_threads(cfg: Config, requested: int | None, *, local: bool) -> int:
+    """Torch threads for the learner: ``requested``, else on a local Ray the cores the
+    actors and the meta-learner leave free.
+
+    On a cluster (or a Ray someone else started) the current setting stays
+    (``OMP_NUM_THREADS``; see ``ENTRYPOINT_NUM_CPUS`` in deploy/submit_job.sh).
+    """
+    if requested is not None:
+        return requested
+    if not local:
+        return torch.get_num_threads()
+    actor_cpus = math.ceil(cfg.run.num_actors * cfg.run.actor_num_cpus + meta_learner_cpus(cfg))
+    return max(1, (os.cpu_count() or 1) - actor_cpus)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Torch uses ``threads`` threads meanwhile (the setting before is put back after).
+
+    Set before the learner's first torch op: OpenMP sizes its thread pool then, and a
+    spare pool thread spin-waits on a core the actors need (a pool made with more threads
+    and cut afterwards costs throughput; docs/results-distributed.md, "Measurements
+    behind the code").
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

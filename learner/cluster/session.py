@@ -7,10 +7,8 @@ Joining a cluster has a deadline (``run.connect_timeout_s``, then
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -23,7 +21,7 @@ import ray
 from impala_frodo.config.checks import ConfigError
 from impala_frodo.envs.minatar_envs import WORKER_ENV
 from impala_frodo.utils import first_line, os_error_reason
-from learner.cluster.reaper import Reaper
+from learner.cluster import local_instance
 from learner.cluster.resources import (  # where the driver has long found them
     check_local_cpus,
     check_resources,
@@ -37,8 +35,9 @@ log = logging.getLogger("impala_frodo")
 #: instead of going through the shared-memory object store: more env steps/s for unrolls
 #: of Catch's size (docs/results-distributed.md, "Measurements behind the code").
 INLINE_RESULT_BYTES = 4 * 1024 * 1024
-#: The logger of Ray's token authentication set-up.
+#: The logger of Ray's token authentication set-up, and that of ``ray.init``.
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_WORKER_LOGGER = "ray._private.worker"
 #: Longest single wait of the driver: a stop request is seen within about this.
 WAIT_SLICE_S = 0.5
 
@@ -74,104 +73,39 @@ def ray_session(
     :class:`ClusterConnectError`; ``should_stop()`` true meanwhile (a stop request) raises
     ``KeyboardInterrupt``.
     Otherwise: a private local instance with ``num_cpus = os.cpu_count()``, no
-    dashboard, and Ray's default token authentication.
+    dashboard, and Ray's default token authentication, started by
+    :func:`~learner.cluster.local_instance.start_local` (``should_stop()`` true meanwhile
+    kills what it started and raises ``KeyboardInterrupt``).
     """
     if ray.is_initialized():
         yield False
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    reaper = None
-    if address:
-        _connect(address, connect_timeout_s, should_stop)
-    else:
-        with _quiet_default_token_auth():
-            ray.init(**local_ray_init_kwargs())
-        reaper = _start_reaper()
+    reaper = instance = None
+    with _quiet_start():
+        if address:
+            _connect(address, connect_timeout_s, should_stop)
+        else:
+            instance = local_instance.start_local(local_ray_init_kwargs(), should_stop)
+    if instance is not None:
+        reaper = local_instance.start_reaper()
     try:
         yield True
     finally:
         if address:
             ray.shutdown()  # only disconnects: the cluster stays up
         else:
-            _shutdown_local()
+            local_instance.shutdown()
+            instance.release()
             if reaper is not None:
                 reaper.close()
 
 
 def lost_local_node() -> str | None:
     """What is wrong with the local instance this process started, if its node is gone
-    (its raylet exited: SIGKILL, OOM); None if it is fine, or if this process started none.
-    """
-    node = getattr(ray._private.worker, "_global_node", None)
-    if node is None or not ray.is_initialized() or not getattr(node, "head", False):
-        return None
-    return raylet_failure(getattr(node, "all_processes", None) or {})
-
-
-def raylet_failure(processes: dict[str, Any]) -> str | None:
-    """The death of the raylet among a local node's ``all_processes`` (Ray's
-    ``ProcessInfo`` lists by type), said in words; None while it runs."""
-    for info in processes.get(_RAYLET, []):
-        process = getattr(info, "process", None)
-        code = None if process is None else process.poll()
-        if code is not None:
-            how = f"killed by {_signal_name(-code)}" if code < 0 else f"exit status {code}"
-            return f"the local Ray node is lost: its raylet (pid {process.pid}) died ({how})"
-    return None
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _head_pids() -> list[int]:
-    """The pids of the local instance's head processes (GCS, raylet, monitors, API server)."""
-    node = getattr(ray._private.worker, "_global_node", None)
-    processes = getattr(node, "all_processes", None) or {}
-    return [
-        info.process.pid
-        for infos in processes.values()
-        for info in infos
-        if getattr(info, "process", None) is not None
-    ]
-
-
-def _start_reaper() -> Reaper | None:
-    """A :class:`~learner.cluster.reaper.Reaper` for the instance just started (None if Ray's
-    internals differ, or where there is no ``/proc``)."""
-    pids = _head_pids()
-    if not pids or not os.path.isdir("/proc"):
-        log.warning("no reaper for the local Ray instance: its processes may outlive a crash")
-        return None
-    return Reaper(pids)
-
-
-#: The process types of Ray's autoscaler monitor and raylet (``ray_constants.PROCESS_TYPE_*``).
-_MONITOR = "monitor"
-_RAYLET = "raylet"
-
-
-def _shutdown_local() -> None:
-    """``ray.shutdown()`` of the instance started here, without its 1 s wait on the monitor.
-
-    ``ray.shutdown`` stops the node's processes one after another, each with SIGTERM and
-    up to 1 s to exit. The autoscaler monitor, stopped after the GCS it reports to, takes
-    all of that second, most of the whole shutdown (docs/results-distributed.md,
-    "Measurements behind the code"). A local instance has
-    nothing to autoscale and the monitor holds nothing of the run, so it gets SIGKILL
-    first; the rest is stopped as before. The run's files are all written and closed by
-    then (the learner and its run logger close inside the session). Where Ray's internals
-    differ (another version), this is a plain ``ray.shutdown()``.
-    """
-    node = getattr(ray._private.worker, "_global_node", None)
-    processes = getattr(node, "all_processes", None) or {}
-    for info in processes.get(_MONITOR, []):
-        with contextlib.suppress(OSError, AttributeError):
-            info.process.kill()
-    ray.shutdown()
+    (its raylet or its GCS died: SIGKILL, OOM); None if it is fine, or if this process
+    started none."""
+    return local_instance.head_failure(local_instance.head_processes())
 
 
 #: A ``ray.init`` that did not return in time (it cannot be cancelled): the CLI then
@@ -180,8 +114,9 @@ _stuck_connect: threading.Thread | None = None
 
 
 def connect_stuck() -> bool:
-    """A cluster connection attempt is still blocked in Ray (see :func:`ray_session`)."""
-    return _stuck_connect is not None and _stuck_connect.is_alive()
+    """A cluster connection, or a local start, abandoned on a stop request or a deadline is
+    still blocked in Ray (see :func:`ray_session`)."""
+    return (_stuck_connect is not None and _stuck_connect.is_alive()) or local_instance.stuck()
 
 
 def _connect(address: str, timeout_s: float, should_stop: Callable[[], bool] | None = None) -> None:
@@ -247,20 +182,28 @@ class _DropMessage(logging.Filter):
         return not record.getMessage().startswith(self.start)
 
 
-@contextmanager
-def _quiet_default_token_auth() -> Iterator[None]:
-    """Drop Ray's note that a new local instance has token authentication on.
+#: Ray's notes on a start that say nothing to a user: (logger, message start).
+_START_NOTES = (
+    # Ray turns token authentication on by default and says so on every local start (it
+    # stays on; only the note goes).
+    (_AUTH_LOGGER, "Token authentication is enabled for this Ray cluster"),
+    # ray.init outside the main thread (here, on purpose) does not put in its own SIGTERM
+    # handler, which would end the process with sys.exit in the middle of the start.
+    (_WORKER_LOGGER, "SIGTERM handler is not set because current thread is not the main"),
+)
 
-    Ray turns it on by default and warns on every local start; it stays on, the
-    note is only dropped (other warnings of that logger still show).
-    """
-    logger = logging.getLogger(_AUTH_LOGGER)
-    drop = _DropMessage("Token authentication is enabled for this Ray cluster")
-    logger.addFilter(drop)
+
+@contextmanager
+def _quiet_start() -> Iterator[None]:
+    """Drop :data:`_START_NOTES` meanwhile (other messages of those loggers still show)."""
+    filters = [(logging.getLogger(name), _DropMessage(start)) for name, start in _START_NOTES]
+    for logger, drop in filters:
+        logger.addFilter(drop)
     try:
         yield
     finally:
-        logger.removeFilter(drop)
+        for logger, drop in filters:
+            logger.removeFilter(drop)
 
 
 __all__ = [

@@ -41,6 +41,7 @@ from impala_frodo.rule.data_parallel import AllReduceGradients
 from impala_frodo.rule.metagrad import GradientReducer
 from impala_frodo.rule.updater import NonFiniteLossError, Updater
 from impala_frodo.utils import first_line, seed_everything
+from learner.cluster import local_instance
 
 #: ``run.learner_placement`` -> Ray's placement-group strategy.
 PLACEMENT_STRATEGIES: Mapping[str, str] = {
@@ -311,4 +312,5 @@ class LearnerGroup:
         for rank in self.ranks:
             ray.kill(rank, no_restart=True)
         self.ranks = []
-        remove_placement_group(self.placement)
+        if not local_instance.hit():  # else Ray would wait on its GCS: 60 s, then exit 1
+            remove_placement_group(self.placement)

@@ -23,6 +23,7 @@ from learner.cluster.actor_pool import ActorPool, TrainingError
 from learner.cluster.session import WAIT_SLICE_S, lost_local_node
 from learner.control.progress import Progress
 from learner.control.signals import StopSignal
+from learner.training.group import LearnerFailure
 from learner.training.learner import Learner
 from learner.training.result import FAILURES, StopReason, TrainResult, failure_of
 
@@ -301,6 +302,10 @@ def _save_final_checkpoint(ending: _Ending, learner: Learner) -> None:
         log.info("final checkpoint: %s", path)
     except StorageError as error:
         _final_save_failed(ending, learner, error)
+    except LearnerFailure as error:  # a rank lost since the loop ended (its local raylet)
+        ending.reason = StopReason.LEARNERS
+        ending.message = f"the final checkpoint failed: {error}; {_last_good(learner)}"
+        log.error(ending.message)
 
 
 def _final_save_failed(ending: _Ending, learner: Learner, error: StorageError) -> None:

@@ -1,0 +1,223 @@
+"""Nodes lost under the learners, on the loopback two-node cluster of tests/test_two_nodes.py.
+
+Two runs, each in a fresh driver process (:func:`scenario`), each losing the worker node
+(every process of it SIGKILLed) once the run has a checkpoint:
+
+- ``group``: two data-parallel learners placed one per node (``strict-spread``): the node
+  of one rank goes. The run must end as a learner failure (exit 1) within
+  :data:`END_WITHIN_S`, without a final checkpoint (the surviving rank may be inside a
+  collective), the last good one kept. A resume with the same placement is refused at
+  once (one node left for two learners: it would wait ``run.progress_timeout_s`` to be
+  placed); one with the learners packed on the surviving node trains on.
+- ``meta``: the async meta-learner (and the actors), placed on the worker node by a
+  ballast actor that holds the head's CPUs at first: the run must end as a meta-learner
+  failure (exit 1) within :data:`END_WITHIN_S`, with a final checkpoint holding eta as
+  last received; a resume starts a new meta-learner on the surviving node and trains on.
+
+Small nets, short unrolls and budgets of a few thousand steps: each test takes about as
+long as its cluster's and its two sessions' start-ups.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from impala_frodo.config.checks import ConfigError
+from impala_frodo.config.schema import Config, set_dotted
+from impala_frodo.records.checkpoint import load_checkpoint
+from learner.control.exit_codes import ExitCode
+from tests.test_deploy import _clean_env
+from tests.test_two_nodes import (
+    AUTH,
+    _connect,
+    _kill_session,
+    _node_of,
+    two_nodes,  # noqa: F401 (the fixture)
+)
+
+pytestmark = pytest.mark.ray
+
+#: A run must end this soon after its node is lost (the head declares a node dead after
+#: 2 s, and a dead rank or meta-learner is seen at the next update); a stall would take
+#: ``run.progress_timeout_s``, set far above it.
+END_WITHIN_S = 60.0
+#: Env steps the resumed session adds.
+RESUME_STEPS = 2_000
+
+COMMON = {
+    "run.num_actors": 2,
+    "run.actor_num_cpus": 0.5,
+    "run.envs_per_actor": 8,
+    "run.unroll_length": 10,
+    "run.total_env_steps": 10**9,  # never reached: the node loss ends the run
+    "run.checkpoint_every_s": 0.5,
+    "run.progress_timeout_s": 180.0,
+    "agent.hidden_sizes": [16],
+}
+CONFIGS = {
+    "group": COMMON
+    | {
+        "algo": "impala",
+        "run.num_learners": 2,
+        "run.learner_num_cpus": 0.5,
+        "run.learner_placement": "strict-spread",
+    },
+    "meta": COMMON
+    | {
+        "algo": "frodo",
+        "meta.mode": "async",
+        "meta.num_inner_steps": 2,
+        "meta.hidden_size": 8,
+        "meta.embed_size": 8,
+    },
+}
+#: The resumed session: the group's learners packed on the one node left.
+RESUMED = {"group": {"run.learner_placement": "pack"}, "meta": {}}
+
+
+def _meta_learner_node(learner) -> str:
+    return _node_of(learner.updater.meta_link.actor)
+
+
+def scenario(kind: str, address: str, logdir: str, worker_dir: str, worker_session: int) -> dict:
+    """The run that loses the worker node, then its resume; returns what the test checks."""
+    import ray
+
+    from learner.app.driver import TrainOptions, train
+
+    _connect(address)
+    nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+    (worker_id,) = [i for i, n in nodes.items() if "worker" in n["Resources"]]
+    ballast = _ballast() if kind == "meta" else None
+    seen: dict = {"worker": worker_id}
+
+    def callback(ctx) -> None:
+        learner = ctx.learner
+        if "killed_at" in seen or not learner.checkpoints.exists() or learner.counters.updates < 10:
+            return
+        if kind == "meta" and learner.counters.meta_updates < 1:
+            return  # the meta-learner has delivered an eta
+        seen["placed"] = (
+            learner.updater.node_ids if kind == "group" else [_meta_learner_node(learner)]
+        )
+        seen["survivors"] = _kill_session(worker_session, worker_dir)
+        seen["killed_at"] = time.monotonic()
+        seen["killed_at_steps"] = learner.counters.env_steps
+        if ballast is not None:
+            ray.kill(ballast)  # room on the surviving node
+
+    cfg = set_dotted(Config(), CONFIGS[kind] | {"run.logdir": logdir})
+    options = TrainOptions(progress=False, handle_signals=False, callback=callback)
+    result = train(cfg, options)
+    seen |= {"ended_after_s": time.monotonic() - seen.get("killed_at", float("nan"))}
+    seen |= {"reason": str(result.reason), "exit_code": result.exit_code}
+    seen |= {"message": result.message, "run_dir": str(result.run_dir)}
+    saved = load_checkpoint(Path(result.run_dir) / "checkpoints" / "latest.pt")
+    seen["checkpoint_steps"] = int(saved["counters"]["env_steps"])
+    _wait_dead(worker_id)  # as a user resuming later finds the cluster
+    budget = seen["checkpoint_steps"] + RESUME_STEPS
+    options = TrainOptions(resume_dir=result.run_dir, progress=False, handle_signals=False)
+    if kind == "group":  # the same placement first: one node is left for two learners
+        start = time.monotonic()
+        try:
+            train(set_dotted(cfg, {"run.total_env_steps": budget}), options)
+        except ConfigError as error:
+            seen |= {"same_placement": str(error), "refused_in_s": time.monotonic() - start}
+    resumed = train(set_dotted(cfg, RESUMED[kind] | {"run.total_env_steps": budget}), options)
+    ray.shutdown()
+    return seen | {
+        "resumed_exit_code": resumed.exit_code,
+        "resumed_message": resumed.message,
+        "resumed_env_steps": resumed.env_steps,
+        "resumed_session_steps": resumed.session_env_steps,
+        "budget": budget,
+    }
+
+
+def _wait_dead(node_id: str, timeout_s: float = 120.0) -> None:
+    """Until the head has declared the node dead."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+        assert time.monotonic() < deadline, "the lost node was never declared dead"
+        time.sleep(0.2)
+
+
+def _ballast():
+    """An actor holding the head's 2 CPUs, so that the run's actors go to the worker node."""
+    import ray
+
+    @ray.remote(num_cpus=2, resources={"head": 1})
+    class Ballast:
+        def ready(self) -> bool:
+            return True
+
+    ballast = Ballast.remote()
+    ray.get(ballast.ready.remote(), timeout=120)
+    return ballast
+
+
+def run_scenario(kind: str, two_nodes, tmp_path: Path) -> dict:  # noqa: F811
+    address, worker = two_nodes
+    argv = [kind, address, str(tmp_path / "runs"), str(worker.temp_dir), str(worker.proc.pid)]
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.test_two_nodes_learners", *argv],
+        capture_output=True,
+        text=True,
+        env=_clean_env(**AUTH),
+        timeout=600,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    print(kind, {k: seen.get(k) for k in ("ended_after_s", "reason", "refused_in_s")})
+    return seen
+
+
+def assert_resumed(seen: dict) -> None:
+    assert seen["resumed_exit_code"] == ExitCode.OK, seen["resumed_message"]
+    assert seen["resumed_env_steps"] >= seen["budget"], seen
+    assert seen["resumed_session_steps"] >= RESUME_STEPS, seen
+
+
+def test_losing_the_node_of_a_learner_rank_ends_the_run_and_a_resume_goes_on(
+    two_nodes,  # noqa: F811
+    tmp_path,
+):
+    seen = run_scenario("group", two_nodes, tmp_path)
+    assert seen["worker"] in seen["placed"] and len(set(seen["placed"])) == 2, seen
+    assert not seen["survivors"], "the worker node's processes survived SIGKILL"
+    assert seen["reason"] == "learners" and seen["exit_code"] == ExitCode.FAILED, seen
+    assert seen["ended_after_s"] < END_WITHIN_S, seen
+    assert "the last good checkpoint is kept at" in seen["message"], seen
+    assert seen["checkpoint_steps"] <= seen["killed_at_steps"], "saved after the loss"
+    # A resume with the same placement is refused at once, saying why; packed, it goes on.
+    assert "has 1 live node(s): use 'spread' or 'pack'" in seen.get("same_placement", ""), seen
+    assert seen["refused_in_s"] < END_WITHIN_S, seen
+    assert_resumed(seen)
+
+
+def test_losing_the_node_of_the_async_meta_learner_ends_the_run_and_a_resume_goes_on(
+    two_nodes,  # noqa: F811
+    tmp_path,
+):
+    seen = run_scenario("meta", two_nodes, tmp_path)
+    assert seen["placed"] == [seen["worker"]], "the meta-learner was not on the worker node"
+    assert not seen["survivors"], "the worker node's processes survived SIGKILL"
+    assert seen["reason"] == "meta" and seen["exit_code"] == ExitCode.FAILED, seen
+    assert seen["ended_after_s"] < END_WITHIN_S, seen
+    assert "meta-learner" in seen["message"], seen
+    assert seen["checkpoint_steps"] >= seen["killed_at_steps"], "no final checkpoint"
+    assert_resumed(seen)
+
+
+if __name__ == "__main__":
+    kind, address, logdir, worker_dir, session = sys.argv[1:]
+    print(json.dumps(scenario(kind, address, logdir, worker_dir, int(session))))
