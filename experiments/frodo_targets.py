@@ -104,6 +104,23 @@ SUITES["price-randomwalk"] = {  # one env per batch: no column sample to take
     if "meta.batch_fraction" not in overrides
 }
 
+# The consistency term's two forms (meta.consistency_form), at the same weight.
+SUITES["consistency-catch"] = {
+    f"{target}-{form}": (
+        "catch-frodo",
+        {"meta.target": target, "meta.consistency_cost": 0.1, "meta.consistency_form": form},
+    )
+    for target in ("residual", "plain")
+    for form in ("canonical", "self")
+}
+SUITES["consistency-randomwalk"] = {
+    f"residual-{form}": (
+        "randomwalk-frodo",
+        {"meta.target": "residual", "meta.consistency_cost": 0.1, "meta.consistency_form": form},
+    )
+    for form in ("canonical", "self")
+}
+
 # The policy-lag study (issue 10): acting weights k updates old, set on purpose.
 SUITES["lag"] = {
     f"{name}-lag{lag}": (preset, overrides | {"run.policy_lag": lag})
