@@ -52,6 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+#: The price settings (meta.every, meta.batch_fraction, meta.hidden_size), as the learning
+#: experiments run them (docs/results-price.md).
+from experiments.frodo_targets import PRICE_SETTINGS as SETTINGS  # noqa: E402
 from impala_frodo.acting.trajectory import Trajectory  # noqa: E402
 from impala_frodo.config.presets import load_preset  # noqa: E402
 from impala_frodo.config.schema import Config, set_dotted  # noqa: E402
@@ -216,18 +219,6 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for algo, r in results.items()
         if algo != "impala"
     }
-
-
-#: The settings of docs/results-price.md: meta.every, meta.batch_fraction, meta.hidden_size.
-SETTINGS: dict[str, dict[str, Any]] = {
-    "base": {},
-    "k2": {"meta.every": 2},
-    "k4": {"meta.every": 4},
-    "f0.25": {"meta.batch_fraction": 0.25},
-    "w16": {"meta.hidden_size": 16},
-    "k2-w16": {"meta.every": 2, "meta.hidden_size": 16},
-    "k4-f0.25-w16": {"meta.every": 4, "meta.batch_fraction": 0.25, "meta.hidden_size": 16},
-}
 
 
 def settings_table(steps: int, repeats: int, cycles: int = 4) -> dict[str, Any]:
