@@ -52,8 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-#: The price settings (meta.every, meta.batch_fraction, meta.hidden_size), as the learning
-#: experiments run them (docs/results-price.md).
+# SETTINGS: the price settings (meta.every, meta.batch_fraction, meta.hidden_size), as the
+# learning experiments run them (docs/results-price.md).
 from experiments.frodo_targets import PRICE_SETTINGS as SETTINGS  # noqa: E402
 from impala_frodo.acting.trajectory import Trajectory  # noqa: E402
 from impala_frodo.config.presets import load_preset  # noqa: E402
