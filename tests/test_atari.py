@@ -389,7 +389,7 @@ def test_pong_through_the_ray_actor_learner_writes_records(ray_local, tmp_path):
         TrainOptions(
             progress=False,
             handle_signals=False,
-            callback=lambda ctx: unrolls_by_actor.update(ctx.learner.trajectories_by_actor),
+            callback=lambda ctx: unrolls_by_actor.update(ctx.learner.books.trajectories_by_actor),
         ),
     )
     assert result.exit_code == ExitCode.OK and result.reason == "budget"

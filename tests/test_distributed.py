@@ -255,7 +255,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     def update(self, batch):
         if self.num_updates == 60:
             time.sleep(0.6)  # let a periodic checkpoint exist
-            latest = Path(self.cfg.run.logdir).glob("*/checkpoints/latest.pt")
+            latest = Path(cfg.run.logdir).glob("*/checkpoints/latest.pt")
             saved["bytes"] = next(latest).read_bytes()
             raise NonFiniteLossError("inner loss is not finite (nan): stopping")
         return real_update(self, batch)

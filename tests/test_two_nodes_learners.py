@@ -82,7 +82,7 @@ RESUMED = {"group": {"run.learner_placement": "pack"}, "meta": {}}
 
 
 def _meta_learner_node(learner) -> str:
-    return _node_of(learner.updater.meta_link.actor)
+    return _node_of(learner.updater.schedule.link.actor)
 
 
 def scenario(kind: str, address: str, logdir: str, worker_dir: str, worker_session: int) -> dict:
@@ -99,16 +99,20 @@ def scenario(kind: str, address: str, logdir: str, worker_dir: str, worker_sessi
 
     def callback(ctx) -> None:
         learner = ctx.learner
-        if "killed_at" in seen or not learner.checkpoints.exists() or learner.counters.updates < 10:
+        if (
+            "killed_at" in seen
+            or not learner.checkpoints.exists()
+            or learner.books.counters.updates < 10
+        ):
             return
-        if kind == "meta" and learner.counters.meta_updates < 1:
+        if kind == "meta" and learner.books.counters.meta_updates < 1:
             return  # the meta-learner has delivered an eta
         seen["placed"] = (
             learner.updater.node_ids if kind == "group" else [_meta_learner_node(learner)]
         )
         seen["survivors"] = _kill_session(worker_session, worker_dir)
         seen["killed_at"] = time.monotonic()
-        seen["killed_at_steps"] = learner.counters.env_steps
+        seen["killed_at_steps"] = learner.books.counters.env_steps
         if ballast is not None:
             ray.kill(ballast)  # room on the surviving node
 

@@ -75,6 +75,7 @@ from learner.cluster.resources import (
 from learner.cluster.session import ClusterConnectError, ray_session
 from learner.control.progress import Mode, Progress
 from learner.control.signals import StopSignal, stop_signal
+from learner.training.books import Books
 from learner.training.evaluator import evaluation_hook
 from learner.training.group import LearnerFailure, LearnerGroup
 from learner.training.learner import Learner
@@ -161,13 +162,14 @@ def _train_in_session(
     """The actors, the async meta-learner (if any) and the learner started, in this order
     (the actors' and the meta-learner's processes come up while the learner is built);
     the loop run; all stopped again in the reverse order."""
-    with (
-        _actor_pool(cfg, spec, state, options) as pool,
-        _meta_link(cfg, spec) as meta_link,
-        _learner(cfg, spec, device, run_dir, state, meta_link) as learner,
-        evaluation_hook(cfg, learner, options.callback) as callback,  # eval.*
-    ):
-        try:
+    learner: Learner | None = None
+    try:
+        with (
+            _actor_pool(cfg, spec, state, options) as pool,
+            _meta_link(cfg, spec) as meta_link,
+            _learner(cfg, spec, device, run_dir, state, meta_link) as learner,
+            evaluation_hook(cfg, learner, options.callback) as callback,  # eval.*
+        ):
             if meta_link is not None:  # started while the actors and the learner were built
                 meta_link.wait_started(lambda: stop.requested)
             progress = Progress(
@@ -186,13 +188,26 @@ def _train_in_session(
                 callback=callback,
             )
             return run_session(loop, run_dir)
-        # At start-up (the meta-learner or the learners not placed, or dead); later,
-        # run_session's result.
-        except (MetaLearnerError, LearnerFailure) as error:
-            log.error("training stopped: %s", error)
-            return TrainResult.from_books(
-                learner.books, failure_of(error).reason, run_dir=run_dir, message=str(error)
-            )
+    # At start-up (the meta-learner or the learners not placed, or dead); later,
+    # run_session's result.
+    except (MetaLearnerError, LearnerFailure) as error:
+        log.error("training stopped: %s", error)
+        books = learner.books if learner is not None else _resumed_books(cfg, state)
+        return TrainResult.from_books(
+            books, failure_of(error).reason, run_dir=run_dir, message=str(error)
+        )
+
+
+def _resumed_books(cfg: Config, state: dict[str, Any] | None) -> Books:
+    """The run's books as its checkpoint left them (a new run's, empty): what a session
+    that ended before its learner was built reports."""
+    books = Books(cfg.run, is_meta=cfg.is_meta)
+    if state is not None:
+        counters = state["counters"]
+        books.load_state_dict(
+            state, updates=counters["updates"], meta_updates=counters["meta_updates"]
+        )
+    return books
 
 
 @contextmanager
