@@ -111,8 +111,9 @@ def solved_cell(steps: Sequence[int | None]) -> str:
 
 
 def table_rows(suite: str, results: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
-    """A markdown table, one row per variant."""
-    if suite == "randomwalk":
+    """A markdown table, one row per variant (the random walk's columns for a suite of
+    random-walk runs: ``randomwalk``, ``price-randomwalk``...)."""
+    if suite.endswith("randomwalk"):
         lines = [
             "| variant | RMS error after switches | second half | all steps |",
             "|---|---|---|---|",
