@@ -10,9 +10,9 @@ import contextlib
 import os
 import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -140,3 +140,18 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     """:func:`write_atomic` of UTF-8 text."""
     data = text.encode("utf-8")
     return write_atomic(path, lambda f: f.write(data))
+
+
+def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    """``obj`` with ``fn`` applied to every tensor in its nested mappings, lists and tuples
+    (mappings come back as dicts); anything else as it is. The one walker of tensor trees
+    (states to move between devices, or to check)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: map_tensors(fn, v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(map_tensors(fn, v) for v in obj)
+    return obj

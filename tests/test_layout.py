@@ -46,7 +46,7 @@ ROOMS: dict[str, frozenset[str]] = {
     ),
     "impala_frodo.records": frozenset({"impala_frodo.utils", "impala_frodo.config"}),
     "impala_frodo.sizing": frozenset(
-        {"impala_frodo.utils", "impala_frodo.config", "impala_frodo.networks"}
+        {"impala_frodo.utils", "impala_frodo.config", "impala_frodo.networks", "impala_frodo.rule"}
     ),
     "impala_frodo.reports": frozenset(
         {

@@ -17,8 +17,8 @@ from impala_frodo.config.checks import ConfigError
 from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.networks.agent import AgentNet
 from impala_frodo.networks.meta import MetaNet
-from impala_frodo.networks.sizes import agent_parameters, meta_parameters
 from impala_frodo.sizing.memory import STEP_BYTES, chain_length, run_memory, unroll_bytes
+from impala_frodo.sizing.parameters import agent_parameters, meta_parameters
 from learner.app import preflight
 from learner.app.preflight import Machine, Part, check_fits, format_bytes, this_machine
 from learner.control.exit_codes import ExitCode
@@ -38,9 +38,9 @@ def test_parameter_counts_are_the_networks_own(obs_shape, hidden):
     built = AgentNet.from_config(obs_shape, 5, cfg.agent)
     assert agent_parameters(obs_shape, 5, cfg.agent) == sum(p.numel() for p in built.parameters())
     meta = MetaNet(obs_shape, cfg.meta.hidden_size, embed_size=cfg.meta.embed_size)
-    assert meta_parameters(cfg, obs_shape) == sum(p.numel() for p in meta.parameters())
-    assert meta_parameters(set_dotted(cfg, {"algo": "mgrl"}), obs_shape) == 2
-    assert meta_parameters(set_dotted(cfg, {"algo": "impala"}), obs_shape) == 0
+    assert meta_parameters(cfg, obs_shape, 5) == sum(p.numel() for p in meta.parameters())
+    assert meta_parameters(set_dotted(cfg, {"algo": "mgrl"}), obs_shape, 5) == 2
+    assert meta_parameters(set_dotted(cfg, {"algo": "impala"}), obs_shape, 5) == 0
 
 
 def test_an_absurd_width_is_counted_without_memory():

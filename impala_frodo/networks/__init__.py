@@ -5,7 +5,6 @@
   :class:`MGRLMeta` (gamma, lambda).
 - :mod:`~impala_frodo.networks.torsos`: MLP, MinAtar's conv and IMPALA's ResNet torsos.
 - :mod:`~impala_frodo.networks.weights`: weights packed into one vector for the actors.
-- :mod:`~impala_frodo.networks.sizes`: the networks' parameter counts, without building them.
 - :mod:`~impala_frodo.networks.numpy_policy`, :mod:`~impala_frodo.networks.numpy_resnet`,
   :mod:`~impala_frodo.networks.torch_policy`: the behaviour policy mu as actors evaluate it.
 

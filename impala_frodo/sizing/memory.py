@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from impala_frodo.config.schema import Config
-from impala_frodo.networks.sizes import agent_parameters, meta_parameters
+from impala_frodo.sizing.parameters import agent_parameters, meta_parameters
 
 #: Bytes of a float32, the learner's and mu's number type.
 FLOAT_BYTES = 4
@@ -94,7 +94,7 @@ def run_memory(
     bytes an element, as the env stores them) and ``num_actions`` actions."""
     run = cfg.run
     agent = agent_parameters(obs_shape, num_actions, cfg.agent)
-    meta = meta_parameters(cfg, obs_shape)
+    meta = meta_parameters(cfg, obs_shape, num_actions)
     unroll = unroll_bytes(run.unroll_length, run.envs_per_actor, obs_shape, obs_itemsize)
     observations = run.envs_per_actor * math.prod(obs_shape) * obs_itemsize
     global_batch = batch_bytes(

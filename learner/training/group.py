@@ -23,7 +23,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -40,7 +40,7 @@ from impala_frodo.rule.batch import Batch
 from impala_frodo.rule.data_parallel import AllReduceGradients
 from impala_frodo.rule.metagrad import GradientReducer
 from impala_frodo.rule.updater import NonFiniteLossError, Updater
-from impala_frodo.utils import first_line, seed_everything
+from impala_frodo.utils import first_line, map_tensors, seed_everything
 from learner.cluster import local_instance
 
 #: ``run.learner_placement`` -> Ray's placement-group strategy.
@@ -137,7 +137,7 @@ class RankLearner:
 
     def update(self, batch: Batch) -> RankResult:
         start = time.perf_counter()
-        metrics = self.updater.update(_to_device(batch, self.device))
+        metrics = self.updater.update(batch.to(self.device))
         target = self.updater.last_target
         return RankResult(
             metrics=metrics,
@@ -156,31 +156,10 @@ class RankLearner:
 
     def state_dict(self) -> dict[str, Any]:
         """The updater's state on CPU (the driver that saves it may have no GPU)."""
-        return _on_cpu(self.updater.state_dict())
+        return map_tensors(torch.Tensor.cpu, self.updater.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updater.load_state_dict(state)
-
-
-def _on_cpu(obj: Any) -> Any:
-    """``obj`` with every tensor in its nested dicts and lists moved to the CPU."""
-    if isinstance(obj, Tensor):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        return {k: _on_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_on_cpu(v) for v in obj)
-    return obj
-
-
-def _to_device(batch: Batch, device: torch.device) -> Batch:
-    if device.type == "cpu":
-        return batch
-    names = ("obs", "actions", "rewards", "continues", "behaviour_log_probs")
-    moved = {name: getattr(batch, name).to(device) for name in names}
-    moved["truncation_index"] = batch.truncation_index.to(device)
-    moved["truncation_obs"] = batch.truncation_obs.to(device)
-    return replace(batch, **moved)
 
 
 class LearnerGroup:

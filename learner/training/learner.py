@@ -26,7 +26,7 @@ synchronous trainer (``learner/training/sync.py``) and the tests from a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,25 +46,21 @@ from impala_frodo.records.runlog import RunLogger, StorageError
 from impala_frodo.reports.probes import GroundTruthProbe
 from impala_frodo.rule.batch import Batch
 from impala_frodo.rule.updater import NonFiniteLossError, Updater
-from impala_frodo.utils import first_line, os_error_reason
+from impala_frodo.utils import first_line, map_tensors, os_error_reason
 from learner.training.books import Books
 
 
-def _float_tensors(obj: Any) -> Iterator[torch.Tensor]:
-    """Every floating-point tensor in nested dicts, lists and tuples."""
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point():
-            yield obj
-    elif isinstance(obj, Mapping):
-        for value in obj.values():
-            yield from _float_tensors(value)
-    elif isinstance(obj, list | tuple):
-        for value in obj:
-            yield from _float_tensors(value)
-
-
 def _all_finite(obj: Any) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in _float_tensors(obj))
+    """Every floating-point tensor in ``obj``'s nested mappings, lists and tuples is finite."""
+    finite = True
+
+    def check(tensor: torch.Tensor) -> None:
+        nonlocal finite
+        if finite and tensor.is_floating_point():
+            finite = bool(torch.isfinite(tensor).all())
+
+    map_tensors(check, obj)
+    return finite
 
 
 def check_resume_state(state: Mapping[str, Any]) -> None:
