@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from impala_frodo.acting.trajectory import Trajectory
+from impala_frodo.acting.trajectory import Trajectory, UnrollSummary
 from impala_frodo.acting.unroll import Unroller
 from impala_frodo.config.schema import Config
 from impala_frodo.config.sections import AgentConfig, EnvConfig
@@ -131,6 +131,9 @@ class RolloutActor:
         )
         self.unroller = Unroller(self.env, spec.unroll_length, seed=seed)
         self.num_unrolls = 0
+        #: The Ray node it runs on ("" outside Ray; the Ray wrapper sets it), stamped on
+        #: each unroll's summary so the driver can hand the unroll to a learner there.
+        self.node_id = ""
         # The newest weights offered while an unroll runs (another thread, under Ray):
         # taken at the start of the next unroll, so mu is at most one unroll stale.
         self._offer_lock = threading.Lock()
@@ -178,6 +181,15 @@ class RolloutActor:
         self.num_unrolls += 1
         return trajectory
 
+    def unroll_parts(
+        self, version: int | None = None, params: Weights | None = None
+    ) -> tuple[UnrollSummary, Trajectory]:
+        """:meth:`unroll`, returned as ``(summary, trajectory)``: the pool calls it with two
+        returns, so the driver reads the small summary and the trajectory stays in the
+        object store until a learner fetches it."""
+        trajectory = self.unroll(version, params)
+        return UnrollSummary.of(trajectory, self.node_id), trajectory
+
     def pid(self) -> int:
         """The process id (fault tests kill it)."""
         return os.getpid()
@@ -198,13 +210,21 @@ def make_ray_actor_class(num_cpus: float = 0.5, max_restarts: int = DEFAULT_MAX_
     ``max_task_retries=0``: an unroll in flight when the process dies fails
     (the learner sees ``RayActorError``, logs it and submits again; Ray has
     restarted the process by then). Retrying silently would hide deaths.
-    Call ``offer_weights`` with ``.options(concurrency_group=WEIGHTS_GROUP)``.
+    Call ``offer_weights`` with ``.options(concurrency_group=WEIGHTS_GROUP)`` and
+    ``unroll_parts`` with ``.options(num_returns=2)``.
     """
     import ray  # at the edge only: the plain class above runs without Ray
+
+    class RayRolloutActor(RolloutActor):
+        """The plain actor, knowing its node (for learners that fetch their own unrolls)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.node_id = ray.get_runtime_context().get_node_id()
 
     return ray.remote(
         num_cpus=num_cpus,
         max_restarts=max_restarts,
         max_task_retries=0,
         concurrency_groups={WEIGHTS_GROUP: 1},
-    )(RolloutActor)
+    )(RayRolloutActor)

@@ -27,6 +27,11 @@ def param_layout(params: Mapping[str, Any]) -> ParamLayout:
     return tuple((name, tuple(int(s) for s in params[name].shape)) for name in sorted(params))
 
 
+def layout_size(layout: ParamLayout) -> int:
+    """The length of the vector :func:`pack_params` packs parameters of ``layout`` into."""
+    return sum(int(np.prod(shape, dtype=np.int64)) for _, shape in layout)
+
+
 def pack_params(params: Mapping[str, Tensor | np.ndarray]) -> np.ndarray:
     """Flatten parameters (sorted by name) into one float32 vector.
 

@@ -265,8 +265,8 @@ def _make_learner(
 ) -> Learner:
     """The learner, its checkpoints and its run logger; resumed from ``state`` if given.
 
-    With ``run.num_learners`` > 1 its updater is a :class:`LearnerGroup` (the batches are
-    assembled on the driver's CPU and dealt to the learners); in async mode its updater
+    With ``run.num_learners`` > 1 it drives a :class:`LearnerGroup` (the driver deals out
+    references to the unrolls; each learner fetches its own); in async mode its updater
     sends its windows through ``meta_link``.
     """
     seed_everything(cfg.run.seed)
@@ -274,7 +274,9 @@ def _make_learner(
     if cfg.run.num_learners > 1:
         use_gpus = _learners_use_gpus(cfg)
         rule = partial(Updater, cfg, spec.observation_shape, spec.num_actions)
-        group = LearnerGroup(cfg.run, rule, use_gpus=use_gpus)
+        group = LearnerGroup(
+            cfg.run, rule, use_gpus=use_gpus, state_observations=spec.state_observations
+        )
         device = torch.device("cpu")
         log.info(
             "%d learners on %d node(s), %s",
@@ -290,7 +292,8 @@ def _make_learner(
             device=device,
             state_observations=spec.state_observations,
             checkpoints=CheckpointManager(run_dir / CHECKPOINT_DIR),
-            updater=_updater(cfg, spec, device, meta_link) if group is None else group,
+            updater=_updater(cfg, spec, device, meta_link) if group is None else None,
+            group=group,
         )
         resume_step = None
         if state is not None:

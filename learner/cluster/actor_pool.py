@@ -1,7 +1,7 @@
 """The rollout actors as a pool whose in-flight calls are the trajectory queue.
 
 **Queue.** There is no queue actor. The pool keeps up to ``depth`` calls
-``actor.unroll.remote(version, weights)`` in flight per actor, with
+``actor.unroll_parts.remote(version, weights)`` in flight per actor, with
 ``depth = max(1, run.queue_size // run.num_actors)``; their result ObjectRefs
 *are* the trajectory queue. The learner ``ray.wait``\\ s on them, takes the oldest
 ready ones (FIFO), updates, and only then submits new calls for the actors it
@@ -12,17 +12,22 @@ result is either consumed or, for calls lost with a dead actor process,
 counted in ``perf/lost_unrolls``. ``perf/queue_size`` is the number of
 finished unrolls waiting for the learner at each update (mean per log interval).
 
+**Data.** Each call returns a small summary and the trajectory; the pool reads
+only the summaries and hands out :class:`~learner.cluster.payloads.Unroll`\\ s,
+which whoever trains on them fetches (:mod:`learner.cluster.payloads`).
+
 **Weights.** The learner publishes ``(version, params)`` every
 ``run.broadcast_every`` updates; the pool packs the params into one float32
-vector (one numpy buffer serialises faster than a dict of tensors) and
+vector (one numpy buffer serialises faster than a dict of tensors; learners in
+processes of their own hand over that vector, or an ObjectRef to it, ready) and
 *offers* it to every actor (``offer_weights``, fire and forget). The offer
 runs in the actor's own ``weights`` concurrency group, beside the unroll in
 progress, and the actor takes the newest offer when its next unroll starts:
 mu lags the learner by about one unroll plus the finished unrolls waiting in
-the queue, not by the whole queue. Up to ``INLINE_WEIGHTS_BYTES`` the vector
-goes by value (small agents such as Catch's: inlined into the task spec, no
-object-store round trip); above it is ``ray.put`` once per publication. A new
-or restarted actor process gets the weights with its next ``unroll`` call.
+the queue, not by the whole queue. Small vectors go by value (Catch's agent:
+inlined into the task spec, no object-store round trip), larger ones are put in
+the object store once per publication (:mod:`learner.cluster.payloads`). A new
+or restarted actor process gets the weights with its next unroll call.
 Actors never wait for the learner and never poll. (The figures behind these choices:
 docs/results-distributed.md, "Measurements behind the code".)
 
@@ -57,15 +62,14 @@ from actors.rollout import (
     actor_seed,
     make_ray_actor_class,
 )
-from impala_frodo.acting.trajectory import Trajectory
+from impala_frodo.acting.trajectory import UnrollSummary
 from impala_frodo.config.sections import RunConfig
-from impala_frodo.networks.weights import ParamLayout, pack_params, param_layout
+from impala_frodo.networks.weights import ParamLayout
 from impala_frodo.utils import first_line
+from learner.cluster.payloads import PackedWeights, Unroll, as_packed
 
 log = logging.getLogger("impala_frodo")
 
-#: Weights up to this size go by value with each call; larger ones via one ray.put.
-INLINE_WEIGHTS_BYTES = 100 * 1024
 #: Seconds between calls to an actor that Ray is restarting.
 RESTART_BACKOFF_S = 0.2
 
@@ -142,8 +146,9 @@ class ActorPool:
         self._actor_cls = make_ray_actor_class(run.actor_num_cpus, max_restarts)
         self.slots = [_Slot(self._spawn(i, 0), i) for i in range(run.num_actors)]
         self._order: list[ray.ObjectRef] = []  # in-flight calls, oldest first
-        #: ref -> (slot, incarnation, handle): the handle is the slot's replacement count.
-        self._origin: dict[ray.ObjectRef, tuple[int, int, int]] = {}
+        #: summary ref -> (slot, incarnation, handle, trajectory ref): the handle is the
+        #: slot's replacement count.
+        self._origin: dict[ray.ObjectRef, tuple[int, int, int, ray.ObjectRef]] = {}
         self._version = -1
         self._payload: Any = None
         self.failures = 0
@@ -171,20 +176,14 @@ class ActorPool:
         return self._actor_cls.remote(self.rollout, self.layout, seed=seed, actor_id=actor_id)
 
     # -------------------------------------------------------------- weights
-    def publish(self, version: int, params: dict[str, torch.Tensor]) -> None:
+    def publish(self, version: int, params: dict[str, torch.Tensor] | PackedWeights) -> None:
         """Offer ``params`` to every actor now; new and restarted ones get them with a call.
 
+        ``params``: by name, or packed already (:func:`~learner.cluster.payloads.as_packed`).
         The offers run in the actors' weights concurrency group, beside the unroll in
         progress, so each actor's next unroll acts with them: fire and forget.
         """
-        if param_layout(params) != self.layout:
-            raise ValueError(
-                f"published weights {param_layout(params)} do not match the actors' layout "
-                f"{self.layout}"
-            )
-        flat = pack_params(params)
-        self._payload = flat if flat.nbytes <= INLINE_WEIGHTS_BYTES else ray.put(flat)
-        self._version = version
+        self._payload, self._version = as_packed(params, self.layout), version
         for slot in self.slots:
             if slot.offers:  # read finished offers: an actor's death shows up in unroll calls
                 done, slot.offers = ray.wait(slot.offers, num_returns=len(slot.offers), timeout=0)
@@ -207,17 +206,18 @@ class ActorPool:
                 continue
             depth = self.depth if slot.healthy else 1  # one probe call while it restarts
             while slot.inflight < depth:
+                call = slot.handle.unroll_parts.options(num_returns=2)
                 if slot.needs_weights or not slot.healthy:
-                    ref = slot.handle.unroll.remote(self._version, self._payload)
+                    ref, data = call.remote(self._version, self._payload)
                     slot.needs_weights = False
                 else:
-                    ref = slot.handle.unroll.remote()
+                    ref, data = call.remote()
                 self._order.append(ref)
-                self._origin[ref] = (index, slot.incarnation, slot.replacements)
+                self._origin[ref] = (index, slot.incarnation, slot.replacements, data)
                 slot.inflight += 1
                 self.submitted += 1
 
-    def take(self, n: int, timeout: float) -> tuple[list[Trajectory], int]:
+    def take(self, n: int, timeout: float) -> tuple[list[Unroll], int]:
         """Up to ``n`` finished unrolls, oldest first, waiting at most ``timeout`` seconds.
 
         Returns them with the number that were ready before waiting (the queue size).
@@ -230,20 +230,22 @@ class ActorPool:
         queued = len(ready)
         if queued < n:
             ready, _ = ray.wait(self._order, num_returns=min(n, len(self._order)), timeout=timeout)
-        trajectories = []
+        unrolls = []
         for ref in ready[:n]:
-            trajectory = self._collect(ref)
-            if trajectory is not None:
-                trajectories.append(trajectory)
-        return trajectories, queued
+            unroll = self._collect(ref)
+            if unroll is not None:
+                unrolls.append(unroll)
+        return unrolls, queued
 
-    def _collect(self, ref: ray.ObjectRef) -> Trajectory | None:
+    def _collect(self, ref: ray.ObjectRef) -> Unroll | None:
+        """The finished call's :class:`Unroll` (its summary read, its trajectory left where
+        it is), or ``None`` if its actor died."""
         self._order.remove(ref)
-        index, incarnation, handle = self._origin.pop(ref)
+        index, incarnation, handle, data = self._origin.pop(ref)
         slot = self.slots[index]
         slot.inflight -= 1
         try:
-            trajectory = ray.get(ref)
+            summary: UnrollSummary = ray.get(ref)
         except RayActorError as e:
             self.lost_unrolls += 1
             self._on_actor_error(index, incarnation, handle, e)
@@ -253,12 +255,12 @@ class ActorPool:
             raise TrainingError(f"actor {slot.actor_id} raised {remote_error(e)}") from e
         self.collected += 1
         if handle == slot.replacements:
-            self._note_process(slot, trajectory.actor_pid)
+            self._note_process(slot, summary.actor_pid)
         if incarnation == slot.incarnation:
             slot.healthy = True
         slot.returned_at = time.monotonic()
         slot.collected_since_offer += 1
-        return trajectory
+        return Unroll(summary, data)
 
     def _on_actor_error(
         self, index: int, incarnation: int, handle: int, error: RayActorError

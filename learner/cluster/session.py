@@ -49,6 +49,9 @@ class ClusterConnectError(ConfigError):
 def local_ray_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
     """``ray.init`` arguments for a private local instance (tests use them too)."""
     return {
+        # A new instance even where a `ray start` cluster runs on this machine (Ray would
+        # join it, found in /tmp/ray/ray_current_cluster, and refuse num_cpus).
+        "address": "local",
         "num_cpus": num_cpus or os.cpu_count() or 1,
         "include_dashboard": False,
         "logging_level": logging.WARNING,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from impala_frodo.acting.trajectory import Trajectory
+from impala_frodo.acting.trajectory import UnrollSummary
 from impala_frodo.config.sections import RunConfig
 from impala_frodo.records.intervals import IntervalLog
 
@@ -110,18 +110,18 @@ class Books:
     # ------------------------------------------------------- what happened
     def add_update(
         self,
-        trajectories: Sequence[Trajectory],
+        unrolls: Sequence[UnrollSummary],
         metrics: Mapping[str, float],
         *,
         updates: int,
         meta_updates: int,
     ) -> None:
-        """An update consumed ``trajectories``; the rule has now taken ``updates`` updates
+        """An update consumed ``unrolls``; the rule has now taken ``updates`` updates
         and ``meta_updates`` meta-steps, and reports ``metrics`` (averaged into the next
         record; the probe's value error also into the history)."""
         c = self.counters
         c.updates, c.meta_updates = updates, meta_updates
-        for tr in trajectories:
+        for tr in unrolls:
             c.env_steps += tr.num_steps
             c.trajectories += 1
             self.trajectories_by_actor[tr.actor_id] += 1

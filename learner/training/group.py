@@ -11,6 +11,14 @@ on every rank (exact: ``tests/test_data_parallel.py``). Rank 0 is the reference 
 its parameters are the weights published to the actors, its metrics are logged and its
 state is the checkpoint, which a resume loads into every rank.
 
+Data: the driver never holds a trajectory. It reads the unrolls' summaries, decides which
+unrolls make which learner's shard (:func:`assign_shards`: whole unrolls, those made on a
+learner's own node to that learner first) and sends each learner ObjectRefs; each learner
+fetches and stacks its shard on its own device. An update that publishes has rank 0's new
+weights in its reply, packed, by value or as a reference put in the object store once
+(:func:`~learner.cluster.payloads.packed_payload`): no extra round trip. The ground-truth
+probe (the random walk) is measured in the learners too and rides on the same replies.
+
 Placement: a placement group of one bundle per learner (``run.learner_num_cpus`` CPUs,
 and one GPU each where the run uses GPUs), packed or spread over nodes
 (``run.learner_placement``). Nothing waits unboundedly: placement, every call and every
@@ -20,28 +28,27 @@ collective have ``run.progress_timeout_s``; a learner that dies or times out end
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import ray
 import torch
-import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import Tensor
 
+from impala_frodo.acting.trajectory import UnrollSource
 from impala_frodo.config.sections import RunConfig
-from impala_frodo.rule.batch import Batch
-from impala_frodo.rule.data_parallel import AllReduceGradients
-from impala_frodo.rule.metagrad import GradientReducer
-from impala_frodo.rule.updater import NonFiniteLossError, Updater
-from impala_frodo.utils import first_line, map_tensors, seed_everything
+from impala_frodo.envs.base import GroundTruth
+from impala_frodo.reports.probes import target_rmse
+from impala_frodo.rule.updater import NonFiniteLossError
+from impala_frodo.utils import first_line
 from learner.cluster import local_instance
+from learner.cluster.payloads import PackedWeights
+from learner.training.rank import RankLearner, RankResult, UpdaterFactory
 
 #: ``run.learner_placement`` -> Ray's placement-group strategy.
 PLACEMENT_STRATEGIES: Mapping[str, str] = {
@@ -51,130 +58,64 @@ PLACEMENT_STRATEGIES: Mapping[str, str] = {
 }
 
 
-class UpdaterFactory(Protocol):
-    """Builds one learner's updater on its device with its gradient reducer, e.g.
-    ``functools.partial(Updater, cfg, obs_shape, num_actions)``. Every rank's process calls
-    it, so it must pickle (a module-level class or function, or a partial of one)."""
-
-    def __call__(self, *, device: torch.device, reducer: GradientReducer) -> Updater: ...
-
-
 class LearnerFailure(RuntimeError):
     """A learner process died, failed, or did not answer within the deadline."""
 
 
-@dataclass
-class RankResult:
-    """What one learner reports of one update."""
+def assign_shards(
+    unroll_nodes: Sequence[str], rank_nodes: Sequence[str], per_rank: int
+) -> list[list[int]]:
+    """Which unrolls (indices into ``unroll_nodes``) make each rank's shard.
 
-    metrics: dict[str, float]
-    target: Tensor | None  # the learned target on this learner's shard [T, B / N]
-    num_updates: int
-    num_meta_updates: int
-    update_s: float  # this learner's update, collectives included
-    collective_s: float  # the forward collectives' share of it
-
-
-class RankLearner:
-    """One of N data-parallel learners: a plain class, a Ray actor in :class:`LearnerGroup`.
-    :meth:`join` makes the process group and the updater (``make_updater``'s, seeded with
-    ``seed`` on every rank); torch runs on ``threads`` threads."""
-
-    def __init__(
-        self,
-        make_updater: UpdaterFactory,
-        rank: int,
-        world_size: int,
-        device: str,
-        *,
-        seed: int,
-        threads: int,
-    ) -> None:
-        self.make_updater, self.seed = make_updater, seed
-        self.rank, self.world_size = rank, world_size
-        self.device = torch.device(device)
-        self.updater: Updater | None = None
-        self.reducer: AllReduceGradients | None = None
-        torch.set_num_threads(threads)
-
-    @staticmethod
-    def rendezvous_address() -> str:
-        """``tcp://host:port`` on this node for the group to meet at (called on rank 0)."""
-        host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        return f"tcp://{host}:{port}"
-
-    @staticmethod
-    def node_id() -> str:
-        return ray.get_runtime_context().get_node_id()
-
-    def join(self, init_method: str, timeout_s: float) -> None:
-        """Join the process group (its collectives time out after ``timeout_s``); build the
-        updater, identical on every rank."""
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
-        dist.init_process_group(
-            backend,
-            init_method=init_method,
-            rank=self.rank,
-            world_size=self.world_size,
-            timeout=timedelta(seconds=timeout_s),
+    Every rank gets ``per_rank`` whole unrolls. An unroll goes to a rank on the node whose
+    object store holds it where one has room (no copy between nodes), the rest fill the
+    other ranks in order; with nothing known of nodes (``""``), or all on one node, rank i
+    gets the i-th run of ``per_rank`` unrolls: the split of the concatenated batch along B.
+    Within a shard the unrolls keep their order.
+    """
+    if len(unroll_nodes) != per_rank * len(rank_nodes):
+        raise ValueError(
+            f"{len(unroll_nodes)} unrolls for {len(rank_nodes)} learners of {per_rank} each"
         )
-        seed_everything(self.seed)
-        self.reducer = AllReduceGradients()
-        self.updater = self.make_updater(device=self.device, reducer=self.reducer)
-        self._broadcast_from_rank_0()
-
-    def _broadcast_from_rank_0(self) -> None:
-        """Every rank starts from rank 0's theta, optimizer state and eta (the seeds agree
-        already; this holds whatever a device's initialisation does)."""
-        updater = self.updater
-        tensors = [*updater.params.values(), *updater.opt_state.values(), *updater.eta.values()]
-        with torch.no_grad():
-            for tensor in tensors:
-                dist.broadcast(tensor.data, src=0)
-
-    def update(self, batch: Batch) -> RankResult:
-        start = time.perf_counter()
-        metrics = self.updater.update(batch.to(self.device))
-        target = self.updater.last_target
-        return RankResult(
-            metrics=metrics,
-            target=None if target is None else target.cpu(),
-            num_updates=self.updater.num_updates,
-            num_meta_updates=self.updater.num_meta_updates,
-            update_s=time.perf_counter() - start,
-            collective_s=self.reducer.take_collective_s(),
-        )
-
-    def acting_params(self) -> dict[str, Tensor]:
-        return self.updater.acting_params("cpu")
-
-    def values(self, obs: Tensor) -> Tensor:
-        return self.updater.values(obs).cpu()
-
-    def state_dict(self) -> dict[str, Any]:
-        """The updater's state on CPU (the driver that saves it may have no GPU)."""
-        return map_tensors(torch.Tensor.cpu, self.updater.state_dict())
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.updater.load_state_dict(state)
+    shards: list[list[int]] = [[] for _ in rank_nodes]
+    left = []
+    for index, node in enumerate(unroll_nodes):
+        room = [
+            r
+            for r, rank_node in enumerate(rank_nodes)
+            if node and rank_node == node and len(shards[r]) < per_rank
+        ]
+        if room:
+            shards[room[0]].append(index)
+        else:
+            left.append(index)
+    for index in left:
+        rank = next(r for r, shard in enumerate(shards) if len(shard) < per_rank)
+        shards[rank].append(index)
+    return [sorted(shard) for shard in shards]
 
 
 class LearnerGroup:
     """N :class:`RankLearner` actors in a placement group, driven as one updater.
 
-    It offers what :class:`~learner.training.learner.Learner` uses of an ``Updater``: ``update``,
-    the counts, ``acting_params``, ``values``, ``last_target``, ``params`` (shapes) and
-    the state dict, all of rank 0 (the ranks agree), and ``perf/*`` timings of the ranks.
+    It offers what :class:`~learner.training.learner.Learner` uses of an ``Updater`` (the
+    counts, ``acting_params``, ``values``, ``params`` (shapes) and the state dict, all of
+    rank 0: the ranks agree) and of an
+    :class:`~learner.training.learner.UnrollLearner`: ``update`` on unrolls the ranks fetch
+    themselves, with ``perf/*`` timings of the ranks, and ``acting_weights``.
 
     ``run``: the learners' number, CPUs, placement, seed and deadline; ``make_updater``:
-    each rank's updater.
+    each rank's updater; ``state_observations``: every state's observation, for the
+    ground-truth probe.
     """
 
     def __init__(
-        self, run: RunConfig, make_updater: UpdaterFactory, *, use_gpus: bool = False
+        self,
+        run: RunConfig,
+        make_updater: UpdaterFactory,
+        *,
+        use_gpus: bool = False,
+        state_observations: np.ndarray | None = None,
     ) -> None:
         self.size = run.num_learners
         self.timeout_s = run.progress_timeout_s
@@ -187,7 +128,8 @@ class LearnerGroup:
         self.ranks: list[Any] = []
         self.num_updates = 0
         self.num_meta_updates = 0
-        self.last_target: Tensor | None = None
+        #: ``(version, packed weights)`` from the last update that published.
+        self._published: tuple[int, PackedWeights] | None = None
         try:
             self._get(self.placement.ready(), f"placing {self.size} learners ({bundle} each)")
             remote = ray.remote(RankLearner)
@@ -206,6 +148,7 @@ class LearnerGroup:
                     "cuda" if gpus else "cpu",
                     seed=run.seed,
                     threads=max(1, int(run.learner_num_cpus)),
+                    state_observations=state_observations,
                 )
                 for rank in range(self.size)
             ]
@@ -248,27 +191,50 @@ class LearnerGroup:
                 raise NonFiniteLossError(str(e.cause)) from None
             raise LearnerFailure(f"{what}: a learner failed: {first_line(e.cause)}") from None
 
-    def update(self, batch: Batch) -> dict[str, float]:
-        """One update of every learner, each on its shard of ``batch``; rank 0's metrics
-        with the ranks' timings (``perf/learner_update_s``: the slowest rank's;
-        ``perf/collective_s``: rank 0's forward collectives; ``perf/learner_call_s``:
-        the round trip seen from here, shipping the shards included)."""
+    def update(
+        self, unrolls: Sequence[UnrollSource], *, truth: GroundTruth | None, publish: bool
+    ) -> dict[str, float]:
+        """One update of every learner, each on its shard of ``unrolls`` (references: each
+        learner fetches its own, see :func:`assign_shards`); rank 0's metrics with the
+        ranks' timings (``perf/learner_update_s``: the slowest rank's, its fetch
+        included; ``perf/collective_s``: rank 0's forward collectives;
+        ``perf/learner_fetch_s``: the slowest fetch; ``perf/learner_call_s``: the round
+        trip seen from here) and bytes (``perf/driver_unroll_bytes``: none pass through
+        the driver; ``perf/learner_fetch_bytes``: what the learners fetched)."""
         start = time.perf_counter()
+        per_rank, remainder = divmod(len(unrolls), self.size)
+        if remainder:
+            raise ValueError(f"{len(unrolls)} unrolls do not split among {self.size} learners")
+        nodes = [unroll.summary.node_id for unroll in unrolls]
+        shards = assign_shards(nodes, self.node_ids, per_rank)
         refs = [
-            rank.update.remote(batch.shard(index, self.size))
-            for index, rank in enumerate(self.ranks)
+            rank.update.remote(
+                [unrolls[i].ref for i in shard], truth=truth, publish=publish and index == 0
+            )
+            for index, (rank, shard) in enumerate(zip(self.ranks, shards, strict=True))
         ]
         results: list[RankResult] = self._get(refs, f"update {self.num_updates + 1}")
         first = results[0]
         self.num_updates, self.num_meta_updates = first.num_updates, first.num_meta_updates
-        targets = [r.target for r in results]
-        self.last_target = None if targets[0] is None else torch.cat(targets, dim=1)
+        if first.weights is not None:
+            self._published = (self.num_updates, first.weights)
+        parts = [r.target_error for r in results if r.target_error is not None]
         timings = {
             "perf/learner_update_s": max(r.update_s for r in results),
             "perf/collective_s": first.collective_s,
+            "perf/learner_fetch_s": max(r.fetch_s for r in results),
             "perf/learner_call_s": time.perf_counter() - start,
+            "perf/driver_unroll_bytes": 0.0,
+            "perf/learner_fetch_bytes": float(sum(r.fetched_bytes for r in results)),
         }
-        return first.metrics | timings
+        return first.metrics | target_rmse(parts) | timings
+
+    def acting_weights(self) -> PackedWeights:
+        """Rank 0's acting weights, packed: those its last publishing reply carried where
+        they are current, else fetched (at the start, after a resume)."""
+        if self._published is not None and self._published[0] == self.num_updates:
+            return self._published[1]
+        return self._get(self.ranks[0].acting_weights.remote(), "rank 0's weights")
 
     def acting_params(self, device: torch.device | str | None = None) -> dict[str, Tensor]:
         params = self._get(self.ranks[0].acting_params.remote(), "rank 0's weights")
@@ -285,6 +251,7 @@ class LearnerGroup:
         self._get([rank.load_state_dict.remote(state) for rank in self.ranks], "loading state")
         self.num_updates = int(state["num_updates"])
         self.num_meta_updates = int(state["num_meta_updates"])
+        self._published = None
 
     def shutdown(self) -> None:
         """Stop the learners (one stuck in a collective too) and free their placement."""

@@ -3,10 +3,13 @@
 :class:`Learner` owns an :class:`~impala_frodo.rule.updater.Updater` (the learning
 rule of every algorithm) and what a run needs around it:
 
-- ``update(trajectories)``: concatenates actor batches along B, moves them to
-  the device once (time-major), takes one update, measures the policy lag
-  (= updates so far - the version a batch was acted with) and tells its
-  :class:`~learner.training.books.Books` what happened;
+- ``update(unrolls)``: one update on the actor batches (trajectories in hand, or
+  references to them), measures the policy lag (= updates so far - the version a
+  batch was acted with) and tells its :class:`~learner.training.books.Books` what
+  happened. The update itself is its :class:`UnrollLearner`'s: :class:`LocalUpdates`
+  fetches the unrolls into this process, concatenates them along B and moves them to
+  the device once (time-major); a :class:`~learner.training.group.LearnerGroup` hands
+  each learner process references to its share, which it fetches itself;
 - ``behaviour_weights()``: the parameters mu acts with, on CPU with their version, to publish
   every ``run.broadcast_every`` updates (``publish_due``);
 - evaluation: a :class:`~impala_frodo.reports.probes.GroundTruthProbe` measures V and the learned
@@ -33,8 +36,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from impala_frodo.acting.trajectory import Trajectory
+from impala_frodo.acting.trajectory import UnrollSource
 from impala_frodo.config.schema import Config
+from impala_frodo.envs.base import GroundTruth
 from impala_frodo.networks.weights import DelayedWeights
 from impala_frodo.records.checkpoint import (
     CheckpointError,
@@ -85,15 +89,12 @@ def _check_shapes(saved: Mapping[str, Any], current: Mapping[str, torch.Tensor])
 
 
 class UpdaterLike(Protocol):
-    """What the learner uses of its :class:`~impala_frodo.rule.updater.Updater`; data-parallel
-    learners offer the same (:class:`~learner.training.group.LearnerGroup`)."""
+    """What the learner uses of its :class:`~impala_frodo.rule.updater.Updater`'s state;
+    data-parallel learners offer the same (:class:`~learner.training.group.LearnerGroup`)."""
 
     params: Mapping[str, torch.Tensor]
     num_updates: int
     num_meta_updates: int
-    last_target: torch.Tensor | None
-
-    def update(self, batch: Batch) -> dict[str, float]: ...
 
     def acting_params(
         self, device: torch.device | str | None = None
@@ -106,11 +107,53 @@ class UpdaterLike(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class UnrollLearner(Protocol):
+    """Takes one update on unrolls, and hands out the acting weights."""
+
+    def update(
+        self, unrolls: Sequence[UnrollSource], *, truth: GroundTruth | None, publish: bool
+    ) -> dict[str, float]:
+        """One update; ``truth``: the env's ground truth for the probe's metrics (if any);
+        ``publish``: the weights after it will be published (a learner process of its own
+        returns them with its reply, ready for :meth:`acting_weights`)."""
+        ...
+
+    def acting_weights(self) -> Mapping[str, torch.Tensor] | Any:
+        """The current acting weights for the actors: by name on CPU, or packed."""
+        ...
+
+
+class LocalUpdates:
+    """Updates in this process: the unrolls fetched here (``perf/driver_unroll_bytes``),
+    concatenated along B on ``device``, one update of ``updater``; the ground-truth probe
+    (where there is one) measured on that batch."""
+
+    def __init__(
+        self, updater: Updater, device: torch.device, probe: GroundTruthProbe | None
+    ) -> None:
+        self.updater, self.device, self.probe = updater, device, probe
+
+    def update(
+        self, unrolls: Sequence[UnrollSource], *, truth: GroundTruth | None, publish: bool
+    ) -> dict[str, float]:
+        trajectories = [unroll.trajectory() for unroll in unrolls]
+        batch = Batch.from_trajectories(trajectories, self.device)
+        metrics = self.updater.update(batch)
+        metrics["perf/driver_unroll_bytes"] = float(sum(tr.nbytes for tr in trajectories))
+        if self.probe is not None and truth is not None:
+            metrics |= self.probe.metrics(self.updater, batch, truth)
+        return metrics
+
+    def acting_weights(self) -> dict[str, torch.Tensor]:
+        return self.updater.acting_params("cpu")
+
+
 class Learner:
     """Consumes trajectory batches, updates the agent, publishes weights, logs and checkpoints.
 
-    ``updater``: the learning rule's state (default: an ``Updater`` on ``device``; a
-    :class:`~learner.training.group.LearnerGroup` for data-parallel learners).
+    ``updater``: the learning rule's state (default: an ``Updater`` on ``device``);
+    ``group``: data-parallel learner processes instead
+    (:class:`~learner.training.group.LearnerGroup`: its state and its updates).
     ``clock``: the books' (log and checkpoint cadence, wall time).
     """
 
@@ -125,14 +168,15 @@ class Learner:
         run_logger: RunLogger | None = None,
         checkpoints: CheckpointManager | None = None,
         clock: Callable[[], float] = time.monotonic,
-        updater: UpdaterLike | None = None,
+        updater: Updater | None = None,
+        group: Any = None,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.obs_shape = tuple(obs_shape)
         self.num_actions = int(num_actions)
-        self.updater: UpdaterLike = updater or Updater(
-            cfg, self.obs_shape, self.num_actions, device=self.device
+        self.updater: UpdaterLike = (
+            group or updater or Updater(cfg, self.obs_shape, self.num_actions, device=self.device)
         )
         self.books = Books(cfg.run, is_meta=cfg.is_meta, clock=clock)
         self.run_logger = run_logger
@@ -144,6 +188,7 @@ class Learner:
         self.probe = None
         if state_observations is not None:
             self.probe = GroundTruthProbe(state_observations, self.device)
+        self.updates: UnrollLearner = group or LocalUpdates(self.updater, self.device, self.probe)
         self.last_record: dict[str, float] = {}  # the last record written
 
     @property
@@ -152,22 +197,21 @@ class Learner:
         return self.updater.num_updates
 
     # --------------------------------------------------------------- update
-    def update(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
-        """One update on the actor batches concatenated along B; returns the updater's metrics.
+    def update(self, unrolls: Sequence[UnrollSource]) -> dict[str, float]:
+        """One update on the actor batches (concatenated along B); returns the metrics.
 
         Raises :class:`~impala_frodo.rule.updater.NonFiniteLossError` on a NaN/inf loss
         (nothing is counted then).
         """
-        lags = [self.version - tr.policy_version for tr in trajectories]
-        batch = Batch.from_trajectories(trajectories, self.device)
-        metrics = self.updater.update(batch)
+        summaries = [unroll.summary for unroll in unrolls]
+        lags = [self.version - summary.policy_version for summary in summaries]
+        truth = summaries[-1].ground_truth if self.probe is not None else None
+        publish = (self.version + 1) % self.cfg.run.broadcast_every == 0
+        metrics = self.updates.update(unrolls, truth=truth, publish=publish)
         metrics["perf/policy_lag"] = float(np.mean(lags))
         metrics["perf/policy_lag_max"] = float(max(lags))
-        truth = trajectories[-1].ground_truth
-        if self.probe is not None and truth is not None:
-            metrics |= self.probe.metrics(self.updater, batch, truth)
         self.books.add_update(
-            trajectories,
+            summaries,
             metrics,
             updates=self.updater.num_updates,
             meta_updates=self.updater.num_meta_updates,
@@ -181,7 +225,7 @@ class Learner:
     def behaviour_weights(self) -> tuple[int, dict[str, torch.Tensor]]:
         """``(version, parameters on CPU)`` that mu acts with: the current ones, or the
         newest at least ``run.policy_lag`` versions old (a lag set on purpose)."""
-        return self._delayed.push(self.version, self.updater.acting_params("cpu"))
+        return self._delayed.push(self.version, self.updates.acting_weights())
 
     # --------------------------------------------------------------- logging
     def maybe_log(self, extra: Mapping[str, float] | None = None) -> dict[str, float] | None:

@@ -1,0 +1,174 @@
+"""One data-parallel learner process: :class:`RankLearner`, a plain class that
+:class:`~learner.training.group.LearnerGroup` runs as a Ray actor, one per rank.
+
+A rank joins a torch.distributed process group (gloo on CPU, NCCL on CUDA), builds its
+updater with :class:`~impala_frodo.rule.data_parallel.AllReduceGradients` as the gradient
+reducer, and takes each update on its own shard: the unrolls it is handed references to,
+fetched from the object store and stacked on its device here. What it reports of an
+update is a :class:`RankResult`.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+import numpy as np
+import ray
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from impala_frodo.envs.base import GroundTruth
+from impala_frodo.networks.weights import pack_params
+from impala_frodo.reports.probes import GroundTruthProbe
+from impala_frodo.rule.batch import Batch
+from impala_frodo.rule.data_parallel import AllReduceGradients
+from impala_frodo.rule.metagrad import GradientReducer
+from impala_frodo.rule.updater import Updater
+from impala_frodo.utils import map_tensors, seed_everything
+from learner.cluster.payloads import PackedWeights, packed_payload
+
+
+class UpdaterFactory(Protocol):
+    """Builds one learner's updater on its device with its gradient reducer, e.g.
+    ``functools.partial(Updater, cfg, obs_shape, num_actions)``. Every rank's process calls
+    it, so it must pickle (a module-level class or function, or a partial of one)."""
+
+    def __call__(self, *, device: torch.device, reducer: GradientReducer) -> Updater: ...
+
+
+@dataclass
+class RankResult:
+    """What one learner reports of one update."""
+
+    metrics: dict[str, float]
+    num_updates: int
+    num_meta_updates: int
+    update_s: float  # this learner's update (fetching its shard and collectives included)
+    collective_s: float  # the forward collectives' share of it
+    fetch_s: float  # fetching its shard from the object store
+    fetched_bytes: int  # its shard's bytes, fetched by this learner itself
+    weights: PackedWeights | None = None  # rank 0's acting weights, when the update publishes
+    #: The probe's parts: the learned target's (sum of squared errors, count) on this shard.
+    target_error: tuple[float, int] | None = None
+
+
+class RankLearner:
+    """One of N data-parallel learners: a plain class, a Ray actor in :class:`LearnerGroup`.
+    :meth:`join` makes the process group and the updater (``make_updater``'s, seeded with
+    ``seed`` on every rank); torch runs on ``threads`` threads. ``state_observations``:
+    every state's observation, for the ground-truth probe (the random walk)."""
+
+    def __init__(
+        self,
+        make_updater: UpdaterFactory,
+        rank: int,
+        world_size: int,
+        device: str,
+        *,
+        seed: int,
+        threads: int,
+        state_observations: np.ndarray | None = None,
+    ) -> None:
+        self.make_updater, self.seed = make_updater, seed
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        self.updater: Updater | None = None
+        self.reducer: AllReduceGradients | None = None
+        self.probe = None
+        if state_observations is not None:
+            self.probe = GroundTruthProbe(state_observations, self.device)
+        torch.set_num_threads(threads)
+
+    @staticmethod
+    def rendezvous_address() -> str:
+        """``tcp://host:port`` on this node for the group to meet at (called on rank 0)."""
+        host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        return f"tcp://{host}:{port}"
+
+    @staticmethod
+    def node_id() -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def join(self, init_method: str, timeout_s: float) -> None:
+        """Join the process group (its collectives time out after ``timeout_s``); build the
+        updater, identical on every rank."""
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend,
+            init_method=init_method,
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
+        seed_everything(self.seed)
+        self.reducer = AllReduceGradients()
+        self.updater = self.make_updater(device=self.device, reducer=self.reducer)
+        self._broadcast_from_rank_0()
+
+    def _broadcast_from_rank_0(self) -> None:
+        """Every rank starts from rank 0's theta, optimizer state and eta (the seeds agree
+        already; this holds whatever a device's initialisation does)."""
+        updater = self.updater
+        tensors = [*updater.params.values(), *updater.opt_state.values(), *updater.eta.values()]
+        with torch.no_grad():
+            for tensor in tensors:
+                dist.broadcast(tensor.data, src=0)
+
+    def update(
+        self,
+        unrolls: list[ray.ObjectRef],
+        *,
+        truth: GroundTruth | None = None,
+        publish: bool = False,
+    ) -> RankResult:
+        r"""One update on this learner's shard: the unrolls behind ``unrolls`` (references,
+        nested in a list so that Ray does not fetch them first), fetched and stacked here.
+        Rank 0 also measures the probe's value error (given ``truth``) and, when the update
+        ``publish``\ es, returns its new acting weights packed."""
+        start = time.perf_counter()
+        trajectories = ray.get(unrolls)
+        fetch_s = time.perf_counter() - start
+        batch = Batch.from_trajectories(trajectories, self.device)
+        metrics = self.updater.update(batch)
+        target_error = None
+        if self.probe is not None and truth is not None:
+            if self.rank == 0:
+                metrics |= self.probe.value_metrics(self.updater, truth)
+            if self.updater.last_target is not None:
+                target_error = self.probe.target_error(self.updater.last_target, batch, truth)
+        return RankResult(
+            metrics=metrics,
+            num_updates=self.updater.num_updates,
+            num_meta_updates=self.updater.num_meta_updates,
+            update_s=time.perf_counter() - start,
+            collective_s=self.reducer.take_collective_s(),
+            fetch_s=fetch_s,
+            fetched_bytes=sum(tr.nbytes for tr in trajectories),
+            weights=self.acting_weights() if publish and self.rank == 0 else None,
+            target_error=target_error,
+        )
+
+    def acting_params(self) -> dict[str, Tensor]:
+        return self.updater.acting_params("cpu")
+
+    def acting_weights(self) -> PackedWeights:
+        """The acting weights packed as the actors take them (by value, or a reference)."""
+        return packed_payload(pack_params(self.updater.acting_params("cpu")))
+
+    def values(self, obs: Tensor) -> Tensor:
+        return self.updater.values(obs).cpu()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The updater's state on CPU (the driver that saves it may have no GPU)."""
+        return map_tensors(torch.Tensor.cpu, self.updater.state_dict())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updater.load_state_dict(state)
