@@ -1,6 +1,6 @@
 """Data-parallel learners on a local Ray (2 CPUs): two learner processes train, stay equal,
-checkpoint and resume every rank, end the run cleanly when one dies, and bad input is
-refused up front. (Their exactness against one learner: tests/test_data_parallel.py.)"""
+checkpoint and resume every rank, end the run with a final checkpoint when one dies and
+none may be replaced, and bad input is refused up front. (Their exactness against one learner: tests/test_data_parallel.py.)"""
 
 from __future__ import annotations
 
@@ -119,23 +119,32 @@ def test_every_rank_loads_the_checkpoint(ray_local, tmp_path):
         group.shutdown()
 
 
-def test_a_dead_learner_ends_the_run_with_the_last_checkpoint_kept(ray_local, tmp_path):
+def test_a_dead_learner_with_no_restarts_left_ends_the_run_with_a_final_checkpoint(
+    ray_local, tmp_path
+):
+    """With ``run.max_learner_restarts = 0`` a lost learner is not replaced: the run ends
+    at once (exit 1), its final checkpoint the survivor's state at the last completed
+    update. (Replacements: tests/test_rank_restarts.py.)"""
     killed: dict[str, float] = {}
 
     def callback(ctx) -> None:
         if ctx.learner.books.counters.updates == 15 and not killed:
-            ctx.learner.checkpoint()
             killed["at"] = time.monotonic()
             ray.kill(ctx.learner.updater.ranks[1], no_restart=True)
 
-    cfg = group_cfg(tmp_path, "impala", **{"run.progress_timeout_s": 20.0})
+    cfg = group_cfg(
+        tmp_path,
+        "impala",
+        **{"run.progress_timeout_s": 20.0, "run.max_learner_restarts": 0},
+    )
     result = train(cfg, options(callback=callback))
     ended = time.monotonic()
     assert result.reason == "learners" and result.exit_code == ExitCode.FAILED
-    assert "learner process died" in result.message, result.message
+    assert "learner rank 1 (dead) lost" in result.message, result.message
+    assert "learner restarts spent" in result.message, result.message
     assert ended - killed["at"] < 20.0 + 10.0  # within the deadline (and shut-down)
     saved = load_checkpoint(result.run_dir / "checkpoints" / "latest.pt")
-    assert saved["counters"]["updates"] == 15, "the last good checkpoint is kept as it was"
+    assert saved["counters"]["updates"] == saved["updater"]["num_updates"] == 15
 
 
 def test_learners_not_placed_in_time_end_the_run_with_exit_1_not_a_traceback(ray_local, tmp_path):

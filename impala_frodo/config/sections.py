@@ -278,6 +278,10 @@ class RunConfig:
     # cluster given by address does not answer within connect_timeout_s).
     progress_timeout_s: float = 300.0
     connect_timeout_s: float = 60.0
+    # A lost data-parallel learner is replaced at most this often within the window
+    # (0: never; the run stops with a final checkpoint of a survivor's state).
+    max_learner_restarts: int = 3
+    restart_window_s: float = 600.0
 
     def __post_init__(self) -> None:
         require(
@@ -310,12 +314,12 @@ class RunConfig:
             "returns_window",
         ):
             positive_int(f"run.{name}", getattr(self, name))
-        require(
-            isinstance(self.policy_lag, int)
-            and not isinstance(self.policy_lag, bool)
-            and self.policy_lag >= 0,
-            f"run.policy_lag must be an integer >= 0, got {self.policy_lag!r}",
-        )
+        for name in ("policy_lag", "max_learner_restarts"):
+            value = getattr(self, name)
+            require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                f"run.{name} must be an integer >= 0, got {value!r}",
+            )
         in_range("run.actor_num_cpus", self.actor_num_cpus, 0.0, 64.0, low_open=True)
         in_range("run.learner_num_cpus", self.learner_num_cpus, 0.0, 1024.0, low_open=True)
         one_of("run.learner_placement", self.learner_placement, LEARNER_PLACEMENTS)
@@ -330,6 +334,7 @@ class RunConfig:
         in_range("run.log_every_s", self.log_every_s, 0.0, 1e9, low_open=True)
         in_range("run.progress_timeout_s", self.progress_timeout_s, 0.0, 1e9, low_open=True)
         in_range("run.connect_timeout_s", self.connect_timeout_s, 0.0, 1e9, low_open=True)
+        in_range("run.restart_window_s", self.restart_window_s, 0.0, 1e9, low_open=True)
 
     @property
     def trajectories_per_update(self) -> int:

@@ -14,7 +14,8 @@
 - the checkpoint cadence: every ``run.checkpoint_every_s``.
 
 Others tell it what happened (:meth:`Books.add_update`, :meth:`Books.count_actor_failures`,
-:meth:`Books.count_resume`) and read it; nothing else writes its counters. It is a plain
+:meth:`Books.count_learner_restart`, :meth:`Books.count_resume`) and read it; nothing else
+writes its counters. It is a plain
 class with an injectable clock, so its cadence is tested by moving time by hand.
 """
 
@@ -48,6 +49,8 @@ class Counters:
     wall_time_s: float = 0.0  # summed over all sessions of the run
     resumes: int = 0
     actor_failures: int = 0
+    learner_restarts: int = 0  # data-parallel learner ranks lost and replaced
+    dropped_unrolls: int = 0  # unrolls of updates dropped by those restarts
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Counters:
@@ -140,6 +143,13 @@ class Books:
         """This session's actor failures so far: the run's are the earlier sessions' plus these."""
         self.counters.actor_failures = self._failures_before_session + this_session
 
+    def count_learner_restart(self, unrolls: int, restart_s: float) -> None:
+        """A learner rank was lost and replaced in ``restart_s`` seconds; the update in
+        flight, on ``unrolls`` unrolls, was dropped (its env steps are not counted)."""
+        self.counters.learner_restarts += 1
+        self.counters.dropped_unrolls += unrolls
+        self._interval.add({"perf/learner_restart_s": restart_s})
+
     def count_resume(self) -> None:
         """This session resumes the run (after :meth:`load_state_dict`)."""
         self.counters.resumes += 1
@@ -205,6 +215,8 @@ class Books:
             scalars["perf/meta_updates_per_s"] = meta_steps / elapsed
             scalars["perf/meta_updates_per_1k_env_steps"] = 1000.0 * meta_steps / env_steps
         scalars["perf/actor_failures"] = float(c.actor_failures)
+        scalars["perf/learner_restarts"] = float(c.learner_restarts)
+        scalars["perf/dropped_unrolls"] = float(c.dropped_unrolls)
         scalars["progress/updates"] = float(c.updates)
         scalars["progress/episodes"] = float(c.episodes)
         if extra:

@@ -22,12 +22,21 @@ probe (the random walk) is measured in the learners too and rides on the same re
 Placement: a placement group of one bundle per learner (``run.learner_num_cpus`` CPUs,
 and one GPU each where the run uses GPUs), packed or spread over nodes
 (``run.learner_placement``). Nothing waits unboundedly: placement, every call and every
-collective have ``run.progress_timeout_s``; a learner that dies or times out ends the run
-(:class:`LearnerFailure`, exit 1) with the last good checkpoint kept.
+collective have ``run.progress_timeout_s``.
+
+Faults: a learner that dies, stops answering or whose collective fails in an update is
+replaced (:mod:`learner.training.restarts`): the update is dropped
+(:class:`~learner.training.learner.UpdateDropped`), a new rank starts in the lost one's
+bundle, the group meets again and every rank takes a survivor's state at the end of the
+last completed update. Past ``run.max_learner_restarts`` within ``run.restart_window_s``,
+or with no room for a new rank, the run stops (:class:`LearnersLost`, exit 1) with a final
+checkpoint of that state; with no survivor, or a learner's own error, it stops as before
+(:class:`LearnerFailure`, exit 1), the last good checkpoint kept.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -48,7 +57,23 @@ from impala_frodo.rule.updater import NonFiniteLossError
 from impala_frodo.utils import first_line
 from learner.cluster import local_instance
 from learner.cluster.payloads import PackedWeights
-from learner.training.rank import RankLearner, RankResult, UpdaterFactory
+from learner.training.learner import UpdateDropped
+from learner.training.rank import (
+    CONTROL_GROUP,
+    CollectiveError,
+    RankLearner,
+    RankResult,
+    UpdaterFactory,
+)
+from learner.training.restarts import (
+    LearnerFailure,
+    LearnersLost,
+    RestartBudget,
+    describe_loss,
+    settle,
+)
+
+log = logging.getLogger("impala_frodo")
 
 #: ``run.learner_placement`` -> Ray's placement-group strategy.
 PLACEMENT_STRATEGIES: Mapping[str, str] = {
@@ -56,10 +81,6 @@ PLACEMENT_STRATEGIES: Mapping[str, str] = {
     "spread": "SPREAD",
     "strict-spread": "STRICT_SPREAD",
 }
-
-
-class LearnerFailure(RuntimeError):
-    """A learner process died, failed, or did not answer within the deadline."""
 
 
 def assign_shards(
@@ -119,51 +140,65 @@ class LearnerGroup:
     ) -> None:
         self.size = run.num_learners
         self.timeout_s = run.progress_timeout_s
+        self.strategy = PLACEMENT_STRATEGIES[run.learner_placement]
         gpus = 1 if use_gpus else 0
         bundle = {"CPU": run.learner_num_cpus} | ({"GPU": gpus} if gpus else {})
-        self.placement = placement_group(
-            [dict(bundle) for _ in range(self.size)],
-            strategy=PLACEMENT_STRATEGIES[run.learner_placement],
-        )
+        self.placement = placement_group([dict(bundle) for _ in range(self.size)], self.strategy)
+        self._rank_args = (make_updater, self.size, "cuda" if gpus else "cpu")
+        self._rank_kwargs = {
+            "seed": run.seed,
+            "threads": max(1, int(run.learner_num_cpus)),
+            "state_observations": state_observations,
+        }
+        self._rank_resources = {"num_cpus": run.learner_num_cpus, "num_gpus": gpus}
         self.ranks: list[Any] = []
         self.num_updates = 0
         self.num_meta_updates = 0
         #: ``(version, packed weights)`` from the last update that published.
         self._published: tuple[int, PackedWeights] | None = None
+        self.budget = RestartBudget(run.max_learner_restarts, run.restart_window_s)
+        self.restarts = 0
+        self.last_loss = ""  # what the last restart replaced
+        #: A survivor's clean state, once the group can go on no more (the final checkpoint).
+        self._final_state: dict[str, Any] | None = None
         try:
             self._get(self.placement.ready(), f"placing {self.size} learners ({bundle} each)")
-            remote = ray.remote(RankLearner)
-            self.ranks = [
-                remote.options(
-                    num_cpus=run.learner_num_cpus,
-                    num_gpus=gpus,
-                    max_restarts=0,
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(
-                        self.placement, placement_group_bundle_index=rank
-                    ),
-                ).remote(
-                    make_updater,
-                    rank,
-                    self.size,
-                    "cuda" if gpus else "cpu",
-                    seed=run.seed,
-                    threads=max(1, int(run.learner_num_cpus)),
-                    state_observations=state_observations,
-                )
-                for rank in range(self.size)
-            ]
-            address = self._get(self.ranks[0].rendezvous_address.remote(), "the rendezvous")
+            self.ranks = [self._start_rank(rank) for rank in range(self.size)]
+            self._meet()
             self._get(
-                [rank.join.remote(address, self.timeout_s) for rank in self.ranks],
-                "the learners joining their process group",
-            )
-            self.node_ids: list[str] = self._get(
-                [rank.node_id.remote() for rank in self.ranks], "the learners' nodes"
+                [rank.broadcast_from_rank_0.remote() for rank in self.ranks],
+                "the learners taking rank 0's state",
             )
             self.params = self.acting_params()
         except BaseException:
             self.shutdown()
             raise
+
+    def _start_rank(self, rank: int) -> Any:
+        """A new :class:`RankLearner` actor for ``rank``, in the placement group's bundle
+        ``rank`` (never restarted by Ray: the group replaces lost ranks itself)."""
+        return (
+            ray.remote(concurrency_groups={CONTROL_GROUP: 1})(RankLearner)
+            .options(
+                **self._rank_resources,
+                max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.placement, placement_group_bundle_index=rank
+                ),
+            )
+            .remote(self._rank_args[0], rank, *self._rank_args[1:], **self._rank_kwargs)
+        )
+
+    def _meet(self, address: ray.ObjectRef | None = None, state: Any = None) -> None:
+        """Every rank joins one new process group at ``address`` (default: a fresh
+        rendezvous on rank 0's node) and takes ``state`` (a rank's state, or a reference
+        to one) if given."""
+        address = address or self.ranks[0].rendezvous_address.remote()
+        address = self._get(address, "the rendezvous")
+        self.node_ids: list[str] = self._get(
+            [rank.join.remote(address, self.timeout_s, state) for rank in self.ranks],
+            "the learners joining their process group",
+        )
 
     def _get(self, refs: Any, what: str) -> Any:
         """``ray.get`` within the deadline. Results are taken as they come, so a learner
@@ -182,14 +217,20 @@ class LearnerGroup:
             return ray.get(refs)
         except GetTimeoutError:
             raise LearnerFailure(
-                f"{what}: no answer within run.progress_timeout_s = {self.timeout_s:g} s"
+                f"{what}: no answer within run.progress_timeout_s = {self.timeout_s:g} s",
+                restartable=True,
             ) from None
         except RayActorError as e:
-            raise LearnerFailure(f"{what}: a learner process died ({first_line(e)})") from None
+            raise LearnerFailure(
+                f"{what}: a learner process died ({first_line(e)})", restartable=True
+            ) from None
         except RayTaskError as e:
             if isinstance(e.cause, NonFiniteLossError):
                 raise NonFiniteLossError(str(e.cause)) from None
-            raise LearnerFailure(f"{what}: a learner failed: {first_line(e.cause)}") from None
+            collective = isinstance(e.cause, CollectiveError)
+            raise LearnerFailure(
+                f"{what}: a learner failed: {first_line(e.cause)}", restartable=collective
+            ) from None
 
     def update(
         self, unrolls: Sequence[UnrollSource], *, truth: GroundTruth | None, publish: bool
@@ -200,11 +241,16 @@ class LearnerGroup:
         included; ``perf/collective_s``: rank 0's forward collectives;
         ``perf/learner_fetch_s``: the slowest fetch; ``perf/learner_call_s``: the round
         trip seen from here) and bytes (``perf/driver_unroll_bytes``: none pass through
-        the driver; ``perf/learner_fetch_bytes``: what the learners fetched)."""
+        the driver; ``perf/learner_fetch_bytes``: what the learners fetched).
+
+        A lost rank is replaced and the update dropped (:class:`UpdateDropped`), or, where
+        it cannot be, :class:`LearnersLost`."""
         start = time.perf_counter()
         per_rank, remainder = divmod(len(unrolls), self.size)
         if remainder:
             raise ValueError(f"{len(unrolls)} unrolls do not split among {self.size} learners")
+        if self._final_state is not None:
+            raise LearnerFailure("the learner group was lost: no more updates")
         nodes = [unroll.summary.node_id for unroll in unrolls]
         shards = assign_shards(nodes, self.node_ids, per_rank)
         refs = [
@@ -213,7 +259,18 @@ class LearnerGroup:
             )
             for index, (rank, shard) in enumerate(zip(self.ranks, shards, strict=True))
         ]
-        results: list[RankResult] = self._get(refs, f"update {self.num_updates + 1}")
+        try:
+            results: list[RankResult] = self._get(refs, f"update {self.num_updates + 1}")
+        except LearnerFailure as failure:
+            if not failure.restartable:
+                raise
+            restart_s = self._replace_lost(refs, failure)
+            raise UpdateDropped(len(unrolls), restart_s, self.last_loss) from None
+        return self._merge(results, start)
+
+    def _merge(self, results: list[RankResult], start: float) -> dict[str, float]:
+        """Rank 0's metrics with every rank's timings and bytes; the counts and published
+        weights taken."""
         first = results[0]
         self.num_updates, self.num_meta_updates = first.num_updates, first.num_meta_updates
         if first.weights is not None:
@@ -228,6 +285,71 @@ class LearnerGroup:
             "perf/learner_fetch_bytes": float(sum(r.fetched_bytes for r in results)),
         }
         return first.metrics | target_rmse(parts) | timings
+
+    # ------------------------------------------------------------- restarts
+    def _replace_lost(self, refs: list[ray.ObjectRef], failure: LearnerFailure) -> float:
+        """Settle the failed update's calls, replace the lost ranks and give every rank a
+        survivor's clean state; returns the seconds it took. :class:`LearnersLost` (with
+        that state kept for the final checkpoint) where no replacement can be made;
+        :class:`LearnerFailure` if no rank survived."""
+        start = time.monotonic()
+        outcomes = settle(self.ranks, refs, self.timeout_s)
+        loss = self.last_loss = f"update {self.num_updates + 1}: {describe_loss(outcomes)}"
+        log.warning("%s, settled in %.2f s (%s)", loss, time.monotonic() - start, failure)
+        survivors = [i for i, outcome in enumerate(outcomes) if outcome.survived]
+        if not survivors:
+            raise LearnerFailure(f"{loss}: no learner survived")
+        clean = self.ranks[survivors[0]].clean_state.remote(self.num_updates)
+        lost = [i for i in range(self.size) if i not in survivors]
+        why = self._cannot_replace(lost)
+        if why is not None:
+            self._final_state = self._get(clean, "a surviving learner's state")["updater"]
+            raise LearnersLost(f"{loss}; {why}: stopped with a surviving learner's state")
+        try:
+            self._reform(survivors, lost, clean)
+        except LearnersLost:
+            raise
+        except LearnerFailure as error:
+            raise LearnerFailure(f"{loss}; replacing it failed: {error}") from None
+        self.budget.record()
+        self.restarts += 1
+        return time.monotonic() - start
+
+    def _cannot_replace(self, lost: list[int]) -> str | None:
+        """Why the ``lost`` ranks cannot be replaced now, or ``None``: restarts spent, or
+        a strict spread over fewer live nodes than ranks."""
+        if self.budget.spent():
+            return f"learner restarts spent ({self.budget.describe()})"
+        nodes = sum(1 for node in ray.nodes() if node["Alive"])
+        if lost and self.strategy == "STRICT_SPREAD" and nodes < self.size:
+            return f"{self.size} learners cannot be spread over {nodes} live node(s)"
+        return None
+
+    def _reform(self, survivors: list[int], lost: list[int], clean: ray.ObjectRef) -> None:
+        """New ranks start in the lost ones' bundles (placed within the deadline, else
+        :class:`LearnersLost`) while the survivors leave their group; all meet again and
+        take ``clean``."""
+        start = time.monotonic()
+        for i in lost:
+            self.ranks[i] = self._start_rank(i)
+        left = [self.ranks[i].leave.remote() for i in survivors]
+        address = self.ranks[0].rendezvous_address.remote() if 0 in survivors else None
+        try:
+            self._get([self.ranks[i].pid.remote() for i in lost], "placing a new learner")
+        except LearnerFailure as error:
+            self._final_state = self._get(clean, "a surviving learner's state")["updater"]
+            raise LearnersLost(f"{error}: stopped with a surviving learner's state") from None
+        placed = time.monotonic()
+        self._get(left, "survivors leaving")
+        self._meet(address, clean)
+        self._published = None
+        log.info(
+            "learner rank(s) %s replaced: new process(es) ready in %.1f s, the group met "
+            "and restored in %.1f s",
+            ", ".join(map(str, lost)),
+            placed - start,
+            time.monotonic() - placed,
+        )
 
     def acting_weights(self) -> PackedWeights:
         """Rank 0's acting weights, packed: those its last publishing reply carried where
@@ -244,6 +366,10 @@ class LearnerGroup:
         return self._get(self.ranks[0].values.remote(obs.cpu()), "rank 0's values")
 
     def state_dict(self) -> dict[str, Any]:
+        """Rank 0's state; once the group is lost, a survivor's at the last completed
+        update (the final checkpoint's)."""
+        if self._final_state is not None:
+            return self._final_state
         return self._get(self.ranks[0].state_dict.remote(), "rank 0's state")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ synchronous trainer (``learner/training/sync.py``) and the tests from a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -52,6 +53,8 @@ from impala_frodo.rule.batch import Batch
 from impala_frodo.rule.updater import NonFiniteLossError, Updater
 from impala_frodo.utils import first_line, map_tensors, os_error_reason
 from learner.training.books import Books
+
+log = logging.getLogger("impala_frodo")
 
 
 def _all_finite(obj: Any) -> bool:
@@ -107,6 +110,17 @@ class UpdaterLike(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class UpdateDropped(Exception):
+    """An update was not taken: a learner process was lost during it and replaced, every
+    learner back at the last completed update. ``unrolls``: the unrolls it would have
+    trained on (never trained on); ``restart_s``: from the loss being seen to the
+    learners ready again; ``reason``: what was lost."""
+
+    def __init__(self, unrolls: int, restart_s: float, reason: str) -> None:
+        super().__init__(f"update dropped ({unrolls} unrolls): {reason}")
+        self.unrolls, self.restart_s, self.reason = unrolls, restart_s, reason
+
+
 class UnrollLearner(Protocol):
     """Takes one update on unrolls, and hands out the acting weights."""
 
@@ -115,7 +129,8 @@ class UnrollLearner(Protocol):
     ) -> dict[str, float]:
         """One update; ``truth``: the env's ground truth for the probe's metrics (if any);
         ``publish``: the weights after it will be published (a learner process of its own
-        returns them with its reply, ready for :meth:`acting_weights`)."""
+        returns them with its reply, ready for :meth:`acting_weights`). Raises
+        :class:`UpdateDropped` where the update was not taken but training can go on."""
         ...
 
     def acting_weights(self) -> Mapping[str, torch.Tensor] | Any:
@@ -201,13 +216,19 @@ class Learner:
         """One update on the actor batches (concatenated along B); returns the metrics.
 
         Raises :class:`~impala_frodo.rule.updater.NonFiniteLossError` on a NaN/inf loss
-        (nothing is counted then).
+        (nothing is counted then). An update dropped by a learner restart is counted in the
+        books (its unrolls as dropped) and returns no metrics.
         """
         summaries = [unroll.summary for unroll in unrolls]
         lags = [self.version - summary.policy_version for summary in summaries]
         truth = summaries[-1].ground_truth if self.probe is not None else None
         publish = (self.version + 1) % self.cfg.run.broadcast_every == 0
-        metrics = self.updates.update(unrolls, truth=truth, publish=publish)
+        try:
+            metrics = self.updates.update(unrolls, truth=truth, publish=publish)
+        except UpdateDropped as dropped:
+            log.warning("%s; learners restarted in %.1f s", dropped, dropped.restart_s)
+            self.books.count_learner_restart(dropped.unrolls, dropped.restart_s)
+            return {}
         metrics["perf/policy_lag"] = float(np.mean(lags))
         metrics["perf/policy_lag_max"] = float(max(lags))
         self.books.add_update(

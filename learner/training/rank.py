@@ -6,12 +6,20 @@ updater with :class:`~impala_frodo.rule.data_parallel.AllReduceGradients` as the
 reducer, and takes each update on its own shard: the unrolls it is handed references to,
 fetched from the object store and stacked on its device here. What it reports of an
 update is a :class:`RankResult`.
+
+Restarts (:mod:`learner.training.restarts`): a rank keeps a copy of its state as it was at
+the start of its update in progress (:meth:`RankLearner.clean_state`), because a rank whose
+peer is lost may have applied part of that update before its collective failed; it can
+leave its process group and join a new one, and a collective that fails in an update is
+reported as a :class:`CollectiveError` (the peer's loss, not this rank's bug).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -31,6 +39,21 @@ from impala_frodo.rule.metagrad import GradientReducer
 from impala_frodo.rule.updater import Updater
 from impala_frodo.utils import map_tensors, seed_everything
 from learner.cluster.payloads import PackedWeights, packed_payload
+
+#: The Ray concurrency group of the calls that must answer while an update is blocked in
+#: a collective (:meth:`RankLearner.pid`: is this rank alive, or frozen?).
+CONTROL_GROUP = "control"
+
+
+class CollectiveError(RuntimeError):
+    """An update failed inside a torch.distributed call: a peer was lost or stopped
+    answering; this rank's process and its clean state are intact."""
+
+
+def _in_collective(error: BaseException) -> bool:
+    """``error`` was raised from within torch.distributed (gloo or NCCL)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(f"torch{os.sep}distributed" in frame.filename for frame in frames)
 
 
 class UpdaterFactory(Protocol):
@@ -82,6 +105,9 @@ class RankLearner:
         self.probe = None
         if state_observations is not None:
             self.probe = GroundTruthProbe(state_observations, self.device)
+        #: The rank's state at the start of the update in progress (or the last one).
+        self._snapshot: dict[str, Any] | None = None
+        self._in_update = False  # an update began and has not completed
         torch.set_num_threads(threads)
 
     @staticmethod
@@ -97,9 +123,17 @@ class RankLearner:
     def node_id() -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def join(self, init_method: str, timeout_s: float) -> None:
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def pid(self) -> int:
+        """This process's id; answered beside an update blocked in a collective, so a rank
+        that does not answer is frozen or gone."""
+        return os.getpid()
+
+    def join(self, init_method: str, timeout_s: float, state: dict[str, Any] | None = None) -> str:
         """Join the process group (its collectives time out after ``timeout_s``); build the
-        updater, identical on every rank."""
+        updater, identical on every rank, unless this rank has one (a survivor rejoining);
+        take ``state`` (a :meth:`rank_state`) if given. Returns this rank's node (one call
+        for all three: a restart waits on each round trip)."""
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         dist.init_process_group(
             backend,
@@ -108,12 +142,20 @@ class RankLearner:
             world_size=self.world_size,
             timeout=timedelta(seconds=timeout_s),
         )
-        seed_everything(self.seed)
-        self.reducer = AllReduceGradients()
-        self.updater = self.make_updater(device=self.device, reducer=self.reducer)
-        self._broadcast_from_rank_0()
+        if self.updater is None:
+            seed_everything(self.seed)
+            self.reducer = AllReduceGradients()
+            self.updater = self.make_updater(device=self.device, reducer=self.reducer)
+        if state is not None:
+            self.restore(state)
+        return self.node_id()
 
-    def _broadcast_from_rank_0(self) -> None:
+    def leave(self) -> None:
+        """Leave the process group (one whose peer is lost), to join a new one."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def broadcast_from_rank_0(self) -> None:
         """Every rank starts from rank 0's theta, optimizer state and eta (the seeds agree
         already; this holds whatever a device's initialisation does)."""
         updater = self.updater
@@ -132,7 +174,21 @@ class RankLearner:
         r"""One update on this learner's shard: the unrolls behind ``unrolls`` (references,
         nested in a list so that Ray does not fetch them first), fetched and stacked here.
         Rank 0 also measures the probe's value error (given ``truth``) and, when the update
-        ``publish``\ es, returns its new acting weights packed."""
+        ``publish``\ es, returns its new acting weights packed. A collective that fails is a
+        :class:`CollectiveError`; the state before the update stays in :meth:`clean_state`."""
+        self._snapshot, self._in_update = self.rank_state(), True
+        try:
+            result = self._update(unrolls, truth, publish)
+        except Exception as error:
+            if _in_collective(error):
+                raise CollectiveError(f"rank {self.rank}: {error}") from error
+            raise
+        self._in_update = False
+        return result
+
+    def _update(
+        self, unrolls: list[ray.ObjectRef], truth: GroundTruth | None, publish: bool
+    ) -> RankResult:
         start = time.perf_counter()
         trajectories = ray.get(unrolls)
         fetch_s = time.perf_counter() - start
@@ -172,3 +228,29 @@ class RankLearner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updater.load_state_dict(state)
+
+    # ------------------------------------------------------------- restarts
+    def rank_state(self) -> dict[str, Any]:
+        """A copy (never a view: updates may write in place) of what every rank must share
+        to take the same updates: the updater's state and the meta-gradient's column
+        sampler's generator."""
+        return {
+            "updater": map_tensors(torch.clone, self.state_dict()),
+            "sampler": self.updater.schedule.sampler.generator.get_state(),
+        }
+
+    def clean_state(self, num_updates: int) -> dict[str, Any]:
+        """This rank's state at the end of update ``num_updates`` (the driver's last
+        completed one): its current state if no update has begun since, else the copy
+        taken when the next began, whether or not this rank finished it."""
+        if not self._in_update and self.updater.num_updates == num_updates:
+            return self.rank_state()
+        if self._snapshot is not None and self._snapshot["updater"]["num_updates"] == num_updates:
+            return self._snapshot
+        raise RuntimeError(f"rank {self.rank} has no clean state of update {num_updates}")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take a rank's :meth:`rank_state` (a survivor's clean one, after a restart)."""
+        self.updater.load_state_dict(state["updater"])
+        self.updater.schedule.sampler.generator.set_state(state["sampler"])
+        self._snapshot, self._in_update = None, False

@@ -20,7 +20,7 @@ from impala_frodo.rule.updater import NonFiniteLossError
 from learner.cluster.actor_pool import TrainingError
 from learner.control.exit_codes import ExitCode
 from learner.training.books import Books, History
-from learner.training.group import LearnerFailure
+from learner.training.group import LearnerFailure, LearnersLost
 
 
 class StopReason(StrEnum):
@@ -70,8 +70,11 @@ FAILURES: dict[type[BaseException], Failure] = {
     TrainingError: Failure(StopReason.ACTORS, True, "{error}", "training stopped: {message}"),
     # eta as last received, and its Adam state, are in the final checkpoint.
     MetaLearnerError: Failure(StopReason.META, True, "{error}", "training stopped: {message}"),
-    # The other learners may be stuck in a collective: rank 0's state cannot be read.
+    # No learner survived, or one raised: the others may be stuck in a collective, and no
+    # clean state can be read.
     LearnerFailure: Failure(StopReason.LEARNERS, False, "training stopped: {error}; {last_good}"),
+    # A lost learner not replaced: a survivor's state at the last completed update is saved.
+    LearnersLost: Failure(StopReason.LEARNERS, True, "{error}", "training stopped: {message}"),
     # Ctrl-C without our handler (a second signal ends the process in learner.control.signals).
     KeyboardInterrupt: Failure(StopReason.SIGNAL, False, "interrupted: no final checkpoint"),
 }
@@ -99,6 +102,7 @@ class TrainResult:
     session_env_steps: int = 0
     session_wall_s: float = 0.0
     actor_failures: int = 0
+    learner_restarts: int = 0  # data-parallel learner ranks lost and replaced, over the run
     #: This session's unroll calls: submitted = collected + lost + abandoned.
     unrolls: dict[str, int] = field(default_factory=dict)
     message: str = ""
@@ -133,6 +137,7 @@ class TrainResult:
             session_env_steps=books.session_env_steps,
             session_wall_s=wall_s,
             actor_failures=counters.actor_failures,
+            learner_restarts=counters.learner_restarts,
             unrolls=dict(unrolls or {}),
             message=message,
             last_log=dict(last_log or {}),
@@ -156,6 +161,8 @@ def describe_result(result: TrainResult) -> str:
     reason = result.reason.summary.format(total=result.budget)
     mean_return = "n/a" if result.mean_return is None else f"{result.mean_return:.3f}"
     failures = f", {result.actor_failures} actor failure(s)" if result.actor_failures else ""
+    if result.learner_restarts:
+        failures += f", {result.learner_restarts} learner restart(s)"
     return (
         f"{reason}. {result.env_steps:,} env steps, {result.updates:,} updates, "
         f"{result.episodes:,} episodes; mean return of the last {result.returns_window} "
