@@ -21,7 +21,7 @@ drive this class, so they learn by the same rule.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,6 +46,7 @@ from impala_frodo.rule.metagrad import (
     make_inner_optimizer,
 )
 from impala_frodo.rule.schedules import make_schedule
+from impala_frodo.utils import map_tensors
 
 __all__ = ["NonFiniteLossError", "Updater", "in_process_link"]
 
@@ -173,11 +174,19 @@ class Updater:
     def state_dict(self) -> dict[str, Any]:
         """theta, the inner optimizer's state, the update count and, from the schedule,
         eta, its optimizer's state and its version (``schedules.META_KEYS``)."""
+        return map_tensors(torch.Tensor.cpu, self.snapshot())
+
+    def snapshot(self, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """:meth:`state_dict` on this device, theta and the inner optimizer's state not
+        copied: an inner step never writes a tensor in place (it makes new ones), so these
+        references keep their values (detached: no graph is kept). ``meta``: the
+        schedule's part (copies: a meta step writes eta in place), if the caller holds it
+        already (it changes only with ``num_meta_updates``)."""
         return {
-            "params": self.acting_params("cpu"),
-            "opt_state": {k: v.detach().cpu() for k, v in self.opt_state.items()},
+            "params": {k: v.detach() for k, v in self.params.items()},
+            "opt_state": {k: v.detach() for k, v in self.opt_state.items()},
             "num_updates": self.num_updates,
-            **self.schedule.state_dict(),
+            **(self.schedule.state_dict() if meta is None else meta),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

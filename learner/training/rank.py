@@ -108,6 +108,7 @@ class RankLearner:
         #: The rank's state at the start of the update in progress (or the last one).
         self._snapshot: dict[str, Any] | None = None
         self._in_update = False  # an update began and has not completed
+        self._meta: dict[str, Any] | None = None  # eta's part of the state, copied
         torch.set_num_threads(threads)
 
     @staticmethod
@@ -228,15 +229,20 @@ class RankLearner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updater.load_state_dict(state)
+        self._meta = None
 
     # ------------------------------------------------------------- restarts
     def rank_state(self) -> dict[str, Any]:
-        """A copy (never a view: updates may write in place) of what every rank must share
-        to take the same updates: the updater's state and the meta-gradient's column
-        sampler's generator."""
+        """What every rank must share to take the same updates, on this device: the
+        updater's state (:meth:`~impala_frodo.rule.updater.Updater.snapshot`: theta and
+        its optimizer's state by reference, eta's part copied once per meta step) and the
+        meta-gradient's column sampler's generator. Cheap enough for every update."""
+        updater = self.updater
+        if self._meta is None or self._meta["num_meta_updates"] != updater.num_meta_updates:
+            self._meta = updater.schedule.state_dict()
         return {
-            "updater": map_tensors(torch.clone, self.state_dict()),
-            "sampler": self.updater.schedule.sampler.generator.get_state(),
+            "updater": updater.snapshot(self._meta),
+            "sampler": updater.schedule.sampler.generator.get_state(),
         }
 
     def clean_state(self, num_updates: int) -> dict[str, Any]:
@@ -244,13 +250,15 @@ class RankLearner:
         completed one): its current state if no update has begun since, else the copy
         taken when the next began, whether or not this rank finished it."""
         if not self._in_update and self.updater.num_updates == num_updates:
-            return self.rank_state()
-        if self._snapshot is not None and self._snapshot["updater"]["num_updates"] == num_updates:
-            return self._snapshot
-        raise RuntimeError(f"rank {self.rank} has no clean state of update {num_updates}")
+            state = self.rank_state()
+        elif self._snapshot is not None and self._snapshot["updater"]["num_updates"] == num_updates:
+            state = self._snapshot
+        else:
+            raise RuntimeError(f"rank {self.rank} has no clean state of update {num_updates}")
+        return map_tensors(torch.Tensor.cpu, state)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take a rank's :meth:`rank_state` (a survivor's clean one, after a restart)."""
         self.updater.load_state_dict(state["updater"])
         self.updater.schedule.sampler.generator.set_state(state["sampler"])
-        self._snapshot, self._in_update = None, False
+        self._snapshot, self._in_update, self._meta = None, False, None
