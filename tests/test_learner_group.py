@@ -1,6 +1,7 @@
 """Data-parallel learners on a local Ray (2 CPUs): two learner processes train, stay equal,
 checkpoint and resume every rank, end the run with a final checkpoint when one dies and
-none may be replaced, and bad input is refused up front. (Their exactness against one learner: tests/test_data_parallel.py.)"""
+none may be replaced, and bad input is refused up front. (Their exactness against one
+learner: tests/test_data_parallel.py.)"""
 
 from __future__ import annotations
 

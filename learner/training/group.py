@@ -36,7 +36,6 @@ checkpoint of that state; with no survivor, or a learner's own error, it stops a
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -65,15 +64,7 @@ from learner.training.rank import (
     RankResult,
     UpdaterFactory,
 )
-from learner.training.restarts import (
-    LearnerFailure,
-    LearnersLost,
-    RestartBudget,
-    describe_loss,
-    settle,
-)
-
-log = logging.getLogger("impala_frodo")
+from learner.training.restarts import LearnerFailure, Replacements, RestartBudget
 
 #: ``run.learner_placement`` -> Ray's placement-group strategy.
 PLACEMENT_STRATEGIES: Mapping[str, str] = {
@@ -116,7 +107,7 @@ def assign_shards(
     return [sorted(shard) for shard in shards]
 
 
-class LearnerGroup:
+class LearnerGroup(Replacements):
     """N :class:`RankLearner` actors in a placement group, driven as one updater.
 
     It offers what :class:`~learner.training.learner.Learner` uses of an ``Updater`` (the
@@ -285,71 +276,6 @@ class LearnerGroup:
             "perf/learner_fetch_bytes": float(sum(r.fetched_bytes for r in results)),
         }
         return first.metrics | target_rmse(parts) | timings
-
-    # ------------------------------------------------------------- restarts
-    def _replace_lost(self, refs: list[ray.ObjectRef], failure: LearnerFailure) -> float:
-        """Settle the failed update's calls, replace the lost ranks and give every rank a
-        survivor's clean state; returns the seconds it took. :class:`LearnersLost` (with
-        that state kept for the final checkpoint) where no replacement can be made;
-        :class:`LearnerFailure` if no rank survived."""
-        start = time.monotonic()
-        outcomes = settle(self.ranks, refs, self.timeout_s)
-        loss = self.last_loss = f"update {self.num_updates + 1}: {describe_loss(outcomes)}"
-        log.warning("%s, settled in %.2f s (%s)", loss, time.monotonic() - start, failure)
-        survivors = [i for i, outcome in enumerate(outcomes) if outcome.survived]
-        if not survivors:
-            raise LearnerFailure(f"{loss}: no learner survived")
-        clean = self.ranks[survivors[0]].clean_state.remote(self.num_updates)
-        lost = [i for i in range(self.size) if i not in survivors]
-        why = self._cannot_replace(lost)
-        if why is not None:
-            self._final_state = self._get(clean, "a surviving learner's state")["updater"]
-            raise LearnersLost(f"{loss}; {why}: stopped with a surviving learner's state")
-        try:
-            self._reform(survivors, lost, clean)
-        except LearnersLost:
-            raise
-        except LearnerFailure as error:
-            raise LearnerFailure(f"{loss}; replacing it failed: {error}") from None
-        self.budget.record()
-        self.restarts += 1
-        return time.monotonic() - start
-
-    def _cannot_replace(self, lost: list[int]) -> str | None:
-        """Why the ``lost`` ranks cannot be replaced now, or ``None``: restarts spent, or
-        a strict spread over fewer live nodes than ranks."""
-        if self.budget.spent():
-            return f"learner restarts spent ({self.budget.describe()})"
-        nodes = sum(1 for node in ray.nodes() if node["Alive"])
-        if lost and self.strategy == "STRICT_SPREAD" and nodes < self.size:
-            return f"{self.size} learners cannot be spread over {nodes} live node(s)"
-        return None
-
-    def _reform(self, survivors: list[int], lost: list[int], clean: ray.ObjectRef) -> None:
-        """New ranks start in the lost ones' bundles (placed within the deadline, else
-        :class:`LearnersLost`) while the survivors leave their group; all meet again and
-        take ``clean``."""
-        start = time.monotonic()
-        for i in lost:
-            self.ranks[i] = self._start_rank(i)
-        left = [self.ranks[i].leave.remote() for i in survivors]
-        address = self.ranks[0].rendezvous_address.remote() if 0 in survivors else None
-        try:
-            self._get([self.ranks[i].pid.remote() for i in lost], "placing a new learner")
-        except LearnerFailure as error:
-            self._final_state = self._get(clean, "a surviving learner's state")["updater"]
-            raise LearnersLost(f"{error}: stopped with a surviving learner's state") from None
-        placed = time.monotonic()
-        self._get(left, "survivors leaving")
-        self._meet(address, clean)
-        self._published = None
-        log.info(
-            "learner rank(s) %s replaced: new process(es) ready in %.1f s, the group met "
-            "and restored in %.1f s",
-            ", ".join(map(str, lost)),
-            placed - start,
-            time.monotonic() - placed,
-        )
 
     def acting_weights(self) -> PackedWeights:
         """Rank 0's acting weights, packed: those its last publishing reply carried where

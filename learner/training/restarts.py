@@ -17,6 +17,7 @@ in 0.3 s, beside the new process's start (2.1 s); restarting both processes took
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -27,6 +28,8 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from learner.training.rank import CollectiveError
+
+log = logging.getLogger("impala_frodo")
 
 #: Seconds a rank has to answer :meth:`~learner.training.rank.RankLearner.pid` beside a
 #: blocked update before it is taken for frozen.
@@ -135,3 +138,108 @@ class RestartBudget:
             f"run.max_learner_restarts = {self.max_restarts} within "
             f"run.restart_window_s = {self.window_s:g} s"
         )
+
+
+class Replacements:
+    """:class:`~learner.training.group.LearnerGroup`'s restarts: replacing lost ranks.
+
+    A mixin: it uses the group's ``ranks``, ``size``, ``strategy`` (Ray's placement
+    strategy), ``timeout_s``, ``num_updates``, ``budget`` (a :class:`RestartBudget`),
+    ``_get`` (a call within the deadline), ``_start_rank`` (a new rank in its bundle) and
+    ``_meet`` (every rank into a new process group, taking a state), and keeps
+    ``restarts``, ``last_loss``, ``_final_state`` and ``_published`` up to date.
+    """
+
+    def _replace_lost(self, refs: list[ray.ObjectRef], failure: LearnerFailure) -> float:
+        """Settle the failed update's calls, replace the lost ranks and give every rank a
+        survivor's clean state; returns the seconds it took. :class:`LearnersLost` (with
+        that state kept for the final checkpoint) where no replacement can be made;
+        :class:`LearnerFailure` if no rank survived."""
+        start = time.monotonic()
+        outcomes = settle(self.ranks, refs, self.timeout_s)
+        loss = self.last_loss = f"update {self.num_updates + 1}: {describe_loss(outcomes)}"
+        log.warning("%s, settled in %.2f s (%s)", loss, time.monotonic() - start, failure)
+        survivors = [i for i, outcome in enumerate(outcomes) if outcome.survived]
+        if not survivors:
+            raise LearnerFailure(f"{loss}: no learner survived")
+        clean = self.ranks[survivors[0]].clean_state.remote(self.num_updates)
+        lost = [i for i in range(self.size) if i not in survivors]
+        why = self._cannot_replace()
+        if why is not None:
+            self._stop_with(clean, f"{loss}; {why}")
+        try:
+            self._reform(survivors, lost, clean, loss)
+        except LearnersLost:
+            raise
+        except LearnerFailure as error:
+            raise LearnerFailure(f"{loss}; replacing it failed: {error}") from None
+        self.budget.record()
+        self.restarts += 1
+        return time.monotonic() - start
+
+    def _stop_with(self, clean: ray.ObjectRef, why: str) -> None:
+        """:class:`LearnersLost`, with the survivor's ``clean`` state kept as the group's
+        last (the final checkpoint's)."""
+        self._final_state = self._get(clean, "a surviving learner's state")["updater"]
+        raise LearnersLost(f"{why}: stopped with a surviving learner's state")
+
+    def _cannot_replace(self) -> str | None:
+        """Why a lost rank cannot be replaced now, or ``None``: restarts spent, or a strict
+        spread over fewer live nodes than ranks."""
+        if self.budget.spent():
+            return f"learner restarts spent ({self.budget.describe()})"
+        return self._cannot_place()
+
+    def _cannot_place(self) -> str | None:
+        """Why a new rank cannot be placed (a strict spread over too few live nodes)."""
+        if self.strategy != "STRICT_SPREAD":
+            return None
+        nodes = sum(1 for node in ray.nodes() if node["Alive"])
+        if nodes < self.size:
+            return f"{self.size} learners cannot be spread over {nodes} live node(s)"
+        return None
+
+    def _reform(
+        self, survivors: list[int], lost: list[int], clean: ray.ObjectRef, loss: str
+    ) -> None:
+        """New ranks start in the lost ones' bundles (placed within the deadline, else
+        :class:`LearnersLost`) while the survivors leave their group; all meet again and
+        take ``clean``."""
+        start = time.monotonic()
+        for i in lost:
+            self.ranks[i] = self._start_rank(i)
+        left = [self.ranks[i].leave.remote() for i in survivors]
+        address = self.ranks[0].rendezvous_address.remote() if 0 in survivors else None
+        why = self._wait_placed([self.ranks[i].pid.remote() for i in lost])
+        if why is not None:
+            self._stop_with(clean, f"{loss}; {why}")
+        placed = time.monotonic()
+        self._get(left, "survivors leaving")
+        self._meet(address, clean)
+        self._published = None
+        log.info(
+            "learner rank(s) %s replaced: new process(es) ready in %.1f s, the group met "
+            "and restored in %.1f s",
+            ", ".join(map(str, lost)),
+            placed - start,
+            time.monotonic() - placed,
+        )
+
+    def _wait_placed(self, pids: list[ray.ObjectRef]) -> str | None:
+        """Wait for new ranks (their ``pid`` calls) to be placed and started; why they
+        cannot be, or ``None``. Looks every second whether the placement has become
+        impossible (a node lost under a strict spread), and gives up after the deadline."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            ready, _ = ray.wait(pids, num_returns=len(pids), timeout=1.0)
+            if len(ready) == len(pids):
+                self._get(pids, "starting a new learner")  # one that died raises
+                return None
+            why = self._cannot_place()
+            if why is not None:
+                return why
+            if time.monotonic() > deadline:
+                return (
+                    f"a new learner was not placed within run.progress_timeout_s = "
+                    f"{self.timeout_s:g} s"
+                )

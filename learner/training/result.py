@@ -20,7 +20,8 @@ from impala_frodo.rule.updater import NonFiniteLossError
 from learner.cluster.actor_pool import TrainingError
 from learner.control.exit_codes import ExitCode
 from learner.training.books import Books, History
-from learner.training.group import LearnerFailure, LearnersLost
+from learner.training.group import LearnerFailure
+from learner.training.restarts import LearnersLost
 
 
 class StopReason(StrEnum):
