@@ -180,6 +180,58 @@ def test_a_killed_rank_is_replaced_and_the_run_reaches_its_budget(ray_local, tmp
 
 
 @pytest.mark.ray
+def test_a_frozen_rank_is_replaced_once_its_update_times_out(ray_local, tmp_path):
+    """SIGSTOP: the rank's sockets stay open, so its peer's collective only times out. After
+    ``run.progress_timeout_s`` the group pings the ranks, kills the one that does not
+    answer, and replaces it."""
+    seen: dict = {}
+
+    def callback(ctx) -> None:
+        counters = ctx.learner.books.counters
+        if counters.updates == 6 and "pid" not in seen:
+            seen["pid"] = ray.get(ctx.learner.updater.ranks[1].pid.remote(), timeout=60)
+            os.kill(seen["pid"], signal.SIGSTOP)
+            seen["stopped_at"] = time.monotonic()
+        elif "pid" in seen and counters.updates > 6 and "training_again_s" not in seen:
+            seen["training_again_s"] = time.monotonic() - seen["stopped_at"]
+
+    timeout_s = 10.0
+    cfg = group_cfg(
+        tmp_path,
+        "impala",
+        **{"run.total_env_steps": 4_000, "run.progress_timeout_s": timeout_s},
+    )
+    try:
+        result = train_with(cfg, callback)
+    finally:
+        if "pid" in seen and _alive(seen["pid"], 0.0):  # not replaced: leave none stopped
+            os.kill(seen["pid"], signal.SIGKILL)
+    assert result.exit_code == ExitCode.OK and result.reason == "budget", result.message
+    assert result.learner_restarts == 1
+    assert not _alive(seen["pid"]), "the frozen rank was not killed"
+    print(f"from the SIGSTOP to training again: {seen['training_again_s']:.1f} s")
+    assert timeout_s < seen["training_again_s"] < timeout_s + 60.0, seen
+
+
+def _alive(pid: int, within_s: float = 5.0) -> bool:
+    """``pid`` is still a live process (not a zombie) after ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while _running(pid):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.ray
 def test_a_rank_killed_after_every_restart_stops_the_run_with_a_final_checkpoint(
     ray_local, tmp_path
 ):

@@ -4,11 +4,13 @@ Two runs, each in a fresh driver process (:func:`scenario`), each losing the wor
 (every process of it SIGKILLed) once the run has a checkpoint:
 
 - ``group``: two data-parallel learners placed one per node (``strict-spread``): the node
-  of one rank goes. The run must end as a learner failure (exit 1) within
-  :data:`END_WITHIN_S`, without a final checkpoint (the surviving rank may be inside a
-  collective), the last good one kept. A resume with the same placement is refused at
-  once (one node left for two learners: it would wait ``run.progress_timeout_s`` to be
-  placed); one with the learners packed on the surviving node trains on.
+  of one rank goes. No new rank can be placed (one node left for two learners), so the
+  run must end as a learner failure (exit 1) within :data:`END_WITHIN_S`, with a final
+  checkpoint of the surviving rank's state at the last completed update. A resume with
+  the same placement is refused at once; one with the learners packed on the surviving
+  node trains on.
+- ``spread``: the same, placed with ``spread``: the lost rank is replaced on the surviving
+  node and the run reaches its budget (exit 0), one learner restart counted.
 - ``meta``: the async meta-learner (and the actors), placed on the worker node by a
   ballast actor that holds the head's CPUs at first: the run must end as a meta-learner
   failure (exit 1) within :data:`END_WITHIN_S`, with a final checkpoint holding eta as
@@ -77,6 +79,14 @@ CONFIGS = {
         "meta.embed_size": 8,
     },
 }
+CONFIGS["spread"] = CONFIGS["group"] | {
+    "run.learner_placement": "spread",
+    "run.total_env_steps": 8_000,  # 50 updates: the loss comes after 10 and a checkpoint
+}
+#: CPUs of the head held by a ballast actor until the worker node is lost: ``meta``, all
+#: of them (the meta-learner and the actors go to the worker); ``spread``, room for one
+#: learner only (the other and the actors go to the worker).
+BALLAST_CPUS = {"meta": 2.0, "spread": 1.5}
 #: The resumed session: the group's learners packed on the one node left.
 RESUMED = {"group": {"run.learner_placement": "pack"}, "meta": {}}
 
@@ -94,11 +104,14 @@ def scenario(kind: str, address: str, logdir: str, worker_dir: str, worker_sessi
     _connect(address)
     nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
     (worker_id,) = [i for i, n in nodes.items() if "worker" in n["Resources"]]
-    ballast = _ballast() if kind == "meta" else None
+    ballast = _ballast(BALLAST_CPUS[kind]) if kind in BALLAST_CPUS else None
     seen: dict = {"worker": worker_id}
 
     def callback(ctx) -> None:
         learner = ctx.learner
+        if learner.books.counters.learner_restarts and "placed_after" not in seen:
+            seen["placed_after"] = learner.updater.node_ids
+            seen["training_again_s"] = time.monotonic() - seen["killed_at"]
         if (
             "killed_at" in seen
             or not learner.checkpoints.exists()
@@ -108,7 +121,7 @@ def scenario(kind: str, address: str, logdir: str, worker_dir: str, worker_sessi
         if kind == "meta" and learner.books.counters.meta_updates < 1:
             return  # the meta-learner has delivered an eta
         seen["placed"] = (
-            learner.updater.node_ids if kind == "group" else [_meta_learner_node(learner)]
+            learner.updater.node_ids if kind != "meta" else [_meta_learner_node(learner)]
         )
         seen["survivors"] = _kill_session(worker_session, worker_dir)
         seen["killed_at"] = time.monotonic()
@@ -122,8 +135,12 @@ def scenario(kind: str, address: str, logdir: str, worker_dir: str, worker_sessi
     seen |= {"ended_after_s": time.monotonic() - seen.get("killed_at", float("nan"))}
     seen |= {"reason": str(result.reason), "exit_code": result.exit_code}
     seen |= {"message": result.message, "run_dir": str(result.run_dir)}
+    seen |= {"learner_restarts": result.learner_restarts, "env_steps": result.env_steps}
     saved = load_checkpoint(Path(result.run_dir) / "checkpoints" / "latest.pt")
     seen["checkpoint_steps"] = int(saved["counters"]["env_steps"])
+    if kind == "spread":
+        ray.shutdown()
+        return seen
     _wait_dead(worker_id)  # as a user resuming later finds the cluster
     budget = seen["checkpoint_steps"] + RESUME_STEPS
     options = TrainOptions(resume_dir=result.run_dir, progress=False, handle_signals=False)
@@ -154,11 +171,12 @@ def _wait_dead(node_id: str, timeout_s: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def _ballast():
-    """An actor holding the head's 2 CPUs, so that the run's actors go to the worker node."""
+def _ballast(cpus: float):
+    """An actor holding ``cpus`` of the head's 2, so that the run's actors (and in
+    ``spread``, one learner) go to the worker node."""
     import ray
 
-    @ray.remote(num_cpus=2, resources={"head": 1})
+    @ray.remote(num_cpus=cpus, resources={"head": 1})
     class Ballast:
         def ready(self) -> bool:
             return True
@@ -181,7 +199,8 @@ def run_scenario(kind: str, two_nodes, tmp_path: Path) -> dict:  # noqa: F811
     )
     assert done.returncode == 0, done.stderr[-4000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    print(kind, {k: seen.get(k) for k in ("ended_after_s", "reason", "refused_in_s")})
+    shown = ("ended_after_s", "reason", "refused_in_s", "training_again_s")
+    print(kind, {k: seen.get(k) for k in shown})
     return seen
 
 
@@ -191,7 +210,7 @@ def assert_resumed(seen: dict) -> None:
     assert seen["resumed_session_steps"] >= RESUME_STEPS, seen
 
 
-def test_losing_the_node_of_a_learner_rank_ends_the_run_and_a_resume_goes_on(
+def test_losing_the_node_of_a_strictly_spread_rank_ends_the_run_with_a_final_checkpoint(
     two_nodes,  # noqa: F811
     tmp_path,
 ):
@@ -200,12 +219,25 @@ def test_losing_the_node_of_a_learner_rank_ends_the_run_and_a_resume_goes_on(
     assert not seen["survivors"], "the worker node's processes survived SIGKILL"
     assert seen["reason"] == "learners" and seen["exit_code"] == ExitCode.FAILED, seen
     assert seen["ended_after_s"] < END_WITHIN_S, seen
-    assert "the last good checkpoint is kept at" in seen["message"], seen
-    assert seen["checkpoint_steps"] <= seen["killed_at_steps"], "saved after the loss"
+    assert "2 learners cannot be spread over 1 live node(s)" in seen["message"], seen
+    # The final checkpoint: the survivor's state at the last update before the loss.
+    assert seen["checkpoint_steps"] == seen["killed_at_steps"], seen
     # A resume with the same placement is refused at once, saying why; packed, it goes on.
     assert "has 1 live node(s): use 'spread' or 'pack'" in seen.get("same_placement", ""), seen
     assert seen["refused_in_s"] < END_WITHIN_S, seen
     assert_resumed(seen)
+
+
+def test_losing_the_node_of_a_spread_rank_replaces_it_on_the_other_and_goes_on(
+    two_nodes,  # noqa: F811
+    tmp_path,
+):
+    seen = run_scenario("spread", two_nodes, tmp_path)
+    assert seen["worker"] in seen["placed"] and len(set(seen["placed"])) == 2, seen
+    assert seen["reason"] == "budget" and seen["exit_code"] == ExitCode.OK, seen
+    assert seen["learner_restarts"] == 1, seen
+    assert seen["worker"] not in seen["placed_after"], seen
+    assert seen["env_steps"] >= CONFIGS["spread"]["run.total_env_steps"], seen
 
 
 def test_losing_the_node_of_the_async_meta_learner_ends_the_run_and_a_resume_goes_on(

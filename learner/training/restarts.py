@@ -31,6 +31,9 @@ from learner.training.rank import CollectiveError
 
 log = logging.getLogger("impala_frodo")
 
+#: Seconds the calls of a failed update are waited for before the ranks still in theirs
+#: are pinged (those whose peer died end within milliseconds: gloo sees the closed socket).
+SETTLE_S = 5.0
 #: Seconds a rank has to answer :meth:`~learner.training.rank.RankLearner.pid` beside a
 #: blocked update before it is taken for frozen.
 PING_S = 5.0
@@ -85,11 +88,12 @@ def outcome_of(ref: ray.ObjectRef) -> Outcome:
 
 
 def settle(ranks: Sequence[Any], refs: Sequence[ray.ObjectRef], grace_s: float) -> list[Outcome]:
-    """How each rank's call (``refs[i]`` on ``ranks[i]``) ended, waiting at most about
-    ``grace_s`` twice. A rank still in its call is pinged: one that does not answer is
-    frozen and killed, which fails its peers' collectives at once; a rank still in its
-    call after that is blocked for good (:attr:`Outcome.HUNG`) and killed too."""
-    outcomes = _wait(refs, grace_s)
+    """How each rank's call (``refs[i]`` on ``ranks[i]``) ended. Calls whose peer died end
+    within milliseconds (:data:`SETTLE_S` at most is waited for them); a rank still in its
+    call then is pinged: one that does not answer is frozen and killed, which fails its
+    peers' collectives at once. A rank still in its call ``grace_s`` after that is blocked
+    for good (:attr:`Outcome.HUNG`). Every rank that did not survive is killed."""
+    outcomes = _wait(refs, SETTLE_S)
     pending = [i for i, o in enumerate(outcomes) if o is None]
     if pending:
         pings = {i: ranks[i].pid.remote() for i in pending}
@@ -206,11 +210,9 @@ class Replacements:
         :class:`LearnersLost`) while the survivors leave their group; all meet again and
         take ``clean``."""
         start = time.monotonic()
-        for i in lost:
-            self.ranks[i] = self._start_rank(i)
         left = [self.ranks[i].leave.remote() for i in survivors]
         address = self.ranks[0].rendezvous_address.remote() if 0 in survivors else None
-        why = self._wait_placed([self.ranks[i].pid.remote() for i in lost])
+        why = self._start_placed(lost)
         if why is not None:
             self._stop_with(clean, f"{loss}; {why}")
         placed = time.monotonic()
@@ -225,21 +227,32 @@ class Replacements:
             time.monotonic() - placed,
         )
 
-    def _wait_placed(self, pids: list[ray.ObjectRef]) -> str | None:
-        """Wait for new ranks (their ``pid`` calls) to be placed and started; why they
-        cannot be, or ``None``. Looks every second whether the placement has become
-        impossible (a node lost under a strict spread), and gives up after the deadline."""
+    def _start_placed(self, lost: list[int]) -> str | None:
+        """Start a new rank in each ``lost`` one's bundle and wait for them to be placed and
+        started; why they cannot be, or ``None``. A new rank whose bundle was still on a
+        lost node dies at once: it is started again until Ray has moved the bundle (to a
+        node with room) or the deadline passes. Looks every second whether the placement
+        has become impossible (a node lost under a strict spread)."""
         deadline = time.monotonic() + self.timeout_s
+        pids = {i: self._start(i) for i in lost}
         while True:
-            ready, _ = ray.wait(pids, num_returns=len(pids), timeout=1.0)
-            if len(ready) == len(pids):
-                self._get(pids, "starting a new learner")  # one that died raises
+            ready, _ = ray.wait(list(pids.values()), num_returns=len(pids), timeout=1.0)
+            done = [i for i, pid in pids.items() if pid in ready]
+            died = [i for i in done if outcome_of(pids[i]) is not Outcome.OK]
+            if len(ready) == len(pids) and not died:
                 return None
+            for i in died:  # died at its start: its bundle's node was lost, the bundle moves
+                pids[i] = self._start(i)
             why = self._cannot_place()
             if why is not None:
                 return why
             if time.monotonic() > deadline:
                 return (
-                    f"a new learner was not placed within run.progress_timeout_s = "
-                    f"{self.timeout_s:g} s"
+                    f"a new learner was not placed and started within "
+                    f"run.progress_timeout_s = {self.timeout_s:g} s"
                 )
+
+    def _start(self, rank: int) -> ray.ObjectRef:
+        """A new rank ``rank`` started; its ``pid`` call (answered once it runs)."""
+        self.ranks[rank] = self._start_rank(rank)
+        return self.ranks[rank].pid.remote()
