@@ -195,7 +195,7 @@ def test_a_frozen_rank_is_replaced_once_its_update_times_out(ray_local, tmp_path
         elif "pid" in seen and counters.updates > 6 and "training_again_s" not in seen:
             seen["training_again_s"] = time.monotonic() - seen["stopped_at"]
 
-    timeout_s = 10.0
+    timeout_s = 20.0  # far above a normal call here, even under load
     cfg = group_cfg(
         tmp_path,
         "impala",
