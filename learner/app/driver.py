@@ -107,6 +107,9 @@ class TrainOptions:
     max_actor_restarts: int = DEFAULT_MAX_RESTARTS
     handle_signals: bool = True
     learner_threads: int | None = None  # default: the CPUs the actors leave free, at least 1
+    #: Dotted keys the user set (``learner.app.args.explicit_keys``): on a local instance
+    #: their CPU shares are kept and only the others fitted; empty, every share may be.
+    explicit_keys: frozenset[str] = frozenset()
     #: Called after every update with the LoopContext (tests kill actors from here).
     callback: LoopCallback | None = None
 
@@ -123,7 +126,7 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
     spec = env_spec_or_config_error(cfg)
     local = not ray.is_initialized() and not (options.address or os.environ.get("RAY_ADDRESS"))
     if local:
-        cfg = fit_local_cpus(cfg)  # shares fitted to this machine's CPUs, said in one line
+        cfg = fit_local_cpus(cfg, options.explicit_keys)  # the shares not set, fitted: a line
     check_memory(cfg, spec, local=local)  # before Ray starts and before any file is written
     with (
         claim_run_dir(
