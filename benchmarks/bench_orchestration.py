@@ -24,15 +24,19 @@ median over the windows:
 - ``driver_bytes_per_update``: bytes the driver's Ray worker deserialised (``ray.get``)
   plus serialised (call arguments, ``ray.put``), counted in Ray's own (de)serialisation
   calls in the driver (:class:`DriverBytes`), and ``bytes_by_kind``: the same split by
-  the type of the object (``in Trajectory``: unrolls fetched; ``out Batch``: the shards
-  shipped to the learners; ``in dict``: rank 0's weights; ``out ndarray``: the packed
-  weights offered to the actors);
+  the type of the object (``in Trajectory``: unrolls fetched, by the in-process learner;
+  ``in UnrollSummary``: what the driver reads of each unroll; ``out Batch``: shards shipped
+  to the learners, before they fetched their own; ``in RankResult``: the learners' replies,
+  rank 0's packed weights in them when it publishes; ``out ndarray``: the packed weights
+  offered to the actors);
 - ``overhead_ms_per_update``: wall time per update minus the learner's compute
   (``learner_ms_per_update``: the slowest rank's update as it reports it, or the
   in-process update's time for N = 1);
 - ``env_steps_per_s``: N T B per update over the wall time (with the stand-in, the
   ceiling the orchestration allows for that learner time), and ``take_ms_per_update``:
-  the driver's time inside ``ActorPool.take`` (waiting for unrolls included).
+  the driver's time inside ``ActorPool.take`` (waiting for unrolls included), and
+  ``learner_fetch_ms_per_update``: the slowest learner's fetch of its own shard (N > 1;
+  not counted in ``learner_ms_per_update``).
 
 A global deadline (``--deadline-s``) ends the process (exit 3), whose Ray nodes go with
 it; every Ray wait inside has ``run.progress_timeout_s``. docs/results-distributed.md
@@ -250,16 +254,21 @@ class StandInUpdater:
 
 class TimedUpdater:
     """An updater (or learner group) whose updates' compute time is summed: the slowest
-    rank's ``perf/learner_update_s`` where it reports one, else the call's time."""
+    rank's ``perf/learner_update_s`` less the slowest fetch of its shard where it reports
+    them (``fetch_s``: those fetches), else the call's time."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.compute_s = 0.0
+        self.fetch_s = 0.0
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         start = time.perf_counter()
-        metrics = self.inner.update(batch)
+        metrics = self.inner.update(*args, **kwargs)
+        fetch = metrics.get("perf/learner_fetch_s", 0.0)
         self.compute_s += metrics.get("perf/learner_update_s", time.perf_counter() - start)
+        self.compute_s -= fetch
+        self.fetch_s += fetch
         return metrics
 
     def __getattr__(self, name: str) -> Any:
@@ -377,7 +386,7 @@ class Samples:
 
     def __init__(self, counter: DriverBytes, updater: TimedUpdater, take_s: list[float]) -> None:
         self.counter, self.updater, self.take_s = counter, updater, take_s
-        self.rows: list[tuple[float, float, dict[str, int], float, float]] = []
+        self.rows: list[tuple[float, float, dict[str, int], float, float, float]] = []
 
     def __call__(self, _context: LoopContext | None = None) -> None:
         self.rows.append(
@@ -387,6 +396,7 @@ class Samples:
                 self.counter.snapshot(),
                 self.updater.compute_s,
                 self.take_s[0],
+                self.updater.fetch_s,
             )
         )
 
@@ -426,7 +436,11 @@ def run_setting(setting: Setting) -> dict[str, Any]:
     updater = None
     try:
         updater = TimedUpdater(_updater(setting, cfg, obs_shape, spec.num_actions))
-        learner = Learner(cfg, obs_shape, spec.num_actions, updater=updater)
+        learner = (
+            Learner(cfg, obs_shape, spec.num_actions, group=updater)
+            if setting.learners > 1
+            else Learner(cfg, obs_shape, spec.num_actions, updater=updater)
+        )
         samples = Samples(counter, updater, take_s)
         _timed_take(pool, take_s)
         loop = TrainingLoop(
@@ -468,6 +482,7 @@ def _figures(setting: Setting, cfg: Config, samples: Samples) -> dict[str, Any]:
         n = setting.updates
         wall, cpu = (last[0] - first[0]) / n, (last[1] - first[1]) / n
         compute, take = (last[3] - first[3]) / n, (last[4] - first[4]) / n
+        fetch = (last[5] - first[5]) / n
         kinds = {k: (v - first[2].get(k, 0)) / n for k, v in last[2].items()}
         windows.append(
             {
@@ -476,6 +491,7 @@ def _figures(setting: Setting, cfg: Config, samples: Samples) -> dict[str, Any]:
                 "learner_ms_per_update": 1e3 * compute,
                 "overhead_ms_per_update": 1e3 * (wall - compute),
                 "take_ms_per_update": 1e3 * take,
+                "learner_fetch_ms_per_update": 1e3 * fetch,
                 "env_steps_per_s": steps / wall,
                 "driver_bytes_per_update": sum(kinds.values()),
                 "bytes_by_kind": kinds,

@@ -142,6 +142,8 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
             options.address,
             connect_timeout_s=cfg.run.connect_timeout_s,
             should_stop=lambda: stop.requested,
+            # learners of their own fetch unrolls from the object store, not the driver
+            inline_results=cfg.run.num_learners == 1,
         )
         with session, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
