@@ -33,6 +33,8 @@ BOOKKEEPING = frozenset(
         "run.returns_window",
         "run.progress_timeout_s",
         "run.connect_timeout_s",
+        "run.restart_window_s",
+        "meta.max_restarts",
         # where processes run and what they reserve, not what is learned
         "run.actor_num_cpus",
         "run.learner_num_cpus",

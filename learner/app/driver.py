@@ -335,6 +335,8 @@ def _meta_link(cfg: Config, spec: EnvSpec) -> Iterator[RayMetaLink | None]:
         MetaLearnerSpec.of(cfg, spec.observation_shape, spec.num_actions),
         num_cpus=cfg.meta.learner_num_cpus,
         timeout_s=cfg.run.progress_timeout_s,
+        max_restarts=cfg.meta.max_restarts,
+        restart_window_s=cfg.run.restart_window_s,
     )
     try:
         yield link

@@ -34,6 +34,8 @@ from impala_frodo.records.intervals import IntervalLog
 
 #: The metric of the ground-truth probe that the history keeps, per update.
 VALUE_RMSE = "eval/value_rmse"
+#: The async meta-learner's restarts this session, as the rule reports them per update.
+META_RESTARTS = "perf/meta_restarts"
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Counters:
     wall_time_s: float = 0.0  # summed over all sessions of the run
     resumes: int = 0
     actor_failures: int = 0
+    meta_restarts: int = 0  # the async meta-learner replaced after a loss
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Counters:
@@ -103,6 +106,7 @@ class Books:
         self._wall_offset = 0.0
         self._session_start_steps = 0
         self._failures_before_session = 0
+        self._meta_restarts_before_session = 0
         self._marks = _Marks(self._session_start)
         self._logged_this_session = False
         self._last_checkpoint_time = self._session_start
@@ -134,6 +138,8 @@ class Books:
             self._interval.add({}, tr.episode_returns, tr.episode_lengths)
         if VALUE_RMSE in metrics:
             self.history.value_rmse.append((c.env_steps, metrics[VALUE_RMSE]))
+        if META_RESTARTS in metrics:  # this session's: the run's adds the earlier sessions'
+            c.meta_restarts = self._meta_restarts_before_session + int(metrics[META_RESTARTS])
         self._interval.add(metrics)
 
     def count_actor_failures(self, this_session: int) -> None:
@@ -205,6 +211,8 @@ class Books:
             scalars["perf/meta_updates_per_s"] = meta_steps / elapsed
             scalars["perf/meta_updates_per_1k_env_steps"] = 1000.0 * meta_steps / env_steps
         scalars["perf/actor_failures"] = float(c.actor_failures)
+        if META_RESTARTS in scalars:  # the run's count, not the interval's mean
+            scalars[META_RESTARTS] = float(c.meta_restarts)
         scalars["progress/updates"] = float(c.updates)
         scalars["progress/episodes"] = float(c.episodes)
         if extra:
@@ -245,4 +253,5 @@ class Books:
         self._wall_offset = float(self.counters.wall_time_s)
         self._session_start_steps = self.counters.env_steps
         self._failures_before_session = self.counters.actor_failures
+        self._meta_restarts_before_session = self.counters.meta_restarts
         self._marks = _Marks(now, self.counters.env_steps, updates, meta_updates)

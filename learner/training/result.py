@@ -99,6 +99,7 @@ class TrainResult:
     session_env_steps: int = 0
     session_wall_s: float = 0.0
     actor_failures: int = 0
+    meta_restarts: int = 0  # the async meta-learner's, over the run
     #: This session's unroll calls: submitted = collected + lost + abandoned.
     unrolls: dict[str, int] = field(default_factory=dict)
     message: str = ""
@@ -133,6 +134,7 @@ class TrainResult:
             session_env_steps=books.session_env_steps,
             session_wall_s=wall_s,
             actor_failures=counters.actor_failures,
+            meta_restarts=counters.meta_restarts,
             unrolls=dict(unrolls or {}),
             message=message,
             last_log=dict(last_log or {}),
@@ -156,6 +158,8 @@ def describe_result(result: TrainResult) -> str:
     reason = result.reason.summary.format(total=result.budget)
     mean_return = "n/a" if result.mean_return is None else f"{result.mean_return:.3f}"
     failures = f", {result.actor_failures} actor failure(s)" if result.actor_failures else ""
+    if result.meta_restarts:
+        failures += f", {result.meta_restarts} meta-learner restart(s)"
     return (
         f"{reason}. {result.env_steps:,} env steps, {result.updates:,} updates, "
         f"{result.episodes:,} episodes; mean return of the last {result.returns_window} "
