@@ -30,6 +30,7 @@ the learner's agent). That saves each actor process torch's import at start-up
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -105,6 +106,15 @@ def actor_seed(base_seed: int, actor_id: int, resume_count: int = 0, replacement
     return int(np.random.SeedSequence([base_seed, actor_id, incarnation]).generate_state(1)[0])
 
 
+def ray_node_id() -> str:
+    """The Ray node this process runs on; "" outside a Ray worker (ray is not imported
+    for it: the plain class runs without Ray)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id()
+
+
 class RolloutActor:
     """Acts with a (stale) copy of the agent in ``spec.num_envs`` envs, T steps a call.
 
@@ -131,9 +141,9 @@ class RolloutActor:
         )
         self.unroller = Unroller(self.env, spec.unroll_length, seed=seed)
         self.num_unrolls = 0
-        #: The Ray node it runs on ("" outside Ray; the Ray wrapper sets it), stamped on
-        #: each unroll's summary so the driver can hand the unroll to a learner there.
-        self.node_id = ""
+        #: The Ray node it runs on ("" outside Ray), stamped on each unroll's summary so
+        #: the driver can hand the unroll to a learner there.
+        self.node_id = ray_node_id()
         # The newest weights offered while an unroll runs (another thread, under Ray):
         # taken at the start of the next unroll, so mu is at most one unroll stale.
         self._offer_lock = threading.Lock()
@@ -215,16 +225,9 @@ def make_ray_actor_class(num_cpus: float = 0.5, max_restarts: int = DEFAULT_MAX_
     """
     import ray  # at the edge only: the plain class above runs without Ray
 
-    class RayRolloutActor(RolloutActor):
-        """The plain actor, knowing its node (for learners that fetch their own unrolls)."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.node_id = ray.get_runtime_context().get_node_id()
-
     return ray.remote(
         num_cpus=num_cpus,
         max_restarts=max_restarts,
         max_task_retries=0,
         concurrency_groups={WEIGHTS_GROUP: 1},
-    )(RayRolloutActor)
+    )(RolloutActor)

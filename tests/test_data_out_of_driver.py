@@ -11,7 +11,7 @@ import pytest
 import ray
 import torch
 
-from actors.rollout import RolloutActor, RolloutSpec, env_spec
+from actors.rollout import RolloutActor, RolloutSpec, env_spec, make_ray_actor_class
 from impala_frodo.acting.trajectory import Trajectory, UnrollSummary
 from impala_frodo.config.presets import load_preset
 from impala_frodo.config.schema import Config, set_dotted
@@ -149,3 +149,23 @@ def test_the_ground_truth_probe_rides_on_the_replies_and_equals_one_learners(ray
                 assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     finally:
         group.shutdown()
+
+
+@pytest.mark.ray
+def test_an_unroll_call_returns_its_summary_and_its_trajectory_apart(ray_local):
+    """The pool's call: two results, the summary stamped with the actor's node (on one
+    node, the driver's), the trajectory left in the object store for whoever trains."""
+    cfg = two_learners("catch-impala", **{"run.envs_per_actor": 4, "run.unroll_length": 5})
+    spec = env_spec(cfg)
+    params = Updater(cfg, spec.observation_shape, spec.num_actions).acting_params("cpu")
+    actor = make_ray_actor_class(0.5).remote(
+        RolloutSpec.from_config(cfg, num_envs=4), param_layout(params), seed=3
+    )
+    try:
+        summary_ref, data_ref = actor.unroll_parts.options(num_returns=2).remote(0, params)
+        summary, trajectory = ray.get([summary_ref, data_ref], timeout=60)
+        assert summary.node_id == ray.get_runtime_context().get_node_id() != ""
+        assert summary == UnrollSummary.of(trajectory, summary.node_id)
+        assert summary.nbytes == trajectory.nbytes > 0 and summary.num_steps == 20
+    finally:
+        ray.kill(actor)

@@ -5,8 +5,12 @@ On a local Ray with 2 CPUs (the ``ray_local`` fixture). Waits are polls with a d
 
 from __future__ import annotations
 
+import copy
+import os
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -168,6 +172,7 @@ def test_a_dead_meta_learner_ends_the_run_with_eta_kept_and_a_resume_goes_on(
             "algo": "frodo",
             "meta.mode": "async",
             "meta.num_inner_steps": 2,
+            "meta.max_restarts": 0,  # not replaced: the run stops
             "run.num_actors": 2,
             "run.envs_per_actor": 8,
             "run.unroll_length": 10,
@@ -236,3 +241,113 @@ def test_a_meta_learner_that_does_not_start_ends_a_resumed_run_with_its_counters
     assert result.reason == "meta" and result.exit_code == ExitCode.FAILED
     assert result.message == "the meta-learner has not started in 300 s"
     assert (result.env_steps, result.updates, result.session_env_steps) == (4 * 5, 1, 0)
+
+
+def catch_async_cfg(tmp_path: Path, total_env_steps: int, **overrides: Any) -> Config:
+    """A Catch FRODO run with the meta-learner in a process of its own."""
+    return set_dotted(
+        Config(),
+        {
+            "algo": "frodo",
+            "meta.mode": "async",
+            "meta.num_inner_steps": 2,
+            "run.num_actors": 2,
+            "run.envs_per_actor": 8,
+            "run.unroll_length": 10,
+            "run.total_env_steps": total_env_steps,
+            "run.log_every_s": 0.5,
+            "run.logdir": str(tmp_path / "runs"),
+            **overrides,
+        },
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal to the bit, through nested dicts and lists of tensors."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if hasattr(a, "dtype") and hasattr(a, "shape"):
+        return a.dtype == b.dtype and bool((a == b).all()) and a.shape == b.shape
+    return a == b
+
+
+class KillOnce:
+    """A loop callback: SIGKILLs the meta-learner's process (by its pid) once eta has moved
+    twice; at the first update after the restart, keeps the learner's eta and state and
+    asks the new process for its own (its load is the only call it has had)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {}
+
+    def __call__(self, ctx) -> None:
+        schedule, seen = ctx.learner.updater.schedule, self.seen
+        link = schedule.link
+        if "killed_at" not in seen:
+            if schedule.num_meta_updates >= 2 and link.pid is not None:
+                seen["version_at_kill"] = schedule.num_meta_updates
+                seen["killed_at"] = time.monotonic()
+                os.kill(link.pid, signal.SIGKILL)
+        elif link.restarts == 1 and "learner_state" not in seen:
+            seen["learner_state"] = copy.deepcopy(schedule.meta_state())  # eta changes in place
+            seen["new_state"] = ray.get(link.actor.state_dict.remote(), timeout=DEADLINE_S)
+        elif "learner_state" in seen and link.pid is not None and "answered_at" not in seen:
+            seen["answered_at"] = time.monotonic()
+
+
+def test_a_sigkilled_meta_learner_is_replaced_and_the_run_reaches_its_budget(
+    ray_local, tmp_path: Path
+):
+    cfg = catch_async_cfg(tmp_path, 60_000)
+    kill = KillOnce()
+    result = train(cfg, TrainOptions(progress=False, handle_signals=False, callback=kill))
+    assert result.reason == "budget" and result.exit_code == ExitCode.OK, result.message
+    assert result.meta_restarts == 1
+    seen = kill.seen
+    # The new process started from the learner's eta and Adam state at the restart, bitwise.
+    learner_state, new_state = seen["learner_state"], seen["new_state"]
+    assert _same(new_state["meta_net"], learner_state["meta_net"])
+    assert _same(new_state["meta_optimizer"], learner_state["meta_optimizer"])
+    assert new_state["version"] == learner_state["version"] >= seen["version_at_kill"]
+    # Meta steps went on after it: eta moved again.
+    state = load_checkpoint(result.run_dir / "checkpoints" / "latest.pt")["updater"]
+    assert state["num_meta_updates"] > learner_state["version"]
+    assert state["meta_dropped"] >= 0
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    restart_s = [r["perf/meta_restart_s"] for r in records if "perf/meta_restart_s" in r]
+    assert len(restart_s) == 1 and records[-1]["perf/meta_restarts"] == 1.0
+    print(
+        f"meta restart: {restart_s[0]:.2f} s from the loss seen to the new answer; "
+        f"{seen['answered_at'] - seen['killed_at']:.2f} s from the kill to the new answer "
+        f"seen; mean return at the end {result.mean_return}"
+    )
+    assert result.mean_return is not None and result.mean_return >= 0.8  # Catch solved
+
+
+class KillEvery:
+    """A loop callback: SIGKILLs every meta-learner process once it has answered."""
+
+    def __init__(self) -> None:
+        self.killed: list[int] = []
+
+    def __call__(self, ctx) -> None:
+        link = ctx.learner.updater.schedule.link
+        if link.pid is not None and link.pid not in self.killed:
+            self.killed.append(link.pid)
+            os.kill(link.pid, signal.SIGKILL)
+
+
+def test_a_meta_learner_lost_again_and_again_stops_the_run_after_max_restarts(
+    ray_local, tmp_path: Path
+):
+    cfg = catch_async_cfg(tmp_path, 400_000, **{"meta.max_restarts": 2})
+    kill = KillEvery()
+    result = train(cfg, TrainOptions(progress=False, handle_signals=False, callback=kill))
+    assert result.reason == "meta" and result.exit_code == ExitCode.FAILED
+    assert "meta.max_restarts = 2" in result.message and "process died" in result.message
+    assert len(kill.killed) == 3 and result.meta_restarts == 2
+    assert result.env_steps < 400_000
+    checkpoint = load_checkpoint(result.run_dir / "checkpoints" / "latest.pt")
+    assert checkpoint["counters"]["env_steps"] == result.env_steps
+    assert checkpoint["counters"]["meta_restarts"] == 2

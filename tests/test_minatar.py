@@ -164,7 +164,7 @@ def test_every_minatar_preset_builds_a_conv_agent_on_a_minatar_game():
     games = {n.split("-")[1] for n in names}
     assert games == {"breakout", "spaceinvaders", "asterix", "freeway", "seaquest"}
     for game in games:
-        assert {f"minatar-{game}-impala", f"minatar-{game}-frodo"} <= set(names)
+        assert {f"minatar-{game}-{arm}" for arm in ("impala", "frodo", "frodo-self")} <= set(names)
     for name in names:
         cfg = load_preset(name)
         if minatar_installed():
@@ -172,6 +172,35 @@ def test_every_minatar_preset_builds_a_conv_agent_on_a_minatar_game():
         assert cfg.env.id.removeprefix("MinAtar/").removesuffix("-v0") in GAMES
         assert cfg.env.kwargs["sticky_action_prob"] == 0.1
         assert cfg.agent.torso == "conv" and cfg.agent.hidden_sizes == (128,)
+
+
+def flat_config(cfg: Config) -> dict[str, object]:
+    """Every key of a config, dotted (``meta.consistency_cost``), bookkeeping included."""
+    flat: dict[str, object] = {}
+    for key, value in cfg.to_dict().items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        flat.update({key if name is None else f"{key}.{name}": v for name, v in items})
+    return flat
+
+
+def test_each_frodo_self_preset_is_its_frodo_preset_with_the_self_consistent_term():
+    """Issue 32's third arm: minatar-<game>-frodo-self differs from minatar-<game>-frodo
+    in its consistency term alone (the budget too is the same), a term the frodo preset
+    does not have."""
+    games = {n.split("-")[1] for n in preset_names() if n.startswith("minatar-")}
+    for game in games:
+        frodo = flat_config(load_preset(f"minatar-{game}-frodo"))
+        self_ = flat_config(load_preset(f"minatar-{game}-frodo-self"))
+        differ = {
+            k: (frodo[k], self_[k])
+            for k in frodo.keys() | self_.keys()
+            if frodo.get(k) != self_.get(k)
+        }
+        assert differ == {
+            "preset": (f"minatar-{game}-frodo", f"minatar-{game}-frodo-self"),
+            "meta.consistency_cost": (0.0, 0.1),
+            "meta.consistency_form": ("canonical", "self"),
+        }, game
 
 
 @needs_minatar

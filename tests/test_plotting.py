@@ -147,6 +147,28 @@ def test_two_settings_are_two_curves_named_by_what_differs(tmp_path, capsys):
     assert len(rows) == 1 + 2 * 200 and rows[-1].endswith(",0.6,0,2")
 
 
+def test_frodo_and_its_consistency_arm_are_two_curves_named_by_the_term(tmp_path, capsys):
+    """Issue 32's long runs: the self-consistent arm, started from the frodo preset with
+    --set, is a curve of its own beside FRODO's and IMPALA's, named by its term."""
+    runs = tmp_path / "minatar-2m" / "breakout"
+    game = {"env.id": "MinAtar/Breakout-v0"}
+    self_term = {"meta.consistency_cost": 0.1, "meta.consistency_form": "self"}
+    for seed in (0, 1):
+        impala = {**game, "preset": "minatar-breakout-impala"}
+        frodo = {**game, "preset": "minatar-breakout-frodo"}
+        fake_run(runs / "impala", "impala", seed, settings=impala)
+        fake_run(runs / "frodo", "frodo", seed, settings=frodo, level=0.5)
+        fake_run(runs / "frodo-self", "frodo", seed, settings={**frodo, **self_term}, level=1.0)
+    assert main(["plot", str(runs), "--out", str(tmp_path / "fig.png")]) == ExitCode.OK
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "Breakout-v0: FRODO (minatar-breakout-frodo): 2 seeds, final episode/return 0.600 +- 0.000",
+        "Breakout-v0: FRODO (minatar-breakout-frodo), meta.consistency_cost=0.1, "
+        "meta.consistency_form=self: 2 seeds, final episode/return 1.100 +- 0.000",
+        "Breakout-v0: IMPALA (V-trace target) (minatar-breakout-impala): 2 seeds, "
+        "final episode/return 0.100 +- 0.000",
+    ]
+
+
 def test_a_run_without_the_metric_is_left_out_with_a_warning(tmp_path, capsys):
     runs = tmp_path / "runs"
     fake_run(runs, "impala", 0)

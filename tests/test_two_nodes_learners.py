@@ -79,6 +79,7 @@ CONFIGS = {
         "meta.num_inner_steps": 2,
         "meta.hidden_size": 8,
         "meta.embed_size": 8,
+        "meta.max_restarts": 0,  # a lost meta-learner is not replaced: the run ends
     },
 }
 CONFIGS["spread"] = CONFIGS["group"] | {

@@ -35,6 +35,7 @@ BOOKKEEPING = frozenset(
         "run.connect_timeout_s",
         "run.max_learner_restarts",
         "run.restart_window_s",
+        "meta.max_restarts",
         # where processes run and what they reserve, not what is learned
         "run.actor_num_cpus",
         "run.learner_num_cpus",

@@ -177,7 +177,10 @@ class MetaConfig:
     async meta-learner"). ``delay_windows``: in the synchronous trainer (the meta-learner
     in process), deliver each new eta this many windows late, a model of a meta-learner
     that lags; 0 is lock-step, equal to the chain schedule. ``learner_num_cpus``: the Ray
-    CPUs the meta-learner process reserves in the distributed trainer.
+    CPUs the meta-learner process reserves in the distributed trainer. ``max_restarts``:
+    a meta-learner lost there (its process dead, or no answer within
+    ``run.progress_timeout_s``) is replaced from the learner's eta this many times within
+    ``run.restart_window_s``; one more loss stops the run (0: the first does).
     """
 
     num_inner_steps: int = 5  # M
@@ -205,6 +208,9 @@ class MetaConfig:
     mode: str = "inline"
     delay_windows: int = 0
     learner_num_cpus: float = 1.0
+    # A lost meta-learner (dead, or no answer within run.progress_timeout_s) is replaced
+    # at most this often within run.restart_window_s; past it the run stops (exit 1).
+    max_restarts: int = 3
 
     def __post_init__(self) -> None:
         positive_int("meta.num_inner_steps", self.num_inner_steps)
@@ -238,6 +244,12 @@ class MetaConfig:
             f"meta.delay_windows must be an integer in [0, 10000], got {self.delay_windows!r}",
         )
         in_range("meta.learner_num_cpus", self.learner_num_cpus, 0.0, 64.0, low_open=True)
+        require(
+            isinstance(self.max_restarts, int)
+            and not isinstance(self.max_restarts, bool)
+            and 0 <= self.max_restarts <= 10_000,
+            f"meta.max_restarts must be an integer in [0, 10000], got {self.max_restarts!r}",
+        )
         require(
             self.mode == "inline" or self.schedule == "chain",
             f"meta.mode = 'async' hands out the chain schedule's windows; use "
@@ -281,6 +293,8 @@ class RunConfig:
     # A lost data-parallel learner is replaced at most this often within the window
     # (0: never; the run stops with a final checkpoint of a survivor's state).
     max_learner_restarts: int = 3
+    # Restarts of lost processes are counted within this many seconds
+    # (run.max_learner_restarts, meta.max_restarts).
     restart_window_s: float = 600.0
 
     def __post_init__(self) -> None:

@@ -51,7 +51,13 @@ from impala_frodo.rule.metagrad import (
 
 
 class MetaLearnerError(RuntimeError):
-    """The meta-learner died, failed or stopped answering: the run must stop."""
+    """The meta-learner failed, or was lost past what may be replaced: the run must stop."""
+
+
+class MetaLearnerLost(MetaLearnerError):
+    """The meta-learner's process died or stopped answering: a new one may replace it
+    (:meth:`MetaLink.restart`), as a new process is not lost the same way. A meta step that
+    raises is a :class:`MetaLearnerError` of its own: a replacement would raise again."""
 
 
 @dataclass
@@ -176,17 +182,25 @@ class MetaLink(Protocol):
     """Where an async learner's windows go and its new etas come from.
 
     ``load_state_dict`` (re)starts the meta-learner from the learner's eta; ``send``
-    never waits long; ``poll`` never waits: a new eta, or ``None``. ``skipped``: windows
-    dropped because the meta-learner was behind.
+    never waits long; ``poll`` never waits: a new eta, or ``None`` (or
+    :class:`MetaLearnerLost`, when ``restart`` from the learner's eta may replace it).
+    ``skipped``: windows dropped because the meta-learner was behind; ``dropped``: windows
+    lost with a lost meta-learner. ``restart_stats``: the link's restart metrics (none
+    where nothing restarts).
     """
 
     skipped: int
+    dropped: int
 
     def send(self, window: MetaWindow) -> None: ...
 
     def poll(self) -> EtaUpdate | None: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def restart(self, state: dict[str, Any], lost: MetaLearnerLost) -> None: ...
+
+    def restart_stats(self) -> dict[str, float]: ...
 
     def close(self) -> None: ...
 
@@ -208,7 +222,7 @@ class InProcessLink:
     def __init__(self, factory: MetaLearnerFactory, delay_windows: int = 0) -> None:
         self.factory = factory
         self.delay_windows = delay_windows
-        self.skipped = 0
+        self.skipped = self.dropped = 0
         self.meta_learner: MetaLearner | None = None
         self._start_state: dict[str, Any] | None = None
         self._done: deque[EtaUpdate] = deque()
@@ -231,6 +245,13 @@ class InProcessLink:
         else:
             self.meta_learner.load_state_dict(state)
         self._done.clear()
+
+    def restart(self, state: dict[str, Any], lost: MetaLearnerLost) -> None:
+        """Never called: a meta-learner in this process is never lost on its own."""
+        raise lost
+
+    def restart_stats(self) -> dict[str, float]:
+        return {}
 
     def close(self) -> None:
         self._done.clear()

@@ -10,7 +10,7 @@ values by :func:`impala_frodo.config.schema.parse_value`, as everywhere else.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -314,6 +314,31 @@ def config_from_args(args: argparse.Namespace, preset: str | None = None) -> Con
     cfg = set_dotted(cfg, _set_overrides(args.set))
     check_env(cfg)
     return cfg
+
+
+def explicit_keys(args: argparse.Namespace) -> frozenset[str]:
+    """The dotted keys this command line sets: by flag, ``--set`` or ``--config FILE``.
+
+    What the user asked for in so many words; a local run keeps these CPU shares and fits
+    only the others to the machine (:func:`learner.cluster.resources.fit_local_cpus`).
+    A preset's values and a resumed run's saved ``config.json`` are not in it: a preset is
+    written for any machine, and a saved share may be one fitted to the machine the run
+    last ran on, which a resume on another machine should fit again, not insist on.
+    Call after :func:`config_from_args`, which has checked the file and the ``--set`` items.
+    """
+    nested = [_flag_overrides(args), _set_overrides(args.set)]
+    if args.config:
+        nested.append(load_file(args.config))
+    return frozenset(key for overrides in nested for key in _dotted_keys(overrides))
+
+
+def _dotted_keys(overrides: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    """``{"run": {"seed": 1}, "meta.lr": 3e-3}`` -> ``run.seed``, ``meta.lr``: every leaf."""
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and value:
+            yield from _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
 
 
 def _set_overrides(items: Sequence[str]) -> dict[str, Any]:

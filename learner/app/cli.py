@@ -40,6 +40,7 @@ from learner.app.args import (
     UsageError,
     build_parser,
     config_from_args,
+    explicit_keys,
     normalise_argv,
     resume_paths,
 )
@@ -176,6 +177,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         address=args.address,
         progress=progress_mode(args),
         stop_at_return=args.stop_at_return,
+        explicit_keys=explicit_keys(args),
     )
     restarts = max_actor_restarts(args)
     if restarts is not None:

@@ -107,6 +107,9 @@ class TrainOptions:
     max_actor_restarts: int = DEFAULT_MAX_RESTARTS
     handle_signals: bool = True
     learner_threads: int | None = None  # default: the CPUs the actors leave free, at least 1
+    #: Dotted keys the user set (``learner.app.args.explicit_keys``): on a local instance
+    #: their CPU shares are kept and only the others fitted; empty, every share may be.
+    explicit_keys: frozenset[str] = frozenset()
     #: Called after every update with the LoopContext (tests kill actors from here).
     callback: LoopCallback | None = None
 
@@ -123,7 +126,7 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
     spec = env_spec_or_config_error(cfg)
     local = not ray.is_initialized() and not (options.address or os.environ.get("RAY_ADDRESS"))
     if local:
-        cfg = fit_local_cpus(cfg)  # shares fitted to this machine's CPUs, said in one line
+        cfg = fit_local_cpus(cfg, options.explicit_keys)  # the shares not set, fitted: a line
     check_memory(cfg, spec, local=local)  # before Ray starts and before any file is written
     with (
         claim_run_dir(
@@ -139,6 +142,8 @@ def train(cfg: Config, options: TrainOptions | None = None) -> TrainResult:
             options.address,
             connect_timeout_s=cfg.run.connect_timeout_s,
             should_stop=lambda: stop.requested,
+            # learners of their own fetch unrolls from the object store, not the driver
+            inline_results=cfg.run.num_learners == 1,
         )
         with session, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
@@ -330,6 +335,8 @@ def _meta_link(cfg: Config, spec: EnvSpec) -> Iterator[RayMetaLink | None]:
         MetaLearnerSpec.of(cfg, spec.observation_shape, spec.num_actions),
         num_cpus=cfg.meta.learner_num_cpus,
         timeout_s=cfg.run.progress_timeout_s,
+        max_restarts=cfg.meta.max_restarts,
+        restart_window_s=cfg.run.restart_window_s,
     )
     try:
         yield link

@@ -12,15 +12,11 @@ result is either consumed or, for calls lost with a dead actor process,
 counted in ``perf/lost_unrolls``. ``perf/queue_size`` is the number of
 finished unrolls waiting for the learner at each update (mean per log interval).
 
-**Data.** Each call returns a small summary and the trajectory; the pool reads
-only the summaries and hands out :class:`~learner.cluster.payloads.Unroll`\\ s,
-which whoever trains on them fetches (:mod:`learner.cluster.payloads`).
-
-**Weights.** The learner publishes ``(version, params)`` every
-``run.broadcast_every`` updates; the pool packs the params into one float32
-vector (one numpy buffer serialises faster than a dict of tensors; learners in
-processes of their own hand over that vector, or an ObjectRef to it, ready) and
-*offers* it to every actor (``offer_weights``, fire and forget). The offer
+**Data.** Each call returns a small summary and the trajectory; the pool reads only
+the summaries and hands out :class:`~learner.cluster.payloads.Unroll`\\ s for whoever
+trains on them to fetch. **Weights.** The learner publishes ``(version, params)`` every
+``run.broadcast_every`` updates, packed into one float32 vector (by the pool, or ready
+by learners of their own: :mod:`learner.cluster.payloads`), *offered* to every actor (``offer_weights``, fire and forget). The offer
 runs in the actor's own ``weights`` concurrency group, beside the unroll in
 progress, and the actor takes the newest offer when its next unroll starts:
 mu lags the learner by about one unroll plus the finished unrolls waiting in
@@ -120,9 +116,11 @@ class _Slot:
 class ActorPool:
     """N rollout actors with up to ``depth`` unroll calls each in flight: the trajectory queue.
 
-    ``run``: the actors' number, CPU share and base seed, and the queue's size;
-    ``rollout``: what every actor acts in and with; ``layout``: the agent's packed weights,
-    as every actor reads them.
+    ``run``: the actors' number, CPU share and base seed, the queue's size, and the learners'
+    number: one learner is in the driver, and the pool waits on the trajectories themselves,
+    so Ray pulls each to the driver's node as it finishes, while an update runs (learners of
+    their own: on the summaries, the trajectories left where they are); ``rollout``: what
+    every actor acts in and with; ``layout``: the agent's packed weights, as actors read them.
     """
 
     def __init__(
@@ -143,12 +141,13 @@ class ActorPool:
         self.max_restarts = max_restarts
         self.max_failures = max_failures if max_failures is not None else 10 + 5 * run.num_actors
         self.depth = max(1, run.queue_size // run.num_actors)
+        self.driver_learns = run.num_learners == 1
         self._actor_cls = make_ray_actor_class(run.actor_num_cpus, max_restarts)
         self.slots = [_Slot(self._spawn(i, 0), i) for i in range(run.num_actors)]
         self._order: list[ray.ObjectRef] = []  # in-flight calls, oldest first
-        #: summary ref -> (slot, incarnation, handle, trajectory ref): the handle is the
-        #: slot's replacement count.
-        self._origin: dict[ray.ObjectRef, tuple[int, int, int, ray.ObjectRef]] = {}
+        #: waited-on ref -> (slot, incarnation, handle, summary ref, trajectory ref): the
+        #: handle is the slot's replacement count.
+        self._origin: dict[ray.ObjectRef, tuple[int, int, int, Any, Any]] = {}
         self._version = -1
         self._payload: Any = None
         self.failures = 0
@@ -212,8 +211,9 @@ class ActorPool:
                     slot.needs_weights = False
                 else:
                     ref, data = call.remote()
-                self._order.append(ref)
-                self._origin[ref] = (index, slot.incarnation, slot.replacements, data)
+                waited = data if self.driver_learns else ref
+                self._order.append(waited)
+                self._origin[waited] = (index, slot.incarnation, slot.replacements, ref, data)
                 slot.inflight += 1
                 self.submitted += 1
 
@@ -241,11 +241,11 @@ class ActorPool:
         """The finished call's :class:`Unroll` (its summary read, its trajectory left where
         it is), or ``None`` if its actor died."""
         self._order.remove(ref)
-        index, incarnation, handle, data = self._origin.pop(ref)
+        index, incarnation, handle, summary_ref, data = self._origin.pop(ref)
         slot = self.slots[index]
         slot.inflight -= 1
         try:
-            summary: UnrollSummary = ray.get(ref)
+            summary: UnrollSummary = ray.get(summary_ref)
         except RayActorError as e:
             self.lost_unrolls += 1
             self._on_actor_error(index, incarnation, handle, e)

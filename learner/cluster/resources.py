@@ -1,9 +1,10 @@
 """The CPUs and GPUs a run reserves on Ray, checked (and on a local instance fitted)
 before anything starts.
 
-On the local instance a run starts, shares that do not fit the machine are fitted by one
-factor and said in one line (:func:`fit_local_cpus`); processes that cannot be placed at
-all are refused naming the flag to set. On a cluster, learners or a meta-learner that can
+On the local instance a run starts, default shares that do not fit the machine are fitted
+by one factor and said in one line, around the shares the user set, which are kept
+(:func:`fit_local_cpus`); processes that cannot be placed at all are refused naming the
+flag to set. On a cluster, learners or a meta-learner that can
 never be placed are refused, and too few CPUs for the actors is a warning (it may grow).
 """
 
@@ -62,15 +63,20 @@ def check_local_cpus(cfg: Config) -> None:
 MIN_SHARE = 0.05
 
 
-def fit_local_cpus(cfg: Config) -> Config:
+def fit_local_cpus(cfg: Config, explicit: frozenset[str] = frozenset()) -> Config:
     """``cfg`` with its Ray CPU shares fitted to the local instance a run starts.
 
     Where the actors, the data-parallel learners, the async meta-learner and the evaluator
-    reserve more CPUs than the machine has (8 actors x 0.5 on 2 cores), every share shrinks
-    by one factor until they fit, and a line says so; processes then share the cores, as
-    they would anyway. Refused (:class:`ConfigError`, naming the flag) where a share would
-    fall below :data:`MIN_SHARE`, or one process alone asks more than the machine has
-    (:func:`check_local_cpus`).
+    reserve more CPUs than the machine has (8 actors x 0.5 on 2 cores), the shares not in
+    ``explicit`` (dotted keys the user set: flags, ``--set``, ``--config``) shrink by one
+    factor into what the explicit ones leave, and a line says so; processes then share the
+    cores, as they would anyway. An explicit share is never changed: the user asked for
+    it, and a run that quietly ran on less would not be the one asked for. Refused
+    (:class:`ConfigError`, naming the flags) where a fitted share would fall below
+    :data:`MIN_SHARE`, where the explicit shares alone do not fit, or where one process
+    alone asks more than the machine has (:func:`check_local_cpus`). Without ``explicit``
+    (programmatic callers) every share may be fitted; a resumed run's saved shares are
+    fitted unless set again (:func:`learner.app.args.explicit_keys` says why).
     """
     cpus = os.cpu_count() or 1
     shares = _shares(cfg)
@@ -78,25 +84,67 @@ def fit_local_cpus(cfg: Config) -> Config:
     if total <= cpus + 1e-9 or any(share > cpus for _, share, _ in shares.values()):
         check_local_cpus(cfg)  # a process asking more than the machine is refused there
         return cfg
-    factor = cpus / total
-    fitted = {key: math.floor(share * factor * 100) / 100 for key, (_, share, _) in shares.items()}
-    small = [key for key, share in fitted.items() if share < MIN_SHARE]
-    if small:
-        count = shares[small[0]][0]
-        raise ConfigError(
-            f"{count:,} {small[0]} would get under {MIN_SHARE:g} CPU each on the {cpus} CPUs "
-            f"here: lower {_COUNT_FLAGS[small[0]]}, or join a cluster with --address"
-        )
-    asked = " and ".join(f"{n} {who} x {share:g}" for who, (n, share, _) in shares.items())
+    kept = {who: shares[who] for who in shares if _SHARE_KEYS[who] in explicit}
+    room = cpus - sum(count * share for count, share, _ in kept.values())
+    free = {who: shares[who] for who in shares if who not in kept}
+    free_total = sum(count * share for count, share, _ in free.values())
+    factor = max(room, 0.0) / free_total if free else 0.0
+    fitted = {who: math.floor(share * factor * 100) / 100 for who, (_, share, _) in free.items()}
+    _refuse_unfittable(shares, kept, fitted, cpus)
     given = " and ".join(
-        f"{fitted[who]:g} per {who.rstrip('s')} ({flag})" for who, (_, _, flag) in shares.items()
+        f"{fitted[who]:g} per {who.rstrip('s')} ({flag})" for who, (_, _, flag) in free.items()
     )
+    beside = " and ".join(f"{share:g} per {who.rstrip('s')}" for who, (_, share, _) in kept.items())
     log.warning(
-        "%s CPU reserve %.4g CPUs but this machine has %d: fitted to %s", asked, total, cpus, given
+        "%s CPU reserve %.4g CPUs but this machine has %d: fitted to %s%s",
+        _asked(shares),
+        total,
+        cpus,
+        given,
+        f" beside {beside} as set" if kept else "",
     )
-    cfg = set_dotted(cfg, {_SHARE_KEYS[key]: share for key, share in fitted.items()})
+    cfg = set_dotted(cfg, {_SHARE_KEYS[who]: share for who, share in fitted.items()})
     check_local_cpus(cfg)
     return cfg
+
+
+def _refuse_unfittable(
+    shares: dict[str, tuple[int, float, str]],
+    kept: dict[str, tuple[int, float, str]],
+    fitted: dict[str, float],
+    cpus: int,
+) -> None:
+    """:class:`ConfigError` naming the flags to change where the ``kept`` (explicit) shares
+    leave no room, or a ``fitted`` share is under :data:`MIN_SHARE`."""
+    kept_flags = [flag for _, _, flag in kept.values()]
+    kept_flags += [_COUNT_FLAGS[who] for who in kept if who in ("actors", "learners")]
+    if not fitted:  # every share as set, and together more than the machine has
+        need = sum(count * share for count, share, _ in shares.values())
+        raise ConfigError(
+            f"{_asked(shares)} CPU, as set, reserve {need:.4g} CPUs but this machine has {cpus}: "
+            f"lower {_either(kept_flags)}, or join a cluster with --address"
+        )
+    small = [who for who, share in fitted.items() if share < MIN_SHARE]
+    if small:
+        count = shares[small[0]][0]
+        held = sum(n * share for n, share, _ in kept.values())
+        beside = f" beside the {held:.4g} CPUs set for {_asked(kept)}" if kept else ""
+        raise ConfigError(
+            f"{count:,} {small[0]} would get under {MIN_SHARE:g} CPU each on the {cpus} CPUs "
+            f"here{beside}: lower {_either([_COUNT_FLAGS[small[0]], *kept_flags])}, or join a "
+            "cluster with --address"
+        )
+
+
+def _asked(shares: dict[str, tuple[int, float, str]]) -> str:
+    """``"2 actors x 0.5 and 2 learners x 1"``: what ``shares`` reserve, for a message."""
+    return " and ".join(f"{n} {who} x {share:g}" for who, (n, share, _) in shares.items())
+
+
+def _either(flags: list[str]) -> str:
+    """``"--a, --b or --c"``: the flags to change, each once."""
+    flags = list(dict.fromkeys(flags))
+    return " or ".join([", ".join(flags[:-1]), flags[-1]]) if len(flags) > 1 else flags[0]
 
 
 _COUNT_FLAGS = {

@@ -46,19 +46,30 @@ class ClusterConnectError(ConfigError):
     """The Ray cluster at the given address cannot be reached (bad input: ``ExitCode.USAGE``)."""
 
 
-def local_ray_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
-    """``ray.init`` arguments for a private local instance (tests use them too)."""
-    return {
+def local_ray_init_kwargs(
+    num_cpus: int | None = None, *, inline_results: bool = True
+) -> dict[str, Any]:
+    """``ray.init`` arguments for a private local instance (tests use them too).
+
+    ``inline_results``: task results up to :data:`INLINE_RESULT_BYTES` come back inside the
+    reply, into the caller's memory (one learner in the driver: it takes every unroll).
+    Off for learners of their own: results above Ray's default (100 KiB) then go to the
+    object store of the node that made them, and a learner fetches an unroll from there,
+    not through the driver's process (docs/results-distributed.md).
+    """
+    kwargs = {
         # A new instance even where a `ray start` cluster runs on this machine (Ray would
         # join it, found in /tmp/ray/ray_current_cluster, and refuse num_cpus).
         "address": "local",
         "num_cpus": num_cpus or os.cpu_count() or 1,
         "include_dashboard": False,
         "logging_level": logging.WARNING,
-        "_system_config": {"max_direct_call_object_size": INLINE_RESULT_BYTES},
         # Third-party notes the driver has shown once are not printed again by every worker.
         "runtime_env": {"env_vars": {WORKER_ENV: "1"}},
     }
+    if inline_results:
+        kwargs["_system_config"] = {"max_direct_call_object_size": INLINE_RESULT_BYTES}
+    return kwargs
 
 
 @contextmanager
@@ -67,6 +78,7 @@ def ray_session(
     *,
     connect_timeout_s: float = 60.0,
     should_stop: Callable[[], bool] | None = None,
+    inline_results: bool = True,
 ) -> Iterator[bool]:
     """Connect to Ray for the run; yields whether this call started (and will stop) it.
 
@@ -78,7 +90,8 @@ def ray_session(
     Otherwise: a private local instance with ``num_cpus = os.cpu_count()``, no
     dashboard, and Ray's default token authentication, started by
     :func:`~learner.cluster.local_instance.start_local` (``should_stop()`` true meanwhile
-    kills what it started and raises ``KeyboardInterrupt``).
+    kills what it started and raises ``KeyboardInterrupt``); ``inline_results`` as in
+    :func:`local_ray_init_kwargs`.
     """
     if ray.is_initialized():
         yield False
@@ -89,7 +102,9 @@ def ray_session(
         if address:
             _connect(address, connect_timeout_s, should_stop)
         else:
-            instance = local_instance.start_local(local_ray_init_kwargs(), should_stop)
+            instance = local_instance.start_local(
+                local_ray_init_kwargs(inline_results=inline_results), should_stop
+            )
     if instance is not None:
         reaper = local_instance.start_reaper()
     try:

@@ -35,6 +35,8 @@ from impala_frodo.records.intervals import IntervalLog
 
 #: The metric of the ground-truth probe that the history keeps, per update.
 VALUE_RMSE = "eval/value_rmse"
+#: The async meta-learner's restarts this session, as the rule reports them per update.
+META_RESTARTS = "perf/meta_restarts"
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Counters:
     actor_failures: int = 0
     learner_restarts: int = 0  # data-parallel learner ranks lost and replaced
     dropped_unrolls: int = 0  # unrolls of updates dropped by those restarts
+    meta_restarts: int = 0  # the async meta-learner replaced after a loss
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Counters:
@@ -106,6 +109,7 @@ class Books:
         self._wall_offset = 0.0
         self._session_start_steps = 0
         self._failures_before_session = 0
+        self._meta_restarts_before_session = 0
         self._marks = _Marks(self._session_start)
         self._logged_this_session = False
         self._last_checkpoint_time = self._session_start
@@ -137,6 +141,8 @@ class Books:
             self._interval.add({}, tr.episode_returns, tr.episode_lengths)
         if VALUE_RMSE in metrics:
             self.history.value_rmse.append((c.env_steps, metrics[VALUE_RMSE]))
+        if META_RESTARTS in metrics:  # this session's: the run's adds the earlier sessions'
+            c.meta_restarts = self._meta_restarts_before_session + int(metrics[META_RESTARTS])
         self._interval.add(metrics)
 
     def count_actor_failures(self, this_session: int) -> None:
@@ -217,6 +223,8 @@ class Books:
         scalars["perf/actor_failures"] = float(c.actor_failures)
         scalars["perf/learner_restarts"] = float(c.learner_restarts)
         scalars["perf/dropped_unrolls"] = float(c.dropped_unrolls)
+        if META_RESTARTS in scalars:  # the run's count, not the interval's mean
+            scalars[META_RESTARTS] = float(c.meta_restarts)
         scalars["progress/updates"] = float(c.updates)
         scalars["progress/episodes"] = float(c.episodes)
         if extra:
@@ -257,4 +265,5 @@ class Books:
         self._wall_offset = float(self.counters.wall_time_s)
         self._session_start_steps = self.counters.env_steps
         self._failures_before_session = self.counters.actor_failures
+        self._meta_restarts_before_session = self.counters.meta_restarts
         self._marks = _Marks(now, self.counters.env_steps, updates, meta_updates)

@@ -198,14 +198,16 @@ class LearnerGroup(Replacements):
         learner a :class:`~impala_frodo.rule.updater.NonFiniteLossError`."""
         pending = list(refs) if isinstance(refs, list) else [refs]
         deadline = time.monotonic() + self.timeout_s
+        results = {}
         try:
             while pending:
                 left = max(0.0, deadline - time.monotonic())
                 ready, pending = ray.wait(pending, num_returns=1, timeout=left)
                 if not ready:
                     raise GetTimeoutError()
-                ray.get(ready)  # a failure raises now
-            return ray.get(refs)
+                (ref,) = ready
+                results[ref] = ray.get(ref)  # a failure raises now; each reply read once
+            return [results[ref] for ref in refs] if isinstance(refs, list) else results[refs]
         except GetTimeoutError:
             raise LearnerFailure(
                 f"{what}: no answer within run.progress_timeout_s = {self.timeout_s:g} s",

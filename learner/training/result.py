@@ -104,6 +104,7 @@ class TrainResult:
     session_wall_s: float = 0.0
     actor_failures: int = 0
     learner_restarts: int = 0  # data-parallel learner ranks lost and replaced, over the run
+    meta_restarts: int = 0  # the async meta-learner's, over the run
     #: This session's unroll calls: submitted = collected + lost + abandoned.
     unrolls: dict[str, int] = field(default_factory=dict)
     message: str = ""
@@ -139,6 +140,7 @@ class TrainResult:
             session_wall_s=wall_s,
             actor_failures=counters.actor_failures,
             learner_restarts=counters.learner_restarts,
+            meta_restarts=counters.meta_restarts,
             unrolls=dict(unrolls or {}),
             message=message,
             last_log=dict(last_log or {}),
@@ -164,6 +166,8 @@ def describe_result(result: TrainResult) -> str:
     failures = f", {result.actor_failures} actor failure(s)" if result.actor_failures else ""
     if result.learner_restarts:
         failures += f", {result.learner_restarts} learner restart(s)"
+    if result.meta_restarts:
+        failures += f", {result.meta_restarts} meta-learner restart(s)"
     return (
         f"{reason}. {result.env_steps:,} env steps, {result.updates:,} updates, "
         f"{result.episodes:,} episodes; mean return of the last {result.returns_window} "

@@ -115,6 +115,11 @@ def preset_text(game: str, algo: str) -> str:
     if algo == "frodo":
         lines += [
             "[meta]",
+            "# A meta step every window, on the whole batch (the defaults, written out): the",
+            "# cheaper cadences keep the residual target's learning on Catch but cost the",
+            "# plain target's (docs/results-price.md); not measured on Atari.",
+            "every = 1",
+            "batch_fraction = 1.0",
             "num_inner_steps = 5",
             "lr = 1e-2",
             "hidden_size = 64",

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from impala_frodo.rule.batch import Batch, ColumnSampler
-from impala_frodo.rule.meta_learner import EtaUpdate, MetaLink, MetaWindow
+from impala_frodo.rule.meta_learner import EtaUpdate, MetaLearnerLost, MetaLink, MetaWindow
 from impala_frodo.rule.metagrad import OptState, Params
 from impala_frodo.rule.schedules.base import InnerUpdate, MetaSchedule, Stats, meta_keys
 
@@ -21,7 +21,8 @@ class WindowSchedule(MetaSchedule):
 
     The learner holds eta and the meta-learner's last state (for checkpoints), never an
     optimizer of its own. The link starts from the learner's eta when the first window's
-    exchange begins, and again from a restored state.
+    exchange begins, again from a restored state, and a lost meta-learner's replacement
+    from the learner's eta and state of that moment (the learner goes on with its eta).
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class WindowSchedule(MetaSchedule):
         self.link = link
         self.windows = 0  # windows handed out, over the whole run
         self.skipped_before = 0  # windows skipped in earlier sessions
+        self.dropped_before = 0  # windows lost with a meta-learner in earlier sessions
         self._optimizer_state: dict[str, Any] | None = None  # the meta-learner's, last seen
         self._version = 0
         self._link_started = False
@@ -55,11 +57,25 @@ class WindowSchedule(MetaSchedule):
             else:
                 self.pending.clear()
             self.windows_ended += 1
-        stats = {"meta/skipped_windows": torch.tensor(float(self.skipped))}
-        update = self.link.poll()
+        update = self._poll()
+        stats = {
+            "meta/skipped_windows": torch.tensor(float(self.skipped)),
+            "meta/dropped_windows": torch.tensor(float(self.dropped)),
+        }
+        stats |= {k: torch.tensor(v) for k, v in self.link.restart_stats().items()}
         if update is not None:
             stats |= self.install(update)
         return params, opt_state, stats
+
+    def _poll(self) -> EtaUpdate | None:
+        """The link's new eta, if any. A lost meta-learner is replaced from the learner's
+        own eta and state (what a checkpoint would hold), which the learner keeps using
+        until the new one's first eta comes."""
+        try:
+            return self.link.poll()
+        except MetaLearnerLost as lost:
+            self.link.restart(self.meta_state(), lost)
+            return None
 
     def record(self, batch: Batch, params: Params, opt_state: OptState) -> None:
         keep = not self.pending  # only the window's start is recomputed from
@@ -104,6 +120,11 @@ class WindowSchedule(MetaSchedule):
         """Windows skipped because the meta-learner was behind, over the whole run."""
         return self.skipped_before + self.link.skipped
 
+    @property
+    def dropped(self) -> int:
+        """Windows lost with a lost meta-learner (in its hands or waiting), over the run."""
+        return self.dropped_before + self.link.dropped
+
     def meta_state(self) -> dict[str, Any]:
         """eta, the meta-learner's optimizer state as last received (``None`` before the
         first) and eta's version: what a meta-learner starts from."""
@@ -120,7 +141,7 @@ class WindowSchedule(MetaSchedule):
             self._version,
             windows=self.windows,
             skipped=self.skipped,
-        )
+        ) | {"meta_dropped": self.dropped}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.meta_net.load_state_dict(state["meta_net"])
@@ -128,6 +149,7 @@ class WindowSchedule(MetaSchedule):
         self._version = int(state["num_meta_updates"])
         self.windows = int(state.get("meta_windows", 0))
         self.skipped_before = int(state.get("meta_skipped", 0)) - self.link.skipped
+        self.dropped_before = int(state.get("meta_dropped", 0)) - self.link.dropped
         self._start_link()
 
     def _start_link(self) -> None:
