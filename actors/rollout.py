@@ -106,6 +106,11 @@ def actor_seed(base_seed: int, actor_id: int, resume_count: int = 0, replacement
     return int(np.random.SeedSequence([base_seed, actor_id, incarnation]).generate_state(1)[0])
 
 
+class NoWeightsError(RuntimeError):
+    """An unroll asked of an actor that has no weights yet: a process Ray restarted that no
+    failed call showed (the pool calls it again, with the weights)."""
+
+
 def ray_node_id() -> str:
     """The Ray node this process runs on; "" outside a Ray worker (ray is not imported
     for it: the plain class runs without Ray)."""
@@ -184,7 +189,7 @@ class RolloutActor:
         if params is not None and version is not None:
             self.set_weights(version, params)
         if self.policy.version < 0:
-            raise RuntimeError("RolloutActor.unroll before any weights were set")
+            raise NoWeightsError("RolloutActor.unroll before any weights were set")
         trajectory = self.unroller.unroll(self.policy, self.policy.version)
         trajectory.actor_id = self.actor_id
         trajectory.actor_pid = os.getpid()

@@ -22,7 +22,8 @@ from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.records.checkpoint import load_checkpoint
 from impala_frodo.records.runlog import read_metrics
 from learner.app.driver import TrainOptions, train
-from learner.cluster.actor_pool import ActorPool, _Slot
+from learner.cluster.actor_pool import ActorPool
+from learner.cluster.slots import Slot
 from learner.control.exit_codes import ExitCode
 from tests.meta_checks import dead_meta_signs
 
@@ -216,7 +217,7 @@ def test_a_restart_no_failed_call_showed_is_counted_once_by_its_new_process():
     already counted is not counted a second time."""
     pool = object.__new__(ActorPool)  # the bookkeeping alone: no Ray, no actors
     pool.failures, pool.max_failures, pool.max_restarts = 0, 10, 3
-    slot = _Slot(handle=None, actor_id=0)
+    slot = Slot(handle=None, actor_id=0)
     for pid in (100, 100, 200, 100, 200):
         pool._note_process(slot, pid)
     assert pool.failures == 1 and slot.deaths_on_handle == 1
@@ -224,6 +225,22 @@ def test_a_restart_no_failed_call_showed_is_counted_once_by_its_new_process():
     pool.failures += 1
     pool._note_process(slot, 300)  # the process Ray started after it
     assert pool.failures == 2 and slot.deaths_on_handle == 1
+
+
+def test_a_process_restarted_unseen_and_called_without_weights_is_one_death_then_weights():
+    """An actor that Ray restarted with no call in flight raises ``NoWeightsError`` on each
+    call made before the pool knew: one death, counted once (not again by its new process
+    id when it returns an unroll), and the next call carries the weights."""
+    pool = object.__new__(ActorPool)  # the bookkeeping alone: no Ray, no actors
+    pool.failures, pool.max_failures, pool.max_restarts = 0, 10, 3
+    slot = Slot(handle=None, actor_id=0)
+    pool._note_process(slot, 100)  # the first process returned unrolls
+    slot.needs_weights = False
+    for _ in range(2):  # two calls in flight when it was restarted, made at incarnation 0
+        pool._restarted_without_weights(slot, 0)
+    assert pool.failures == 1 and slot.deaths_on_handle == 1 and slot.needs_weights
+    pool._note_process(slot, 200)  # the new process's first unroll, made with the weights
+    assert pool.failures == 1 and slot.deaths_on_handle == 1
 
 
 def test_an_actor_out_of_restarts_is_replaced(ray_local, tmp_path, caplog):

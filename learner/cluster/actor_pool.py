@@ -16,9 +16,10 @@ finished unrolls waiting for the learner at each update (mean per log interval).
 the summaries and hands out :class:`~learner.cluster.payloads.Unroll`\\ s for whoever
 trains on them to fetch. **Weights.** The learner publishes ``(version, params)`` every
 ``run.broadcast_every`` updates, packed into one float32 vector (by the pool, or ready
-by learners of their own: :mod:`learner.cluster.payloads`), *offered* to every actor (``offer_weights``, fire and forget). The offer
-runs in the actor's own ``weights`` concurrency group, beside the unroll in
-progress, and the actor takes the newest offer when its next unroll starts:
+by learners of their own: :mod:`learner.cluster.payloads`), *offered* to every actor
+(``offer_weights``, fire and forget). The offer runs in the actor's own ``weights``
+concurrency group, beside the unroll in progress, and the actor takes the newest offer
+when its next unroll starts:
 mu lags the learner by about one unroll plus the finished unrolls waiting in
 the queue, not by the whole queue. Small vectors go by value (Catch's agent:
 inlined into the task spec, no object-store round trip), larger ones are put in
@@ -44,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -54,6 +54,7 @@ from ray.exceptions import ActorDiedError, RayActorError
 from actors.rollout import (
     DEFAULT_MAX_RESTARTS,
     WEIGHTS_GROUP,
+    NoWeightsError,
     RolloutSpec,
     actor_seed,
     make_ray_actor_class,
@@ -63,6 +64,7 @@ from impala_frodo.config.sections import RunConfig
 from impala_frodo.networks.weights import ParamLayout
 from impala_frodo.utils import first_line
 from learner.cluster.payloads import PackedWeights, Unroll, as_packed
+from learner.cluster.slots import Slot
 
 log = logging.getLogger("impala_frodo")
 
@@ -82,35 +84,6 @@ def remote_error(error: BaseException) -> str:
     # A creation task's error reaches the caller as text only: its last line names it.
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
-
-
-@dataclass
-class _Slot:
-    handle: Any
-    actor_id: int
-    incarnation: int = 0  # bumped at every death: results of older calls are stale
-    deaths_on_handle: int = 0
-    replacements: int = 0
-    inflight: int = 0
-    #: False from a death until the restarted process returns an unroll: calls that fail
-    #: meanwhile ("the actor is restarting") are the same death, not new ones.
-    healthy: bool = True
-    #: While unhealthy, no new call before this time (monotonic s): no busy resubmission.
-    retry_at: float = 0.0
-    #: A new or restarted process has no weights: its next unroll call carries them.
-    needs_weights: bool = True
-    #: Weight offers not yet seen to finish (their errors are read, not left to Ray's log).
-    offers: list = field(default_factory=list)
-    #: Unrolls collected since its last offer: an actor that has not started a new
-    #: unroll since then has not used that offer yet, and a newer one can wait.
-    collected_since_offer: int = 0
-    #: When this handle was made, and when it last returned an unroll (monotonic s).
-    created_at: float = field(default_factory=time.monotonic)
-    returned_at: float | None = None
-    #: The processes seen returning unrolls on this handle, and the incarnation when the
-    #: newest appeared: a new one with no death counted since is a restart no call saw.
-    pids: set[int] = field(default_factory=set)
-    pid_incarnation: int = 0
 
 
 class ActorPool:
@@ -143,7 +116,7 @@ class ActorPool:
         self.depth = max(1, run.queue_size // run.num_actors)
         self.driver_learns = run.num_learners == 1
         self._actor_cls = make_ray_actor_class(run.actor_num_cpus, max_restarts)
-        self.slots = [_Slot(self._spawn(i, 0), i) for i in range(run.num_actors)]
+        self.slots = [Slot(self._spawn(i, 0), i) for i in range(run.num_actors)]
         self._order: list[ray.ObjectRef] = []  # in-flight calls, oldest first
         #: waited-on ref -> (slot, incarnation, handle, summary ref, trajectory ref): the
         #: handle is the slot's replacement count.
@@ -252,6 +225,9 @@ class ActorPool:
             return None
         except ray.exceptions.RayTaskError as e:
             self.lost_unrolls += 1
+            if isinstance(e.cause, NoWeightsError) and handle == slot.replacements:
+                self._restarted_without_weights(slot, incarnation)
+                return None
             raise TrainingError(f"actor {slot.actor_id} raised {remote_error(e)}") from e
         self.collected += 1
         if handle == slot.replacements:
@@ -314,7 +290,24 @@ class ActorPool:
                 self.max_restarts,
             )
 
-    def _note_process(self, slot: _Slot, pid: int) -> None:
+    def _restarted_without_weights(self, slot: Slot, incarnation: int) -> None:
+        """A call found a process with no weights: Ray restarted the actor while it had no
+        call in flight, and no call failed. One death (the process's other calls made before
+        now say the same), and the next call carries the weights."""
+        if incarnation < slot.incarnation:
+            return  # made before the death was counted: the same death
+        slot.incarnation += 1
+        slot.needs_weights = True
+        slot.deaths_on_handle += 1
+        self._count_failure(slot, "restarted unseen (a new process with no weights)")
+        log.warning(
+            "actor %d was restarted by Ray with no call in flight: counted as a death (%d/%d)",
+            slot.actor_id,
+            slot.deaths_on_handle,
+            self.max_restarts,
+        )
+
+    def _note_process(self, slot: Slot, pid: int) -> None:
         """Count a restart that no failed call showed, once.
 
         An actor that dies with no call in flight (its results all back) and that Ray has
@@ -338,7 +331,7 @@ class ActorPool:
         slot.pids.add(pid)
         slot.pid_incarnation = slot.incarnation
 
-    def _count_failure(self, slot: _Slot, what: RayActorError | str) -> None:
+    def _count_failure(self, slot: Slot, what: RayActorError | str) -> None:
         self.failures += 1
         if self.failures > self.max_failures:
             reason = what if isinstance(what, str) else first_line(what)
