@@ -64,6 +64,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -202,6 +203,17 @@ def synthetic_actors() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ stand-in learners
+class StandInSchedule:
+    """What a rank's restart bookkeeping reads of a schedule (its state, the column
+    sampler's generator): a stand-in has no meta-learning state to keep."""
+
+    def __init__(self) -> None:
+        self.sampler = types.SimpleNamespace(generator=torch.Generator())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_meta_updates": 0}
+
+
 class StandInUpdater:
     """What ``Learner`` and ``LearnerGroup`` use of an ``Updater``, whose update sleeps
     ``update_s`` and changes nothing: the agent's real parameters (the actors' layout), no
@@ -226,6 +238,7 @@ class StandInUpdater:
         self.num_updates = 0
         self.num_meta_updates = 0
         self.last_target: torch.Tensor | None = None
+        self.schedule = StandInSchedule()
 
     def update(self, batch: Batch) -> dict[str, float]:
         time.sleep(self.update_s)
@@ -245,6 +258,10 @@ class StandInUpdater:
             "num_updates": self.num_updates,
             "num_meta_updates": self.num_meta_updates,
         }
+
+    def snapshot(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The state a rank keeps at each update's start (for a restart)."""
+        return self.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.params = {k: v.to(self.device) for k, v in state["params"].items()}
