@@ -90,6 +90,7 @@ PRICE_SETTINGS: dict[str, dict[str, Any]] = {
     "f0.25": {"meta.batch_fraction": 0.25},
     "w16": {"meta.hidden_size": 16},
     "k2-w16": {"meta.every": 2, "meta.hidden_size": 16},
+    "k4-w16": {"meta.every": 4, "meta.hidden_size": 16},
     "k4-f0.25-w16": {"meta.every": 4, "meta.batch_fraction": 0.25, "meta.hidden_size": 16},
 }
 SUITES["price-catch"] = {
