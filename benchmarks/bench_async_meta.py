@@ -48,6 +48,7 @@ class _Sink:
     """A meta link that keeps the last window (as CPU tensors) and never answers."""
 
     skipped = 0
+    dropped = 0
 
     def __init__(self) -> None:
         self.window: MetaWindow | None = None
@@ -60,6 +61,9 @@ class _Sink:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def restart_stats(self) -> dict[str, float]:
+        return {}
 
     def close(self) -> None:
         pass
@@ -83,8 +87,10 @@ def per_update_times(envs: int, updates: int, repeats: int) -> dict[str, float]:
     obs_shape = batches[0].obs.shape[2:]
     m = base.meta.num_inner_steps
     warmup = 2 * (m + 1)
-    # The chain's updates differ (the outer step every M + 1): means over whole cycles.
-    cycle = batches[: warmup + (len(batches) - warmup) // (m + 1) * (m + 1)]
+    # The chain's updates differ (an outer step every M updates, in one window of
+    # meta_every): means over whole cycles.
+    period = m * base.meta_every
+    cycle = batches[: warmup + (len(batches) - warmup) // period * period]
     async_cfg = set_dotted(base, {"meta.mode": "async"})
     samples: dict[str, list[float]] = {}
     for _ in range(repeats):

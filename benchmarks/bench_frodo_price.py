@@ -231,7 +231,7 @@ def settings_table(steps: int, repeats: int, cycles: int = 4) -> dict[str, Any]:
     arms: dict[str, Config] = {"impala": set_dotted(load_preset("catch-impala"), {})}
     arms |= {name: set_dotted(cfg, overrides) for name, overrides in SETTINGS.items()}
     updaters = {name: Updater(c, shape, actions) for name, c in arms.items()}
-    longest = max(c.meta.every for c in arms.values()) * cfg.meta.num_inner_steps * cycles
+    longest = max(c.meta_every for c in arms.values()) * cfg.meta.num_inner_steps * cycles
     batches = [synthetic_batch(rng, shape, np.float32, actions, steps, width) for _ in range(8)]
 
     def run(name: str) -> float:

@@ -82,13 +82,14 @@ SUITES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
 
 
 # FRODO's price (docs/results-price.md): the meta-gradient's cadence (meta.every), size
-# (meta.batch_fraction) and the meta-network's width, on both target forms.
+# (meta.batch_fraction) and the meta-network's width, on both target forms. Each names
+# its cadence: "base" is a meta step in every window, whatever "auto" resolves to.
 PRICE_SETTINGS: dict[str, dict[str, Any]] = {
-    "base": {},
+    "base": {"meta.every": 1},
     "k2": {"meta.every": 2},
     "k4": {"meta.every": 4},
-    "f0.25": {"meta.batch_fraction": 0.25},
-    "w16": {"meta.hidden_size": 16},
+    "f0.25": {"meta.every": 1, "meta.batch_fraction": 0.25},
+    "w16": {"meta.every": 1, "meta.hidden_size": 16},
     "k2-w16": {"meta.every": 2, "meta.hidden_size": 16},
     "k4-w16": {"meta.every": 4, "meta.hidden_size": 16},
     "k4-f0.25-w16": {"meta.every": 4, "meta.batch_fraction": 0.25, "meta.hidden_size": 16},

@@ -84,6 +84,7 @@ def two_learners(preset: str, **overrides) -> Config:
         "run.learner_num_cpus": 0.5,
         "run.progress_timeout_s": 120.0,
         "meta.num_inner_steps": 2,
+        "meta.every": 1,  # a meta step every window: the tests count and time them per window
     }
     return set_dotted(load_preset(preset), base | overrides)
 

@@ -44,6 +44,7 @@ def group_cfg(tmp_path: Path, algo: str = "frodo", **overrides) -> Config:
         "run.checkpoint_every_s": 0.5,
         "run.logdir": str(tmp_path / "runs"),
         "meta.num_inner_steps": 3,
+        "meta.every": 1,  # a meta step every window: the counts below are per window
     }
     return set_dotted(Config(), base | overrides)
 

@@ -1,6 +1,8 @@
 """The meta-gradient's cadence and size (``meta.every``, ``meta.batch_fraction``), in float64.
 
 - ``every`` k: a meta step exactly once every k windows, the others' inner steps plain;
+  ``"auto"`` (the default) is one window in 4 for FRODO's residual targets, every window
+  for the plain ones, the extension and MGRL, whatever else the config says;
 - ``batch_fraction`` f: the meta-gradient is that of the sampled columns alone; with every
   column, the sampled chain's meta-gradient is the chain's (no graph is needed for it);
 - bad values: one line, exit 2, before anything starts.
@@ -13,6 +15,8 @@ import pytest
 import torch
 
 from impala_frodo.acting.trajectory import Trajectory
+from impala_frodo.config.presets import load_preset
+from impala_frodo.config.schema import Config, set_dotted
 from impala_frodo.rule.batch import Batch, ColumnSampler
 from impala_frodo.rule.metagrad import detach_params, meta_gradient
 from impala_frodo.rule.schedules import ChainSchedule, SampledChainSchedule
@@ -42,6 +46,31 @@ def test_the_chain_takes_a_meta_step_exactly_every_k_windows(every):
     ends = [M + 1 + j * M for j in range(windows)]
     assert meta_steps_at(updater, ends[-1]) == [u for j, u in enumerate(ends) if j % every == 0]
     assert updater.num_meta_updates == len(range(0, windows, every))
+
+
+@pytest.mark.parametrize(
+    ("algo", "target", "every"),
+    [
+        ("frodo", "residual", 4),
+        ("frodo", "residual-centred", 4),
+        ("frodo", "plain", 1),
+        ("frodo", "plain-zero-head", 1),
+        ("frodo-ext", "residual", 1),
+        ("mgrl", "residual", 1),
+    ],
+)
+def test_auto_cadence_follows_the_algorithm_and_target_form(algo, target, every):
+    cfg = set_dotted(Config(), {"algo": algo, "meta.target": target})
+    assert cfg.meta.every == "auto" and cfg.meta_every == every
+    # The updater takes it: a meta step in the first window of every `every`.
+    updater = tiny_updater(algo, num_inner_steps=M, every="auto", target=target)
+    ends = [M + 1 + j * M for j in range(6)]
+    assert meta_steps_at(updater, ends[-1]) == [u for j, u in enumerate(ends) if j % every == 0]
+    # The paper's form one flag away from a preset whose cadence is "auto": every window.
+    plain = set_dotted(load_preset("catch-frodo"), {"meta.target": "plain"})
+    assert (load_preset("catch-frodo").meta_every, plain.meta_every) == (4, 1)
+    # A number is taken as it is, whatever the form.
+    assert set_dotted(cfg, {"meta.every": 3}).meta_every == 3
 
 
 def test_windows_without_a_meta_step_keep_no_graph():
@@ -166,7 +195,8 @@ def test_columns_keep_their_truncations():
 @pytest.mark.parametrize(
     ("setting", "fragment"),
     [
-        ("meta.every=0", "meta.every must be an integer >= 1"),
+        ("meta.every=0", "meta.every must be an integer >= 1 or 'auto', got 0"),
+        ("meta.every=often", "meta.every must be an integer >= 1 or 'auto', got 'often'"),
         ("meta.batch_fraction=0", "meta.batch_fraction must be a number in (0.0, 1.0]"),
         ("meta.batch_fraction=1.5", "meta.batch_fraction must be a number in (0.0, 1.0]"),
         ("meta.batch_fraction=0.01", "leaves no column of a batch of 32 columns"),

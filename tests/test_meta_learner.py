@@ -182,6 +182,7 @@ def sync_cfg(**overrides) -> Config:
         "run.unroll_length": 10,
         "run.total_env_steps": 2_400,
         "meta.num_inner_steps": 3,
+        "meta.every": 1,  # every window: the lock-step and meta-step counts are per window
         "run.device": "cpu",
     }
     return set_dotted(Config(), base | overrides)

@@ -27,7 +27,8 @@ def tiny_cfg(**meta: Any) -> Config:
         {
             "algo": "frodo",
             "agent": {"hidden_sizes": [4]},
-            "meta": {"num_inner_steps": 2, "hidden_size": 3, "mode": "async", **meta},
+            # Every window to the meta-learner: the tests count windows and meta steps.
+            "meta": {"num_inner_steps": 2, "hidden_size": 3, "mode": "async", "every": 1, **meta},
         }
     )
 

@@ -70,7 +70,9 @@ def tiny_updater(
             "task": task,
             "agent": {"hidden_sizes": [4]},
             "optim": {"name": optim, "lr": lr},
-            "meta": {"num_inner_steps": num_inner_steps, "hidden_size": 3, **meta},
+            # A meta step in every window unless told (these tests check the mechanics of
+            # one window; the default cadence, "auto", is tested in test_meta_cadence.py).
+            "meta": {"num_inner_steps": num_inner_steps, "hidden_size": 3, "every": 1, **meta},
             "loss": {"gamma": 0.9, "lambda_": 0.95},
         }
     )

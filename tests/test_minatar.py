@@ -367,9 +367,13 @@ def test_frodo_on_minatar_runs_through_the_ray_actor_learner(ray_local, tmp_path
     state = load_checkpoint(result.run_dir / "checkpoints" / "latest.pt")
     counters, updater = state["counters"], state["updater"]
     assert counters["env_steps"] == result.env_steps and counters["episodes"] == result.episodes
-    # The chain schedule: an outer step before every M-th update from the (M + 1)-th on.
+    # The chain schedule: a window ends before every M-th update from the (M + 1)-th on,
+    # and the preset's cadence ("auto": one window in 4 here) takes an outer step in the
+    # first of every 4 of them.
+    assert cfg.meta_every == 4
+    windows = (result.updates - 1) // inner_steps
     assert updater["num_updates"] == result.updates
-    assert updater["num_meta_updates"] == (result.updates - 1) // inner_steps
+    assert updater["num_meta_updates"] == len(range(0, windows, cfg.meta_every))
     assert updater["params"]["torso.conv.weight"].shape == (16, 4, 3, 3)  # Breakout's 4 channels
     assert updater["meta_net"]["embed.conv.weight"].shape == (16, 4, 3, 3)  # phi of the frames
 

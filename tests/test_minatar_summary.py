@@ -56,11 +56,13 @@ def test_the_arm_is_the_algorithm_with_its_consistency_term_and_other_meta_setti
     assert arm(load_preset("minatar-breakout-frodo")) == "frodo"
     assert arm(set_dotted(load_preset("minatar-breakout-frodo"), SELF)) == "frodo+self w=0.1"
     assert arm(load_preset("minatar-breakout-frodo-self")) == "frodo+self w=0.1"
-    canonical = set_dotted(load_preset("minatar-asterix-frodo"), {"meta.consistency_cost": 1.0})
+    canonical = set_dotted(load_preset("minatar-breakout-frodo"), {"meta.consistency_cost": 1.0})
     assert arm(canonical) == "frodo+canonical w=1"
+    # Asterix's preset keeps a meta step in every window, off the default cadence "auto".
+    assert arm(load_preset("minatar-asterix-frodo")) == "frodo, meta.every=1"
     # A form without a weight is no term; other meta settings are arms of their own.
     assert arm(set_dotted(Config(), {"algo": "frodo", "meta.consistency_form": "self"})) == "frodo"
-    centred = set_dotted(load_preset("minatar-asterix-frodo"), {"meta.target": "residual-centred"})
+    centred = set_dotted(load_preset("minatar-breakout-frodo"), {"meta.target": "residual-centred"})
     assert arm(centred) == "frodo, meta.target=residual-centred"
 
 

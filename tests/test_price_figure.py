@@ -69,7 +69,8 @@ def test_minatar_points_are_frodo_over_impala_per_setting_never_mixed(figure, tm
     for game in ("breakout", "spaceinvaders"):
         for seed in (0, 1):
             write_run(tmp_path, f"minatar-{game}-impala", seed, (1.0, 2.0, 4.0), 4.0)
-            write_run(tmp_path, f"minatar-{game}-frodo", seed, (1.0, 2.0, 2.0), 2.0)
+            every1 = {"meta.every": 1}  # "base": every window, off the presets' "auto"
+            write_run(tmp_path, f"minatar-{game}-frodo", seed, (1.0, 2.0, 2.0), 2.0, every1)
             late = 3.0 if game == "breakout" else 1.0
             every4 = {"meta.every": 4}
             write_run(tmp_path, f"minatar-{game}-frodo", seed, (1.0, 1.0, late), late, every4)

@@ -15,6 +15,9 @@ DEVICES = ("auto", "cpu", "cuda")
 TARGET_FORMS = ("residual", "plain", "plain-zero-head", "residual-centred")
 #: The target forms that add the learned correction to the canonical V-trace target v_s.
 RESIDUAL_FORMS = ("residual", "residual-centred")
+#: ``meta.every = "auto"`` for FRODO with a residual target: a meta step in one window of
+#: this many (chosen from the evidence in docs/results-price.md; 1 for everything else).
+AUTO_EVERY = 4
 META_SCHEDULES = ("chain", "sliding")
 #: What the consistency term pulls the learned target g toward (MetaConfig's docstring).
 CONSISTENCY_FORMS = ("canonical", "self", "self-unstopped")
@@ -45,6 +48,13 @@ def positive_int(name: str, value: Any) -> None:
     require(
         isinstance(value, int) and not isinstance(value, bool) and value >= 1,
         f"{name} must be an integer >= 1, got {value!r}",
+    )
+
+
+def positive_int_or_auto(name: str, value: Any) -> None:
+    require(
+        value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+        f"{name} must be an integer >= 1 or 'auto', got {value!r}",
     )
 
 

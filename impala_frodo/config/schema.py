@@ -19,7 +19,9 @@ from typing import Any
 
 from impala_frodo.config.checks import (
     ALGOS,
+    AUTO_EVERY,
     META_ALGOS,
+    RESIDUAL_FORMS,
     TASKS,
     ConfigError,
     one_of,
@@ -105,6 +107,17 @@ class Config:
     @property
     def is_meta(self) -> bool:
         return self.algo in META_ALGOS
+
+    @property
+    def meta_every(self) -> int:
+        """``meta.every`` as a number: ``"auto"`` is :data:`AUTO_EVERY` for FRODO with a
+        residual target form, where a meta step in one window of four learned as well as
+        one in every window, and 1 (every window) for the paper's plain target, the
+        extension and MGRL (docs/results-price.md)."""
+        if self.meta.every != "auto":
+            return self.meta.every
+        residual = self.algo == "frodo" and self.meta.target in RESIDUAL_FORMS
+        return AUTO_EVERY if residual else 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

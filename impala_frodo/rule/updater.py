@@ -88,7 +88,7 @@ class Updater:
             if cfg.meta.mode == "async" and meta_link is None:
                 meta_link = in_process_link(cfg, obs_shape, num_actions)
         self.schedule = make_schedule(
-            cfg.meta, self.objective, self.inner, meta_link, seed=cfg.run.seed
+            cfg.meta, self.objective, self.inner, meta_link, seed=cfg.run.seed, every=cfg.meta_every
         )
         #: The learned inner target g ``[T, B]`` of the last update (detached), for
         #: ground-truth probes; ``None`` for algorithms without one.

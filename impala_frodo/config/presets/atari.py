@@ -115,9 +115,9 @@ def preset_text(game: str, algo: str) -> str:
     if algo == "frodo":
         lines += [
             "[meta]",
-            "# A meta step every window, on the whole batch (the defaults, written out): the",
-            "# cheaper cadences keep the residual target's learning on Catch but cost the",
-            "# plain target's (docs/results-price.md); not measured on Atari.",
+            "# A meta step every window, on the whole batch: the default ('auto', one window in",
+            "# 4 with the residual target) learned as well on Catch, the random walk and two",
+            "# MinAtar games (docs/results-price.md), but was not measured on Atari.",
             "every = 1",
             "batch_fraction = 1.0",
             "num_inner_steps = 5",

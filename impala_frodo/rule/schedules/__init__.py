@@ -79,11 +79,14 @@ def make_schedule(
     inner: InnerRule,
     link: MetaLink | None = None,
     seed: int = 0,
+    every: int = 1,
 ) -> MetaSchedule:
     """:class:`NoMeta` when the objective has nothing to meta-learn; in async mode a
     :class:`WindowSchedule` on ``link``; else ``meta.schedule``'s, with its meta step
     (the chain on a sample of columns: :class:`SampledChainSchedule`). ``seed`` seeds the
-    column sampler of ``meta.batch_fraction``."""
+    column sampler of ``meta.batch_fraction``; ``every``: a meta step in one window of
+    ``every`` (``meta.every`` as :meth:`~impala_frodo.config.schema.Config.meta_every`
+    resolves it)."""
     meta_net = objective.meta_net
     if meta_net is None:
         return NoMeta(meta.num_inner_steps)
@@ -91,11 +94,11 @@ def make_schedule(
     if meta.mode == "async":
         if link is None:
             raise ValueError("meta.mode = 'async' needs a link to a meta-learner")
-        return WindowSchedule(meta.num_inner_steps, meta_net, link, meta.every, sampler)
+        return WindowSchedule(meta.num_inner_steps, meta_net, link, every, sampler)
     meta_step = MetaStep(
         meta_net, lr=meta.lr, max_grad_norm=meta.max_grad_norm, reducer=inner.reducer
     )
     kind = SCHEDULES[meta.schedule]
     if kind is ChainSchedule and meta.batch_fraction < 1.0:
         kind = SampledChainSchedule
-    return kind(meta.num_inner_steps, objective, inner, meta_step, meta.every, sampler)
+    return kind(meta.num_inner_steps, objective, inner, meta_step, every, sampler)
