@@ -28,10 +28,14 @@ Faults: a learner that dies, stops answering or whose collective fails in an upd
 replaced (:mod:`learner.training.restarts`): the update is dropped
 (:class:`~learner.training.learner.UpdateDropped`), a new rank starts in the lost one's
 bundle, the group meets again and every rank takes a survivor's state at the end of the
-last completed update. Past ``run.max_learner_restarts`` within ``run.restart_window_s``,
-or with no room for a new rank, the run stops (:class:`LearnersLost`, exit 1) with a final
-checkpoint of that state; with no survivor, or a learner's own error, it stops as before
-(:class:`LearnerFailure`, exit 1), the last good checkpoint kept.
+last completed update. With no survivor, every rank is restarted and takes the last
+checkpoint's state, the update counts going on (:mod:`learner.training.rewind`). Past
+``run.max_learner_restarts`` within ``run.restart_window_s``, or with no room for a new
+rank, the run stops (:class:`LearnersLost`, exit 1) with a final checkpoint of that state;
+with no survivor and no checkpoint yet (or restarts spent), or a learner's own error, it
+stops as before (:class:`LearnerFailure`, exit 1), the last good checkpoint kept. A rank
+that cannot fetch its shard (unrolls lost with their node) is no learner's loss: every
+rank drops the update, state unchanged (:class:`UpdateDropped` with no restart).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from learner.training.rank import (
     UpdaterFactory,
 )
 from learner.training.restarts import LearnerFailure, Replacements, RestartBudget
+from learner.training.rewind import SavedState, no_saved_state
 
 #: ``run.learner_placement`` -> Ray's placement-group strategy.
 PLACEMENT_STRATEGIES: Mapping[str, str] = {
@@ -150,6 +155,9 @@ class LearnerGroup(Replacements):
         self.budget = RestartBudget(run.max_learner_restarts, run.restart_window_s)
         self.restarts = 0
         self.last_loss = ""  # what the last restart replaced
+        self.last_rewound = 0  # updates the last restart undid (every rank lost)
+        #: The last checkpoint's updater state (set by the Learner that saves them).
+        self.saved_state: SavedState = no_saved_state
         #: A survivor's clean state, once the group can go on no more (the final checkpoint).
         self._final_state: dict[str, Any] | None = None
         try:
@@ -258,8 +266,22 @@ class LearnerGroup(Replacements):
             if not failure.restartable:
                 raise
             restart_s = self._replace_lost(refs, failure)
-            raise UpdateDropped(len(unrolls), restart_s, self.last_loss) from None
+            raise UpdateDropped(
+                len(unrolls), restart_s, self.last_loss, rewound=self.last_rewound
+            ) from None
+        if any(result.dropped for result in results):
+            raise UpdateDropped(len(unrolls), None, self._unrolls_lost(results, shards))
         return self._merge(results, start)
+
+    def _unrolls_lost(self, results: list[RankResult], shards: list[list[int]]) -> str:
+        """``update 7: unrolls lost with their node: unrolls 2, 3 (rank 1's shard): ...``:
+        the unrolls a rank could not fetch, and why (a loss of data, not a restart)."""
+        parts = [
+            f"unrolls {', '.join(map(str, shard))} (rank {rank}'s shard): {result.lost}"
+            for rank, (result, shard) in enumerate(zip(results, shards, strict=True))
+            if result.lost is not None
+        ]
+        return f"update {self.num_updates + 1}: unrolls lost with their node: {'; '.join(parts)}"
 
     def _merge(self, results: list[RankResult], start: float) -> dict[str, float]:
         """Rank 0's metrics with every rank's timings and bytes; the counts and published
