@@ -25,6 +25,7 @@ from impala_frodo.records.checkpoint import CheckpointManager, load_checkpoint
 from impala_frodo.rule.updater import Updater
 from learner.training.group import LearnerGroup
 from learner.training.learner import Learner, UpdateDropped
+from learner.training.rank import RankLearner
 from learner.training.restarts import LearnerFailure
 from learner.training.rewind import rewound_state
 from tests.test_data_out_of_driver import RefOnly, two_learners, unrolls
@@ -103,6 +104,25 @@ def test_a_rewound_state_keeps_the_counts_and_refuses_a_checkpoint_from_later():
         rewound_state(saved, 2, 1)
 
 
+def test_a_new_rank_takes_the_survivors_count_of_windows_ended():
+    """With ``meta.every`` = 2, which window ends in a meta step is its count's parity: a
+    new rank counting from 0 beside survivors at an odd count would take a meta step (its
+    collectives) where they do not."""
+    cfg = two_learners("catch-frodo", **CATCH, **{"meta.every": 2})
+    spec = env_spec(cfg)
+
+    def rank() -> RankLearner:
+        learner = RankLearner(None, 0, 2, "cpu", seed=0, threads=1)
+        learner.updater = Updater(cfg, spec.observation_shape, spec.num_actions)
+        return learner
+
+    survivor, new = rank(), rank()
+    survivor.updater.schedule.windows_ended = 3
+    assert not survivor.updater.schedule.meta_window()
+    new.restore(survivor.clean_state(0))
+    assert new.updater.schedule.windows_ended == 3 and not new.updater.schedule.meta_window()
+
+
 # ----------------------------------------------------------------- Ray
 @pytest.mark.ray
 def test_a_shard_that_cannot_be_fetched_drops_the_update_on_every_rank_and_no_restart(
@@ -120,8 +140,10 @@ def test_a_shard_that_cannot_be_fetched_drops_the_update_on_every_rank_and_no_re
             group.update([RefOnly(t) for t in batch], truth=None, publish=False)
         before, processes = rank_states(group), pids(group)
         lost = [RefOnly(t) for t in data[2][:3]] + [owned_by_a_dead_actor(data[2][3])]
+        start = time.monotonic()
         with pytest.raises(UpdateDropped) as dropped:
             group.update(lost, truth=None, publish=True)
+        print(f"an update dropped for an unroll whose owner died: {time.monotonic() - start:.2f} s")
         assert dropped.value.restart_s is None and dropped.value.unrolls == 4
         assert "unrolls lost with their node: unrolls 2, 3 (rank 1's shard): Owner" in str(
             dropped.value
@@ -216,6 +238,7 @@ def test_every_rank_lost_restarts_all_from_the_last_checkpoint_and_the_counts_go
         assert learner.behaviour_weights()[0] == counters.updates == 7
         record = learner.log()
         assert record["perf/rewound_updates"] == 2.0 and record["perf/learner_restarts"] == 1.0
+        print(f"every rank restarted in {record['perf/learner_restart_s']:.2f} s")
     finally:
         group.shutdown()
 

@@ -141,6 +141,7 @@ def scenario(kind: str, address: str, logdir: str, worker_dir: str, worker_sessi
     seen |= {"learner_restarts": result.learner_restarts, "env_steps": result.env_steps}
     saved = load_checkpoint(Path(result.run_dir) / "checkpoints" / "latest.pt")
     seen["checkpoint_steps"] = int(saved["counters"]["env_steps"])
+    seen["dropped_unrolls"] = int(saved["counters"].get("dropped_unrolls", 0))
     if kind == "spread":
         ray.shutdown()
         return seen
@@ -202,7 +203,9 @@ def run_scenario(kind: str, two_nodes, tmp_path: Path) -> dict:  # noqa: F811
     )
     assert done.returncode == 0, done.stderr[-4000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen["unrolls_lost_updates"] = done.stderr.count("unrolls lost with their node")
     shown = ("ended_after_s", "reason", "refused_in_s", "training_again_s", "message")
+    shown += ("dropped_unrolls", "unrolls_lost_updates")
     print(kind, {k: seen.get(k) for k in shown})
     return seen
 

@@ -295,14 +295,17 @@ class RankLearner:
     def rank_state(self) -> dict[str, Any]:
         """What every rank must share to take the same updates, on this device: the
         updater's state (:meth:`~impala_frodo.rule.updater.Updater.snapshot`: theta and
-        its optimizer's state by reference, eta's part copied once per meta step) and the
-        meta-gradient's column sampler's generator. Cheap enough for every update."""
+        its optimizer's state by reference, eta's part copied once per meta step), the
+        meta-gradient's column sampler's generator and the count of windows ended (which
+        of them take a meta step, ``meta.every``: a new rank must agree with the
+        survivors). Cheap enough for every update."""
         updater = self.updater
         if self._meta is None or self._meta["num_meta_updates"] != updater.num_meta_updates:
             self._meta = updater.schedule.state_dict()
         return {
             "updater": updater.snapshot(self._meta),
             "sampler": updater.schedule.sampler.generator.get_state(),
+            "windows_ended": updater.schedule.windows_ended,  # the phase of meta.every
         }
 
     def clean_state(self, num_updates: int) -> dict[str, Any]:
@@ -320,9 +323,10 @@ class RankLearner:
     def restore(self, state: dict[str, Any]) -> None:
         """Take a rank's :meth:`rank_state` (a survivor's clean one, after a restart), or a
         checkpoint's updater state as ``{"updater": ...}`` (every rank restarted: no
-        ``sampler``, each new rank keeps the generator it was seeded with, as after a
-        resume)."""
+        ``sampler`` nor ``windows_ended``, each new rank keeps the generator it was seeded
+        with and counts windows from 0, as after a resume)."""
         self.updater.load_state_dict(state["updater"])
         if "sampler" in state:
             self.updater.schedule.sampler.generator.set_state(state["sampler"])
+            self.updater.schedule.windows_ended = int(state["windows_ended"])
         self._snapshot, self._in_update, self._meta = None, False, None
