@@ -22,13 +22,17 @@ import ray
 from actors.rollout import env_spec
 from impala_frodo.acting.trajectory import Trajectory, UnrollSummary
 from impala_frodo.records.checkpoint import CheckpointManager, load_checkpoint
+from impala_frodo.records.runlog import read_metrics
 from impala_frodo.rule.updater import Updater
+from learner.app.driver import train
+from learner.control.exit_codes import ExitCode
 from learner.training.group import LearnerGroup
 from learner.training.learner import Learner, UpdateDropped
 from learner.training.rank import RankLearner
 from learner.training.restarts import LearnerFailure
 from learner.training.rewind import rewound_state
 from tests.test_data_out_of_driver import RefOnly, two_learners, unrolls
+from tests.test_learner_group import group_cfg, options
 from tests.test_rank_restarts import _alive, assert_same_state, rank_states
 
 CATCH = {"run.envs_per_actor": 8, "run.unroll_length": 10}
@@ -257,3 +261,40 @@ def test_every_rank_lost_before_any_checkpoint_ends_the_run_saying_so(ray_local,
         assert learner.books.counters.learner_restarts == 0
     finally:
         learner.updater.shutdown()
+
+
+@pytest.mark.ray
+def test_a_run_whose_ranks_are_all_killed_goes_on_from_its_last_checkpoint(ray_local, tmp_path):
+    """Both ranks SIGKILLed in a Catch FRODO run once it has a checkpoint: the run reaches
+    its budget, one restart counted, the updates since that checkpoint counted as undone,
+    and the logged update counts never go back."""
+    seen: dict = {}
+
+    def callback(ctx) -> None:
+        learner = ctx.learner
+        counters = learner.books.counters
+        if counters.updates == 4:
+            learner.checkpoint()
+        if "killed_at" not in seen and counters.updates >= 7:
+            saved = load_checkpoint(learner.checkpoints.latest)
+            seen["checkpoint_updates"] = saved["counters"]["updates"]
+            seen["killed_at"] = counters.updates
+            _kill_every_rank(learner.updater)
+
+    cfg = group_cfg(tmp_path, **{"run.total_env_steps": 6_000, "run.checkpoint_every_s": 60.0})
+    result = train(cfg, options(callback=callback))
+    assert result.exit_code == ExitCode.OK and result.reason == "budget", result.message
+    assert seen["checkpoint_updates"] == 4 and seen["killed_at"] == 7, seen
+    assert result.learner_restarts == 1
+    rewound = seen["killed_at"] - seen["checkpoint_updates"]
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    assert records[-1]["perf/rewound_updates"] == float(rewound), (seen, records[-1])
+    assert records[-1]["perf/learner_restarts"] == 1.0
+    updates = [r["progress/updates"] for r in records]
+    assert updates == sorted(updates) and updates[-1] > seen["killed_at"], updates
+    saved = load_checkpoint(result.run_dir / "checkpoints" / "latest.pt")
+    assert saved["counters"]["rewound_updates"] == rewound
+    assert saved["counters"]["updates"] == saved["updater"]["num_updates"]
+    restart_s = [r["perf/learner_restart_s"] for r in records if "perf/learner_restart_s" in r]
+    assert len(restart_s) == 1 and restart_s[0] > 0, restart_s
+    print(f"updates undone: {rewound}; every rank restarted in {restart_s[0]:.2f} s")
