@@ -239,13 +239,16 @@ class LearnerGroup(Replacements):
         """One update of every learner, each on its shard of ``unrolls`` (references: each
         learner fetches its own, see :func:`assign_shards`); rank 0's metrics with the
         ranks' timings (``perf/learner_update_s``: the slowest rank's, its fetch
-        included; ``perf/collective_s``: rank 0's forward collectives;
-        ``perf/learner_fetch_s``: the slowest fetch; ``perf/learner_call_s``: the round
-        trip seen from here) and bytes (``perf/driver_unroll_bytes``: none pass through
-        the driver; ``perf/learner_fetch_bytes``: what the learners fetched).
+        included; ``perf/collective_s``: rank 0's forward collectives, the shards'
+        agreement included; ``perf/learner_fetch_s``: the slowest fetch;
+        ``perf/learner_call_s``: the round trip seen from here) and bytes
+        (``perf/driver_unroll_bytes``: none pass through the driver;
+        ``perf/learner_fetch_bytes``: what the learners fetched).
 
         A lost rank is replaced and the update dropped (:class:`UpdateDropped`), or, where
-        it cannot be, :class:`LearnersLost`."""
+        it cannot be, :class:`LearnersLost`. A shard a rank could not fetch drops the
+        update on every rank, nothing restarted (:class:`UpdateDropped`, ``restart_s``
+        ``None``)."""
         start = time.perf_counter()
         per_rank, remainder = divmod(len(unrolls), self.size)
         if remainder:
