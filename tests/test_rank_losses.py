@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -26,7 +27,7 @@ from impala_frodo.records.runlog import read_metrics
 from impala_frodo.rule.updater import Updater
 from learner.app.driver import train
 from learner.control.exit_codes import ExitCode
-from learner.training.group import LearnerGroup
+from learner.training.group import LearnerGroup, fetches_from_another_node
 from learner.training.learner import Learner, UpdateDropped
 from learner.training.rank import RankLearner
 from learner.training.restarts import LearnerFailure
@@ -129,6 +130,14 @@ def test_a_new_rank_takes_the_survivors_count_of_windows_ended():
 
 # ----------------------------------------------------------------- Ray
 @pytest.mark.ray
+def test_ranks_agree_only_where_a_shard_is_fetched_from_another_node():
+    shards = [[0, 1], [2, 3]]
+    assert not fetches_from_another_node(["a", "a", "b", "b"], ["a", "b"], shards)
+    assert fetches_from_another_node(["a", "b", "b", "b"], ["a", "b"], shards)
+    assert fetches_from_another_node(["a", "a", "b", ""], ["a", "b"], shards)  # unknown
+    assert not fetches_from_another_node(["a"] * 4, ["a", "a"], shards)  # one machine
+
+
 def test_a_shard_that_cannot_be_fetched_drops_the_update_on_every_rank_and_no_restart(
     ray_local,
 ):
@@ -174,6 +183,15 @@ def test_a_shard_that_cannot_be_fetched_drops_the_update_on_every_rank_and_no_re
             assert_same_state(first, second)
         assert group.num_updates == 5 and group.num_meta_updates == 2
         assert group.restarts == 0 and pids(group) == processes
+        # Unrolls of unknown nodes (as above) were agreed on, every update; unrolls made on
+        # the ranks' own node (one machine) need no agreement, and train the same.
+        assert group.agreements == 7
+        (node,) = set(group.node_ids)
+        for unroll in (local := [RefOnly(t) for t in data[0]]):
+            unroll.summary = dataclasses.replace(unroll.summary, node_id=node)
+        group.update(local, truth=None, publish=False)
+        assert group.agreements == 7 and group.num_updates == 6
+        assert_same_state(*rank_states(group))
     finally:
         group.shutdown()
 

@@ -112,6 +112,20 @@ def assign_shards(
     return [sorted(shard) for shard in shards]
 
 
+def fetches_from_another_node(
+    unroll_nodes: Sequence[str], rank_nodes: Sequence[str], shards: Sequence[Sequence[int]]
+) -> bool:
+    """Some rank's shard holds an unroll made on another node than the rank's, or on an
+    unknown one (``""``): an object that could be lost without the rank (its node lost),
+    so the ranks must agree that every fetch worked
+    (:meth:`~learner.training.rank.RankLearner.update`'s ``agree``)."""
+    return any(
+        not unroll_nodes[i] or unroll_nodes[i] != rank_nodes[rank]
+        for rank, shard in enumerate(shards)
+        for i in shard
+    )
+
+
 class LearnerGroup(Replacements):
     """N :class:`RankLearner` actors in a placement group, driven as one updater.
 
@@ -156,6 +170,7 @@ class LearnerGroup(Replacements):
         self.restarts = 0
         self.last_loss = ""  # what the last restart replaced
         self.last_rewound = 0  # updates the last restart undid (every rank lost)
+        self.agreements = 0  # updates whose ranks agreed that every shard was fetched
         #: The last checkpoint's updater state (set by the Learner that saves them).
         self.saved_state: SavedState = no_saved_state
         #: A survivor's clean state, once the group can go on no more (the final checkpoint).
@@ -257,9 +272,14 @@ class LearnerGroup(Replacements):
             raise LearnerFailure("the learner group was lost: no more updates")
         nodes = [unroll.summary.node_id for unroll in unrolls]
         shards = assign_shards(nodes, self.node_ids, per_rank)
+        agree = fetches_from_another_node(nodes, self.node_ids, shards)
+        self.agreements += agree
         refs = [
             rank.update.remote(
-                [unrolls[i].ref for i in shard], truth=truth, publish=publish and index == 0
+                [unrolls[i].ref for i in shard],
+                truth=truth,
+                publish=publish and index == 0,
+                agree=agree,
             )
             for index, (rank, shard) in enumerate(zip(self.ranks, shards, strict=True))
         ]
