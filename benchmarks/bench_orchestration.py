@@ -199,10 +199,11 @@ def synthetic_actors() -> Iterator[None]:
 # ------------------------------------------------------------------ stand-in learners
 class StandInSchedule:
     """What a rank's restart bookkeeping reads of a schedule (its state, the column
-    sampler's generator): a stand-in has no meta-learning state to keep."""
+    sampler's generator, the windows ended): a stand-in has no meta-learning state to keep."""
 
     def __init__(self) -> None:
         self.sampler = types.SimpleNamespace(generator=torch.Generator())
+        self.windows_ended = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"num_meta_updates": 0}

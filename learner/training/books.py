@@ -14,7 +14,8 @@
 - the checkpoint cadence: every ``run.checkpoint_every_s``.
 
 Others tell it what happened (:meth:`Books.add_update`, :meth:`Books.count_actor_failures`,
-:meth:`Books.count_learner_restart`, :meth:`Books.count_resume`) and read it; nothing else
+:meth:`Books.count_learner_restart`, :meth:`Books.count_dropped_unrolls`,
+:meth:`Books.count_resume`) and read it; nothing else
 writes its counters. It is a plain
 class with an injectable clock, so its cadence is tested by moving time by hand.
 """
@@ -52,7 +53,8 @@ class Counters:
     resumes: int = 0
     actor_failures: int = 0
     learner_restarts: int = 0  # data-parallel learner ranks lost and replaced
-    dropped_unrolls: int = 0  # unrolls of updates dropped by those restarts
+    dropped_unrolls: int = 0  # unrolls of updates dropped (restarts, or lost with a node)
+    rewound_updates: int = 0  # updates undone: every learner restarted from a checkpoint
     meta_restarts: int = 0  # the async meta-learner replaced after a loss
 
     @classmethod
@@ -149,12 +151,18 @@ class Books:
         """This session's actor failures so far: the run's are the earlier sessions' plus these."""
         self.counters.actor_failures = self._failures_before_session + this_session
 
-    def count_learner_restart(self, unrolls: int, restart_s: float) -> None:
+    def count_learner_restart(self, unrolls: int, restart_s: float, rewound: int = 0) -> None:
         """A learner rank was lost and replaced in ``restart_s`` seconds; the update in
-        flight, on ``unrolls`` unrolls, was dropped (its env steps are not counted)."""
+        flight, on ``unrolls`` unrolls, was dropped (its env steps are not counted);
+        ``rewound``: updates undone, every rank restarted from the last checkpoint."""
         self.counters.learner_restarts += 1
-        self.counters.dropped_unrolls += unrolls
+        self.counters.rewound_updates += rewound
+        self.count_dropped_unrolls(unrolls)
         self._interval.add({"perf/learner_restart_s": restart_s})
+
+    def count_dropped_unrolls(self, unrolls: int) -> None:
+        """An update on ``unrolls`` unrolls was dropped (its env steps are not counted)."""
+        self.counters.dropped_unrolls += unrolls
 
     def count_resume(self) -> None:
         """This session resumes the run (after :meth:`load_state_dict`)."""
@@ -223,6 +231,7 @@ class Books:
         scalars["perf/actor_failures"] = float(c.actor_failures)
         scalars["perf/learner_restarts"] = float(c.learner_restarts)
         scalars["perf/dropped_unrolls"] = float(c.dropped_unrolls)
+        scalars["perf/rewound_updates"] = float(c.rewound_updates)
         if META_RESTARTS in scalars:  # the run's count, not the interval's mean
             scalars[META_RESTARTS] = float(c.meta_restarts)
         scalars["progress/updates"] = float(c.updates)

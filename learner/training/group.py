@@ -28,10 +28,14 @@ Faults: a learner that dies, stops answering or whose collective fails in an upd
 replaced (:mod:`learner.training.restarts`): the update is dropped
 (:class:`~learner.training.learner.UpdateDropped`), a new rank starts in the lost one's
 bundle, the group meets again and every rank takes a survivor's state at the end of the
-last completed update. Past ``run.max_learner_restarts`` within ``run.restart_window_s``,
-or with no room for a new rank, the run stops (:class:`LearnersLost`, exit 1) with a final
-checkpoint of that state; with no survivor, or a learner's own error, it stops as before
-(:class:`LearnerFailure`, exit 1), the last good checkpoint kept.
+last completed update. With no survivor, every rank is restarted and takes the last
+checkpoint's state, the update counts going on (:mod:`learner.training.rewind`). Past
+``run.max_learner_restarts`` within ``run.restart_window_s``, or with no room for a new
+rank, the run stops (:class:`LearnersLost`, exit 1) with a final checkpoint of that state;
+with no survivor and no checkpoint yet (or restarts spent), or a learner's own error, it
+stops as before (:class:`LearnerFailure`, exit 1), the last good checkpoint kept. A rank
+that cannot fetch its shard (unrolls lost with their node) is no learner's loss: every
+rank drops the update, state unchanged (:class:`UpdateDropped` with no restart).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from learner.training.rank import (
     UpdaterFactory,
 )
 from learner.training.restarts import LearnerFailure, Replacements, RestartBudget
+from learner.training.rewind import SavedState, no_saved_state
 
 #: ``run.learner_placement`` -> Ray's placement-group strategy.
 PLACEMENT_STRATEGIES: Mapping[str, str] = {
@@ -105,6 +110,20 @@ def assign_shards(
         rank = next(r for r, shard in enumerate(shards) if len(shard) < per_rank)
         shards[rank].append(index)
     return [sorted(shard) for shard in shards]
+
+
+def fetches_from_another_node(
+    unroll_nodes: Sequence[str], rank_nodes: Sequence[str], shards: Sequence[Sequence[int]]
+) -> bool:
+    """Some rank's shard holds an unroll made on another node than the rank's, or on an
+    unknown one (``""``): an object that could be lost without the rank (its node lost),
+    so the ranks must agree that every fetch worked
+    (:meth:`~learner.training.rank.RankLearner.update`'s ``agree``)."""
+    return any(
+        not unroll_nodes[i] or unroll_nodes[i] != rank_nodes[rank]
+        for rank, shard in enumerate(shards)
+        for i in shard
+    )
 
 
 class LearnerGroup(Replacements):
@@ -150,6 +169,10 @@ class LearnerGroup(Replacements):
         self.budget = RestartBudget(run.max_learner_restarts, run.restart_window_s)
         self.restarts = 0
         self.last_loss = ""  # what the last restart replaced
+        self.last_rewound = 0  # updates the last restart undid (every rank lost)
+        self.agreements = 0  # updates whose ranks agreed that every shard was fetched
+        #: The last checkpoint's updater state (set by the Learner that saves them).
+        self.saved_state: SavedState = no_saved_state
         #: A survivor's clean state, once the group can go on no more (the final checkpoint).
         self._final_state: dict[str, Any] | None = None
         try:
@@ -231,13 +254,16 @@ class LearnerGroup(Replacements):
         """One update of every learner, each on its shard of ``unrolls`` (references: each
         learner fetches its own, see :func:`assign_shards`); rank 0's metrics with the
         ranks' timings (``perf/learner_update_s``: the slowest rank's, its fetch
-        included; ``perf/collective_s``: rank 0's forward collectives;
-        ``perf/learner_fetch_s``: the slowest fetch; ``perf/learner_call_s``: the round
-        trip seen from here) and bytes (``perf/driver_unroll_bytes``: none pass through
-        the driver; ``perf/learner_fetch_bytes``: what the learners fetched).
+        included; ``perf/collective_s``: rank 0's forward collectives, the shards'
+        agreement included; ``perf/learner_fetch_s``: the slowest fetch;
+        ``perf/learner_call_s``: the round trip seen from here) and bytes
+        (``perf/driver_unroll_bytes``: none pass through the driver;
+        ``perf/learner_fetch_bytes``: what the learners fetched).
 
         A lost rank is replaced and the update dropped (:class:`UpdateDropped`), or, where
-        it cannot be, :class:`LearnersLost`."""
+        it cannot be, :class:`LearnersLost`. A shard a rank could not fetch drops the
+        update on every rank, nothing restarted (:class:`UpdateDropped`, ``restart_s``
+        ``None``)."""
         start = time.perf_counter()
         per_rank, remainder = divmod(len(unrolls), self.size)
         if remainder:
@@ -246,9 +272,14 @@ class LearnerGroup(Replacements):
             raise LearnerFailure("the learner group was lost: no more updates")
         nodes = [unroll.summary.node_id for unroll in unrolls]
         shards = assign_shards(nodes, self.node_ids, per_rank)
+        agree = fetches_from_another_node(nodes, self.node_ids, shards)
+        self.agreements += agree
         refs = [
             rank.update.remote(
-                [unrolls[i].ref for i in shard], truth=truth, publish=publish and index == 0
+                [unrolls[i].ref for i in shard],
+                truth=truth,
+                publish=publish and index == 0,
+                agree=agree,
             )
             for index, (rank, shard) in enumerate(zip(self.ranks, shards, strict=True))
         ]
@@ -258,8 +289,22 @@ class LearnerGroup(Replacements):
             if not failure.restartable:
                 raise
             restart_s = self._replace_lost(refs, failure)
-            raise UpdateDropped(len(unrolls), restart_s, self.last_loss) from None
+            raise UpdateDropped(
+                len(unrolls), restart_s, self.last_loss, rewound=self.last_rewound
+            ) from None
+        if any(result.dropped for result in results):
+            raise UpdateDropped(len(unrolls), None, self._unrolls_lost(results, shards))
         return self._merge(results, start)
+
+    def _unrolls_lost(self, results: list[RankResult], shards: list[list[int]]) -> str:
+        """``update 7: unrolls lost with their node: unrolls 2, 3 (rank 1's shard): ...``:
+        the unrolls a rank could not fetch, and why (a loss of data, not a restart)."""
+        parts = [
+            f"unrolls {', '.join(map(str, shard))} (rank {rank}'s shard): {result.lost}"
+            for rank, (result, shard) in enumerate(zip(results, shards, strict=True))
+            if result.lost is not None
+        ]
+        return f"update {self.num_updates + 1}: unrolls lost with their node: {'; '.join(parts)}"
 
     def _merge(self, results: list[RankResult], start: float) -> dict[str, float]:
         """Rank 0's metrics with every rank's timings and bytes; the counts and published

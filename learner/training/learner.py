@@ -111,14 +111,19 @@ class UpdaterLike(Protocol):
 
 
 class UpdateDropped(Exception):
-    """An update was not taken: a learner process was lost during it and replaced, every
-    learner back at the last completed update. ``unrolls``: the unrolls it would have
-    trained on (never trained on); ``restart_s``: from the loss being seen to the
-    learners ready again; ``reason``: what was lost."""
+    """An update was not taken, every learner left at the last completed update (or, where
+    no learner survived, restarted from the last checkpoint). ``unrolls``: the unrolls it
+    would have trained on (never trained on); ``restart_s``: from a learner's loss being
+    seen to the learners ready again, or ``None`` where no learner was lost (the unrolls
+    were lost with their node: nothing restarted); ``reason``: what was lost;
+    ``rewound``: updates since the last checkpoint undone (every learner restarted)."""
 
-    def __init__(self, unrolls: int, restart_s: float, reason: str) -> None:
+    def __init__(
+        self, unrolls: int, restart_s: float | None, reason: str, *, rewound: int = 0
+    ) -> None:
         super().__init__(f"update dropped ({unrolls} unrolls): {reason}")
         self.unrolls, self.restart_s, self.reason = unrolls, restart_s, reason
+        self.rewound = rewound
 
 
 class UnrollLearner(Protocol):
@@ -204,6 +209,8 @@ class Learner:
         if state_observations is not None:
             self.probe = GroundTruthProbe(state_observations, self.device)
         self.updates: UnrollLearner = group or LocalUpdates(self.updater, self.device, self.probe)
+        if group is not None:  # where learners restart from when none survives
+            group.saved_state = self.saved_learning_state
         self.last_record: dict[str, float] = {}  # the last record written
 
     @property
@@ -226,8 +233,7 @@ class Learner:
         try:
             metrics = self.updates.update(unrolls, truth=truth, publish=publish)
         except UpdateDropped as dropped:
-            log.warning("%s; learners restarted in %.1f s", dropped, dropped.restart_s)
-            self.books.count_learner_restart(dropped.unrolls, dropped.restart_s)
+            self._count_dropped(dropped)
             return {}
         metrics["perf/policy_lag"] = float(np.mean(lags))
         metrics["perf/policy_lag_max"] = float(max(lags))
@@ -238,6 +244,16 @@ class Learner:
             meta_updates=self.updater.num_meta_updates,
         )
         return metrics
+
+    def _count_dropped(self, dropped: UpdateDropped) -> None:
+        """The books count a dropped update: a learner restart, or unrolls lost alone."""
+        if dropped.restart_s is None:
+            log.warning("%s; no learner restarted", dropped)
+            self.books.count_dropped_unrolls(dropped.unrolls)
+            return
+        rewound = f", {dropped.rewound} update(s) undone" if dropped.rewound else ""
+        log.warning("%s; learners restarted in %.1f s%s", dropped, dropped.restart_s, rewound)
+        self.books.count_learner_restart(dropped.unrolls, dropped.restart_s, dropped.rewound)
 
     # ------------------------------------------------------------ publishing
     def publish_due(self) -> bool:
@@ -294,6 +310,15 @@ class Learner:
             hook, self.after_next_checkpoint = self.after_next_checkpoint, None
             hook()
         return path
+
+    def saved_learning_state(self) -> dict[str, Any] | None:
+        """The updater's state in the last checkpoint (``latest.pt``, this session's or the
+        one resumed from), or ``None`` where none has been saved: what data-parallel
+        learners restart from when none survives (:mod:`learner.training.rewind`). Raises
+        :class:`~impala_frodo.records.checkpoint.CheckpointError` if it cannot be read."""
+        if self.checkpoints is None or not self.checkpoints.exists():
+            return None
+        return self.checkpoints.load()["updater"]
 
     def state_dict(self) -> dict[str, Any]:
         """``config``, ``updater``, the books' ``counters``, ``recent_returns`` and

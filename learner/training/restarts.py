@@ -8,7 +8,9 @@ rank takes a survivor's state as it was at the end of the last completed update
 (:meth:`~learner.training.rank.RankLearner.clean_state`). :class:`RestartBudget` bounds
 how often (``run.max_learner_restarts`` within ``run.restart_window_s``); past it, or when
 no replacement can be placed, the run stops with a final checkpoint of that clean state
-(:class:`LearnersLost`).
+(:class:`LearnersLost`). With no survivor, every rank is restarted and takes the last
+checkpoint's state, the update counts kept (:mod:`learner.training.rewind`); with no
+checkpoint yet, the run stops (:class:`LearnerFailure`, no final checkpoint).
 
 Survivors rejoin rather than every rank being restarted: measured on the 2-core test
 machine (2 ranks, gloo), a survivor left its group in 0.01 s and the two ranks met again
@@ -28,6 +30,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from learner.training.rank import CollectiveError
+from learner.training.rewind import rewound_state
 
 log = logging.getLogger("impala_frodo")
 
@@ -148,24 +151,30 @@ class Replacements:
     """:class:`~learner.training.group.LearnerGroup`'s restarts: replacing lost ranks.
 
     A mixin: it uses the group's ``ranks``, ``size``, ``strategy`` (Ray's placement
-    strategy), ``timeout_s``, ``num_updates``, ``budget`` (a :class:`RestartBudget`),
-    ``_get`` (a call within the deadline), ``_start_rank`` (a new rank in its bundle) and
-    ``_meet`` (every rank into a new process group, taking a state), and keeps
-    ``restarts``, ``last_loss``, ``_final_state`` and ``_published`` up to date.
+    strategy), ``timeout_s``, ``num_updates``, ``num_meta_updates``, ``budget`` (a
+    :class:`RestartBudget`), ``saved_state`` (the last checkpoint's updater state, see
+    :mod:`learner.training.rewind`), ``_get`` (a call within the deadline),
+    ``_start_rank`` (a new rank in its bundle) and ``_meet`` (every rank into a new
+    process group, taking a state), and keeps ``restarts``, ``last_loss``,
+    ``last_rewound``, ``_final_state`` and ``_published`` up to date.
     """
 
     def _replace_lost(self, refs: list[ray.ObjectRef], failure: LearnerFailure) -> float:
         """Settle the failed update's calls, replace the lost ranks and give every rank a
-        survivor's clean state; returns the seconds it took. :class:`LearnersLost` (with
-        that state kept for the final checkpoint) where no replacement can be made;
-        :class:`LearnerFailure` if no rank survived."""
+        survivor's clean state (with none, every rank the last checkpoint's:
+        :meth:`_restart_all`); returns the seconds it took. :class:`LearnersLost` (with
+        that state kept for the final checkpoint) where no replacement can be made."""
         start = time.monotonic()
         outcomes = settle(self.ranks, refs, self.timeout_s)
         loss = self.last_loss = f"update {self.num_updates + 1}: {describe_loss(outcomes)}"
         log.warning("%s, settled in %.2f s (%s)", loss, time.monotonic() - start, failure)
         survivors = [i for i, outcome in enumerate(outcomes) if outcome.survived]
+        self.last_rewound = 0
         if not survivors:
-            raise LearnerFailure(f"{loss}: no learner survived")
+            self._restart_all(f"{loss}: no learner survived")
+            self.budget.record()
+            self.restarts += 1
+            return time.monotonic() - start
         clean = self.ranks[survivors[0]].clean_state.remote(self.num_updates)
         lost = [i for i in range(self.size) if i not in survivors]
         why = self._cannot_replace()
@@ -180,6 +189,38 @@ class Replacements:
         self.budget.record()
         self.restarts += 1
         return time.monotonic() - start
+
+    def _restart_all(self, loss: str) -> None:
+        """Every rank lost: new ranks in every bundle take the last checkpoint's state, the
+        counts kept (:mod:`learner.training.rewind`); ``last_rewound``: the updates undone.
+        :class:`LearnerFailure` (the last good checkpoint kept, as before) where restarts
+        are spent, no checkpoint has been saved yet, or the new ranks cannot be placed."""
+        why = self._cannot_replace()
+        if why is not None:
+            raise LearnerFailure(f"{loss}; {why}")
+        try:
+            saved = self.saved_state()
+        except Exception as error:  # a corrupt or unreadable latest.pt
+            raise LearnerFailure(f"{loss}; the last checkpoint cannot be read: {error}") from None
+        if saved is None:
+            raise LearnerFailure(f"{loss}, and no checkpoint has been saved yet to restart from")
+        state = ray.put(rewound_state(saved, self.num_updates, self.num_meta_updates))
+        start = time.monotonic()
+        why = self._start_placed(list(range(self.size)))
+        if why is not None:
+            raise LearnerFailure(f"{loss}; {why}")
+        placed = time.monotonic()
+        self._meet(None, state)
+        self._published = None
+        self.last_rewound = self.num_updates - int(saved["num_updates"])
+        log.info(
+            "every learner restarted from the last checkpoint (update %d; %d update(s) "
+            "undone): new processes ready in %.1f s, the group met and restored in %.1f s",
+            int(saved["num_updates"]),
+            self.last_rewound,
+            placed - start,
+            time.monotonic() - placed,
+        )
 
     def _stop_with(self, clean: ray.ObjectRef, why: str) -> None:
         """:class:`LearnersLost`, with the survivor's ``clean`` state kept as the group's
