@@ -32,7 +32,6 @@ import contextlib
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,6 +51,7 @@ from impala_frodo.rule.meta_learner import (
 from impala_frodo.rule.metagrad import NonFiniteLossError
 from impala_frodo.utils import first_line
 from learner.cluster.session import WAIT_SLICE_S
+from learner.training.restarts import RestartBudget
 
 log = logging.getLogger("impala_frodo")
 
@@ -162,29 +162,6 @@ class _RayCall:
                 f"the meta-learner did not answer within {timeout:g} s "
                 "(run.progress_timeout_s): stuck"
             ) from None
-
-
-class RestartBudget:
-    """At most ``max_restarts`` restarts within any ``window_s`` seconds: a process lost
-    now and then is replaced, one lost again and again (a cause a new one shares) is not."""
-
-    def __init__(
-        self, max_restarts: int, window_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.max_restarts = max_restarts
-        self.window_s = window_s
-        self._clock = clock
-        self._times: deque[float] = deque()
-
-    def take(self) -> bool:
-        """Count a restart now, if the budget allows one (else ``False``, nothing counted)."""
-        now = self._clock()
-        while self._times and now - self._times[0] > self.window_s:
-            self._times.popleft()
-        if len(self._times) >= self.max_restarts:
-            return False
-        self._times.append(now)
-        return True
 
 
 class RayMetaLink:

@@ -121,7 +121,10 @@ def _wait(refs: Sequence[ray.ObjectRef], timeout_s: float) -> list[Outcome | Non
 
 
 class RestartBudget:
-    """At most ``max_restarts`` restarts within any ``window_s`` seconds."""
+    """At most ``max_restarts`` restarts within any ``window_s`` seconds: a process lost
+    now and then is replaced, one lost again and again (a cause a new one shares) is not.
+    The learner ranks' (``run.max_learner_restarts``) and the async meta-learner's
+    (``meta.max_restarts``) alike."""
 
     def __init__(
         self, max_restarts: int, window_s: float, clock: Callable[[], float] = time.monotonic
@@ -140,11 +143,12 @@ class RestartBudget:
     def record(self) -> None:
         self._times.append(self._clock())
 
-    def describe(self) -> str:
-        return (
-            f"run.max_learner_restarts = {self.max_restarts} within "
-            f"run.restart_window_s = {self.window_s:g} s"
-        )
+    def take(self) -> bool:
+        """Count a restart now, if the budget allows one (else ``False``, nothing counted)."""
+        if self.spent():
+            return False
+        self.record()
+        return True
 
 
 class Replacements:
@@ -232,7 +236,10 @@ class Replacements:
         """Why a lost rank cannot be replaced now, or ``None``: restarts spent, or a strict
         spread over fewer live nodes than ranks."""
         if self.budget.spent():
-            return f"learner restarts spent ({self.budget.describe()})"
+            return (
+                f"learner restarts spent (run.max_learner_restarts = {self.budget.max_restarts} "
+                f"within run.restart_window_s = {self.budget.window_s:g} s)"
+            )
         return self._cannot_place()
 
     def _cannot_place(self) -> str | None:
